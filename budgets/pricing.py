@@ -1,0 +1,119 @@
+"""What an image costs: a catalogue of models, each on a GPU class with a price per second and
+an expected number of seconds per image as a function of its size and steps.
+
+A RunPod attempt is billed for its executionTime; every attempt is also bounded by the
+executionTimeout comicgen sets on it, so its cost can never exceed `attempt_max_cost`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_UP, Decimal
+from typing import Any
+
+from django.conf import settings
+
+# GPU prices per second (RunPod Serverless, flex workers; see NOTES.md).
+GPU_PRICE_PER_SECOND = {
+    "24gb": Decimal("0.00019"),
+    "4090": Decimal("0.00031"),
+    "a100": Decimal("0.00076"),
+    "h100": Decimal("0.00116"),
+}
+
+# The estimate covers this fraction of the images failing once and being retried.
+RETRY_ALLOWANCE = Decimal("0.25")
+# An attempt may run this many times its expected duration before RunPod times it out.
+ATTEMPT_TIMEOUT_FACTOR = 4
+MIN_ATTEMPT_TIMEOUT_SECONDS = 20.0
+MONEY = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """Seconds per image = overhead + per_megapixel_step x megapixels x steps."""
+
+    name: str
+    gpu: str
+    overhead_seconds: float
+    seconds_per_megapixel_step: float
+
+    @property
+    def price_per_second(self) -> Decimal:
+        return GPU_PRICE_PER_SECOND[self.gpu]
+
+    def expected_seconds(self, width: int, height: int, steps: int) -> float:
+        megapixels = width * height / 1_000_000
+        return self.overhead_seconds + self.seconds_per_megapixel_step * megapixels * steps
+
+
+DEFAULT_CATALOGUE = {
+    "sdxl": ModelPrice("sdxl", "4090", overhead_seconds=0.6, seconds_per_megapixel_step=0.16),
+    "sdxl-turbo": ModelPrice("sdxl-turbo", "24gb", overhead_seconds=0.3, seconds_per_megapixel_step=0.2),
+    "flux-dev": ModelPrice("flux-dev", "a100", overhead_seconds=1.0, seconds_per_megapixel_step=0.12),
+}
+
+
+def catalogue() -> dict[str, ModelPrice]:
+    """The catalogue, with overrides from settings.COMICGEN_MODEL_CATALOGUE when set."""
+    overrides: dict[str, dict[str, Any]] = getattr(settings, "COMICGEN_MODEL_CATALOGUE", {}) or {}
+    models = dict(DEFAULT_CATALOGUE)
+    for name, fields in overrides.items():
+        models[name] = ModelPrice(name=name, **fields)
+    return models
+
+
+def model_names() -> list[str]:
+    return sorted(catalogue())
+
+
+def _money(amount: Decimal) -> Decimal:
+    return amount.quantize(MONEY, rounding=ROUND_UP)
+
+
+def expected_cost(params: dict[str, Any]) -> Decimal:
+    model = catalogue()[params["model"]]
+    seconds = model.expected_seconds(params["width"], params["height"], params["steps"])
+    return _money(Decimal(str(seconds)) * model.price_per_second)
+
+
+def attempt_timeout_ms(params: dict[str, Any]) -> int:
+    """RunPod's executionTimeout for one attempt: generous, but a hard bound on its cost."""
+    model = catalogue()[params["model"]]
+    seconds = model.expected_seconds(params["width"], params["height"], params["steps"])
+    timeout = max(MIN_ATTEMPT_TIMEOUT_SECONDS, seconds * ATTEMPT_TIMEOUT_FACTOR)
+    return min(math.ceil(timeout * 1000), settings.RUNPOD_EXECUTION_TIMEOUT_MS)
+
+
+def attempt_max_cost(params: dict[str, Any]) -> Decimal:
+    model = catalogue()[params["model"]]
+    return _money(Decimal(attempt_timeout_ms(params)) / 1000 * model.price_per_second)
+
+
+def actual_cost(params: dict[str, Any], execution_ms: int) -> Decimal:
+    """What RunPod bills for an attempt: its executionTime at the model's GPU price."""
+    model = catalogue()[params["model"]]
+    return _money(Decimal(execution_ms) / 1000 * model.price_per_second)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    images: int
+    base_cost: Decimal
+    retry_allowance: Decimal
+    total: Decimal
+    currency: str
+
+
+def estimate_images(image_params: list[dict[str, Any]]) -> Estimate:
+    """The price of a batch: each image's expected cost, plus the stated retry allowance."""
+    base = sum((expected_cost(params) for params in image_params), Decimal("0"))
+    allowance = _money(base * RETRY_ALLOWANCE)
+    return Estimate(
+        images=len(image_params),
+        base_cost=base,
+        retry_allowance=allowance,
+        total=base + allowance,
+        currency=settings.COMICGEN_CURRENCY,
+    )

@@ -1,0 +1,177 @@
+"""Budget workflows: reserve at submit, hold each attempt's maximum cost, charge what RunPod
+billed exactly once, release what is left.
+
+Money moves only through conditional UPDATEs inside transactions, and the Budget table's CHECK
+constraint refuses any row where spent + reserved exceeds the limit, so no interleaving of
+requests and workers can overspend.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from batches.models import Batch, ImageJob
+from budgets.models import Budget, LedgerEntry, month_start, next_month_start
+
+logger = logging.getLogger(__name__)
+ZERO = Decimal("0")
+
+
+@dataclass
+class BudgetExceeded(Exception):
+    estimated_cost: Decimal
+    remaining: Decimal
+    currency: str
+
+    def __str__(self) -> str:
+        return (
+            f"This batch is estimated at {self.estimated_cost:.4f} {self.currency} but only "
+            f"{self.remaining:.4f} {self.currency} remains of your monthly budget."
+        )
+
+
+def get_budget(user: Any) -> Budget:
+    """The user's budget, created with the default limit on first use and rolled into the
+    current month when its period has ended."""
+    budget, _ = Budget.objects.get_or_create(
+        user=user, defaults={"currency": settings.COMICGEN_CURRENCY}
+    )
+    today = timezone.now().date()
+    if budget.period_end <= today:
+        start_new_period(budget, today)
+        budget.refresh_from_db()
+    return budget
+
+
+def start_new_period(budget: Budget, today: Any = None) -> bool:
+    """Begin a new month: spent goes back to zero, holds of running batches stay reserved.
+    Claimed with a conditional UPDATE so two callers cannot both reset it."""
+    today = today or timezone.now().date()
+    with transaction.atomic():
+        reset = Budget.objects.filter(pk=budget.pk, period_end=budget.period_end).update(
+            spent=ZERO, period_start=month_start(today), period_end=next_month_start(today)
+        )
+        if reset:
+            LedgerEntry.objects.create(
+                budget=budget, kind=LedgerEntry.Kind.PERIOD_RESET, amount=budget.spent,
+                note=f"new period from {month_start(today)}; {budget.spent} spent before",
+            )
+    return bool(reset)
+
+
+def _take_from_budget(budget_id: int, amount: Decimal) -> bool:
+    """Move `amount` from remaining to reserved if it fits; False when it does not."""
+    return bool(
+        Budget.objects.filter(
+            pk=budget_id, spent__lte=F("limit") - F("reserved") - amount
+        ).update(reserved=F("reserved") + amount)
+    )
+
+
+def reserve_for_batch(batch: Batch, amount: Decimal) -> None:
+    """Reserve a batch's estimate (call inside the transaction that creates the batch).
+    Raises BudgetExceeded, leaving nothing reserved, when it does not fit."""
+    budget = get_budget(batch.user)
+    if not _take_from_budget(budget.pk, amount):
+        budget.refresh_from_db()
+        raise BudgetExceeded(amount, max(budget.remaining, ZERO), budget.currency)
+    Batch.objects.filter(pk=batch.pk).update(reserved=F("reserved") + amount)
+    batch.reserved += amount
+    LedgerEntry.objects.create(
+        budget=budget, batch=batch, kind=LedgerEntry.Kind.RESERVE, amount=amount,
+        note=f"estimate for {batch.images.count() or 'new'} images",
+    )
+
+
+def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
+    """Set aside an attempt's maximum cost within the batch's reservation, extending the
+    reservation from the budget when the estimate is used up. False when the budget has no
+    room left for it (the caller then waits for running attempts, or stops)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
+        available = batch.reserved - batch.held
+        if available < max_cost:
+            extension = max_cost - available
+            budget = Budget.objects.only("id").get(user_id=batch.user_id)
+            if not _take_from_budget(budget.pk, extension):
+                return False
+            LedgerEntry.objects.create(
+                budget=budget, batch_id=batch_id, kind=LedgerEntry.Kind.RESERVE,
+                amount=extension, note="reservation extended for a retry or a long attempt",
+            )
+            batch.reserved += extension
+        batch.held += max_cost
+        batch.save(update_fields=["reserved", "held"])
+    return True
+
+
+def release_hold(batch_id: int, max_cost: Decimal) -> None:
+    """An attempt ended without a bill (its /run call failed): free its hold for the batch."""
+    Batch.objects.filter(pk=batch_id).update(held=F("held") - max_cost)
+
+
+def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) -> bool:
+    """Charge what RunPod billed for one attempt, once: a second call for the same attempt
+    (redelivered task, webhook and poll racing) finds the ledger row and changes nothing.
+    Call inside the transaction that records the attempt's outcome."""
+    if cost > hold:
+        # RunPod stops an attempt at its executionTimeout, which bounds the hold; a larger bill
+        # would mean a clock difference of a few ms. Never charge past what was held.
+        logger.warning("image %s attempt %s billed %s over its hold %s", image.pk, attempt, cost, hold)
+        cost = hold
+    budget = Budget.objects.only("id").get(user_id=image.batch.user_id)
+    try:
+        with transaction.atomic():
+            LedgerEntry.objects.create(
+                budget=budget, batch_id=image.batch_id, image=image, attempt=attempt,
+                kind=LedgerEntry.Kind.CHARGE, amount=cost,
+            )
+    except IntegrityError:
+        logger.info("image %s attempt %s already charged", image.pk, attempt)
+        return False
+    Budget.objects.filter(pk=budget.pk).update(
+        spent=F("spent") + cost, reserved=F("reserved") - cost
+    )
+    Batch.objects.filter(pk=image.batch_id).update(
+        reserved=F("reserved") - cost, held=F("held") - hold, actual_cost=F("actual_cost") + cost
+    )
+    ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
+    return True
+
+
+def release_batch(batch: Batch, note: str) -> Decimal:
+    """Give back everything still reserved for a batch with nothing running (finalize, cancel)."""
+    with transaction.atomic():
+        locked = Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch.pk)
+        amount = locked.reserved
+        if amount <= ZERO:
+            return ZERO
+        budget = Budget.objects.only("id").get(user_id=locked.user_id)
+        Budget.objects.filter(pk=budget.pk).update(reserved=F("reserved") - amount)
+        Batch.objects.filter(pk=batch.pk).update(reserved=ZERO, held=ZERO)
+        LedgerEntry.objects.create(
+            budget=budget, batch=batch, kind=LedgerEntry.Kind.RELEASE, amount=amount, note=note
+        )
+    return amount
+
+
+def set_limit(budget: Budget, new_limit: Decimal, note: str = "") -> None:
+    """Change a limit (staff). Refuses a limit below what is already spent and reserved."""
+    with transaction.atomic():
+        updated = Budget.objects.filter(
+            pk=budget.pk, spent__lte=new_limit - F("reserved")
+        ).update(limit=new_limit)
+        if not updated:
+            raise ValueError("The new limit is below what is already spent and reserved.")
+        LedgerEntry.objects.create(
+            budget=budget, kind=LedgerEntry.Kind.LIMIT_CHANGE, amount=new_limit,
+            note=note or f"limit set to {new_limit}",
+        )

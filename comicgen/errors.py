@@ -1,0 +1,50 @@
+"""One JSON error shape for the whole API: {"code", "detail", ...}.
+
+DRF's own handler already maps its exceptions to the right status; this wraps its body so every
+error has a machine-readable `code` and a sentence a person can act on, and field errors stay
+under `fields`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """An error with a code, a status and extra JSON fields (e.g. `estimated_cost`)."""
+
+    def __init__(self, code: str, detail: str, status_code: int, **extra: Any) -> None:
+        super().__init__(detail=detail, code=code)
+        self.status_code = status_code
+        self.error_code = code
+        self.extra = extra
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApiError):
+        return Response(
+            {"code": exc.error_code, "detail": str(exc.detail), **exc.extra},
+            status=exc.status_code,
+        )
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {
+            "code": "invalid",
+            "detail": "The request has invalid fields; see `fields` for what to change.",
+            "fields": exc.detail,
+        }
+        response.status_code = status.HTTP_400_BAD_REQUEST
+        return response
+    detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
+    code = getattr(getattr(exc, "detail", None), "code", None) or getattr(exc, "default_code", "error")
+    response.data = {"code": str(code), "detail": str(detail)}
+    return response

@@ -1,0 +1,213 @@
+"""comicgen settings: one module, every deployment knob read from the environment.
+
+The defaults are the dev stack that `make dev` starts (PostgreSQL on 127.0.0.1:5433, Redis on
+127.0.0.1:6380, the RunPod emulator on 127.0.0.1:8787), so `python manage.py ...` in a checkout
+talks to it with no environment set. A bad value stops the process at start (see env.py).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from comicgen.env import (
+    env_bool,
+    env_decimal,
+    env_float,
+    env_int,
+    env_json,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+_DEV_SECRET = "dev-only-insecure-secret-key-change-me-0123456789abcdef"
+SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
+if not DEBUG and SECRET_KEY == _DEV_SECRET and env_bool("COMICGEN_REQUIRE_SECRET_KEY", False):
+    raise ImproperlyConfigured("SECRET_KEY must be set in production (COMICGEN_REQUIRE_SECRET_KEY)")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",  # must precede staticfiles: `runserver` then serves ASGI (WebSockets too)
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "comicgen",
+    "budgets",
+    "batches",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "comicgen.urls"
+ASGI_APPLICATION = "comicgen.asgi.application"
+WSGI_APPLICATION = "comicgen.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_url(
+    "DATABASE_URL",
+    "postgres://comicgen:comicgen@127.0.0.1:5433/comicgen",
+    schemes=("postgres", "postgresql"),
+)
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6380/0", schemes=("redis", "rediss"))
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / ".local" / "staticfiles")))
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / ".local" / "media")))
+# Images are served by Django itself when this is on (dev stack, single-host deployments);
+# behind a real web server, turn it off and serve MEDIA_ROOT there.
+COMICGEN_SERVE_MEDIA = env_bool("COMICGEN_SERVE_MEDIA", True)
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 30},
+    }
+}
+
+# Celery: Redis broker, results unused (PostgreSQL holds the truth) except for chord bookkeeping.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = False
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A task whose countdown exceeds the visibility timeout is delivered twice (NOTES.md); every
+# retry cap in batches/tasks.py stays well below this.
+CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=300)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+CELERY_TASK_DEFAULT_QUEUE = "normal"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "comicgen.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "comicgen API",
+    "DESCRIPTION": "Submit chapters of comic panels, follow them, download the images.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+# Refuse oversized bodies before parsing them: 500 prompts of 2,000 characters fit in 2 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024, minimum=1024)
+
+# RunPod Serverless. The defaults point at the local emulator of the dev stack.
+RUNPOD_BASE_URL = env_url(
+    "RUNPOD_BASE_URL", "http://127.0.0.1:8787/v2", schemes=("http", "https")
+).rstrip("/")
+RUNPOD_ENDPOINT_ID = env_str("RUNPOD_ENDPOINT_ID", "comicgen-local")
+RUNPOD_API_KEY = env_str("RUNPOD_API_KEY", "local-dev-key")
+RUNPOD_MAX_IN_FLIGHT = env_int("RUNPOD_MAX_IN_FLIGHT", 40, minimum=1)
+RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 1.0, minimum=0.05)
+# With webhooks on, /status is polled only this often per job, in case a webhook was lost.
+RUNPOD_WEBHOOK_POLL_INTERVAL = env_float("RUNPOD_WEBHOOK_POLL_INTERVAL", 10.0, minimum=0.05)
+RUNPOD_EXECUTION_TIMEOUT_MS = env_int("RUNPOD_EXECUTION_TIMEOUT_MS", 600_000, minimum=1000)
+RUNPOD_TTL_MS = env_int("RUNPOD_TTL_MS", 3_600_000, minimum=60_000)
+# Where RunPod can reach this app for webhooks (e.g. https://comicgen.example.com). Empty means
+# no webhooks: chunks follow their jobs by /status polling alone.
+COMICGEN_PUBLIC_URL = env_str("COMICGEN_PUBLIC_URL", "").rstrip("/")
+
+COMICGEN_CHUNK_SIZE = env_int("COMICGEN_CHUNK_SIZE", 10, minimum=1, maximum=500)
+COMICGEN_MAX_ATTEMPTS = env_int("COMICGEN_MAX_ATTEMPTS", 4, minimum=1, maximum=20)
+COMICGEN_MAX_BATCH_IMAGES = env_int("COMICGEN_MAX_BATCH_IMAGES", 500, minimum=1, maximum=20_000)
+COMICGEN_RETRY_BASE_DELAY = env_float("COMICGEN_RETRY_BASE_DELAY", 2.0, minimum=0)
+COMICGEN_RETRY_MAX_DELAY = env_float("COMICGEN_RETRY_MAX_DELAY", 60.0, minimum=0)
+COMICGEN_DEFAULT_MONTHLY_BUDGET = env_decimal(
+    "COMICGEN_DEFAULT_MONTHLY_BUDGET", "25.00", minimum=Decimal("0")
+)
+COMICGEN_CURRENCY = env_str("COMICGEN_CURRENCY", "USD")
+# How long a chunk's lease and an in-flight slot outlive a worker that died holding them.
+COMICGEN_CHUNK_LEASE_SECONDS = env_int("COMICGEN_CHUNK_LEASE_SECONDS", 20, minimum=2)
+COMICGEN_SLOT_LEASE_SECONDS = env_int("COMICGEN_SLOT_LEASE_SECONDS", 60, minimum=2)
+COMICGEN_SWEEP_INTERVAL = env_float("COMICGEN_SWEEP_INTERVAL", 30.0, minimum=1)
+
+# Extra or changed models for budgets/pricing.py, as JSON:
+# {"my-model": {"gpu": "a100", "overhead_seconds": 1.0, "seconds_per_megapixel_step": 0.1}}
+COMICGEN_MODEL_CATALOGUE = env_json("COMICGEN_MODEL_CATALOGUE", {})
+
+CELERY_BEAT_SCHEDULE = {
+    "sweep-batches": {"task": "batches.tasks.sweep_batches_task", "schedule": COMICGEN_SWEEP_INTERVAL},
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)

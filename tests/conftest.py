@@ -1,0 +1,140 @@
+"""Fixtures: real PostgreSQL and Redis (started by scripts/test.sh), and for integration tests
+a real Celery worker, daphne and the RunPod emulator, all as separate processes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.factories import UserFactory
+from tests.support.emulator import EmulatorProcess, free_port
+from tests.support.processes import ServiceProcess, celery_worker, daphne
+
+# What the worker process runs with: short delays so failure paths finish in seconds.
+WORKER_SETTINGS = {
+    "COMICGEN_MAX_ATTEMPTS": "3",
+    "COMICGEN_RETRY_BASE_DELAY": "0.2",
+    "COMICGEN_RETRY_MAX_DELAY": "1.0",
+    "COMICGEN_SWEEP_INTERVAL": "2",
+    "COMICGEN_CHUNK_LEASE_SECONDS": "4",
+    "COMICGEN_SLOT_LEASE_SECONDS": "10",
+    "RUNPOD_POLL_INTERVAL": "0.3",
+    "RUNPOD_WEBHOOK_POLL_INTERVAL": "3",
+    "RUNPOD_MAX_IN_FLIGHT": "12",
+}
+
+
+@pytest.fixture
+def user(db: Any) -> Any:
+    return UserFactory()
+
+
+@pytest.fixture
+def api(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis_keys() -> Iterator[None]:
+    """comicgen's own Redis keys (leases, slots, results) never leak from one test into the next.
+    Celery's keys are left alone: the worker is shared by the session."""
+    yield
+    from batches.flow import get_redis
+
+    client = get_redis()
+    keys = list(client.scan_iter("comicgen:*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def _media_root(tmp_path_factory: pytest.TempPathFactory, settings: Any) -> None:
+    settings.MEDIA_ROOT = os.environ.get("MEDIA_ROOT") or str(tmp_path_factory.mktemp("media"))
+
+
+@dataclass
+class Stack:
+    """The running processes of one test session, for integration tests."""
+
+    emulator: EmulatorProcess
+    worker: ServiceProcess
+    web: ServiceProcess
+    web_url: str
+    env: dict[str, str]
+    beat_dir: str
+
+    def restart_worker(self) -> None:
+        self.worker.kill()
+        self.worker = celery_worker(self.env, beat_dir=self.beat_dir).start()
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
+    """Emulator, daphne and a Celery worker, all on the test database and this Redis."""
+    database = settings.DATABASES["default"]
+    db_url = (
+        f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:"
+        f"{database['PORT']}/{database['NAME']}"
+    )
+    emulator = EmulatorProcess(workers=16, latency=0.05, webhook_retry_delay=0.5)
+    emulator.start()
+    web_port = free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
+    env = {
+        **os.environ,
+        **WORKER_SETTINGS,
+        "DATABASE_URL": db_url,
+        "RUNPOD_BASE_URL": emulator.base_url,
+        "RUNPOD_ENDPOINT_ID": emulator.endpoint_id,
+        "RUNPOD_API_KEY": emulator.api_key,
+        "COMICGEN_PUBLIC_URL": web_url,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "DJANGO_SETTINGS_MODULE": "comicgen.settings",
+    }
+    beat_dir = tempfile.mkdtemp(prefix="comicgen-beat-")
+    web = daphne(env, web_port).start()
+    worker = celery_worker(env, beat_dir=beat_dir).start()
+    running = Stack(emulator, worker, web, web_url, env, beat_dir)
+    yield running
+    running.worker.stop()
+    running.web.stop()
+    emulator.stop()
+
+
+@pytest.fixture
+def live(stack: Stack, transactional_db: Any, settings: Any) -> Iterator[Stack]:
+    """An integration test: the stack, a clean emulator, and committed data the worker sees."""
+    stack.emulator.reset()
+    stack.emulator.configure(
+        latency=0.05, jitter=0, fail_rate=0, http_error_rate=0, rate_limit_run=0,
+        rate_limit_status=0, drop_webhooks=0, workers=16,
+    )
+    settings.RUNPOD_BASE_URL = stack.emulator.base_url
+    settings.RUNPOD_ENDPOINT_ID = stack.emulator.endpoint_id
+    settings.RUNPOD_API_KEY = stack.emulator.api_key
+    settings.MEDIA_ROOT = stack.env["MEDIA_ROOT"]
+    for name, value in WORKER_SETTINGS.items():
+        setattr(settings, name, type(getattr(settings, name))(value))
+    yield stack
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:
+    """Poll until predicate() is truthy; fail with what it last returned."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s (last value: {value!r})")
