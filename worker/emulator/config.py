@@ -1,0 +1,178 @@
+"""The emulator's settings: command-line flags, ``EMULATOR_*`` env vars and live JSON updates.
+
+Every setting has one name, used three ways: ``--rate-limit-status 200``,
+``EMULATOR_RATE_LIMIT_STATUS=200`` and ``{"rate_limit_status": 200}`` on
+``POST /_emulator/config``. Flags win over env vars, which win over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a wrong type or is out of range."""
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """All knobs of the emulator; ``validate()`` is called by every constructor path here."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    endpoint_id: str = "comicgen-local"
+    api_key: str = "local-dev-key"
+    workers: int = 4
+    latency: float = 0.5
+    jitter: float = 0.0
+    cold_start: float = 0.0
+    fail_rate: float = 0.0
+    http_error_rate: float = 0.0
+    rate_limit_run: int = 1000
+    rate_limit_status: int = 2000
+    result_ttl: float = 1800.0
+    webhook_retry_delay: float = 10.0
+    drop_webhooks: float = 0.0
+    render_threads: int = 2
+    seed: int | None = None
+
+    def validate(self) -> EmulatorConfig:
+        """Return self, or raise ``ConfigError`` naming the first bad setting."""
+        checks: list[tuple[str, bool, str]] = [
+            ("port", 0 <= self.port <= 65535, "a TCP port (0 picks a free one)"),
+            (
+                "endpoint_id",
+                bool(self.endpoint_id) and "/" not in self.endpoint_id,
+                "a path segment",
+            ),
+            ("api_key", bool(self.api_key), "non-empty"),
+            ("workers", 0 <= self.workers <= 2000, "between 0 and 2000"),
+            ("latency", self.latency >= 0, ">= 0 seconds"),
+            ("jitter", self.jitter >= 0, ">= 0 seconds"),
+            ("cold_start", self.cold_start >= 0, ">= 0 seconds"),
+            ("fail_rate", 0 <= self.fail_rate <= 1, "a fraction between 0 and 1"),
+            ("http_error_rate", 0 <= self.http_error_rate <= 1, "a fraction between 0 and 1"),
+            ("drop_webhooks", 0 <= self.drop_webhooks <= 1, "a fraction between 0 and 1"),
+            ("rate_limit_run", self.rate_limit_run >= 0, "requests per 10 s, 0 = off"),
+            ("rate_limit_status", self.rate_limit_status >= 0, "requests per 10 s, 0 = off"),
+            ("result_ttl", self.result_ttl > 0, "> 0 seconds"),
+            ("webhook_retry_delay", self.webhook_retry_delay >= 0, ">= 0 seconds"),
+            ("render_threads", 1 <= self.render_threads <= 64, "between 1 and 64"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        return self
+
+    def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """A copy with ``changes`` (JSON values) applied; unknown or read-only keys are errors."""
+        unknown = sorted(set(changes) - set(FIELD_TYPES))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        frozen = sorted(key for key in changes if key in RESTART_ONLY)
+        if frozen:
+            raise ConfigError(f"{', '.join(frozen)} can only be set at start")
+        values = {name: _coerce(name, value) for name, value in changes.items()}
+        return dataclasses.replace(self, **values).validate()
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    return int(value)
+
+
+FIELD_TYPES: dict[str, Callable[[Any], Any]] = {
+    "host": str,
+    "port": int,
+    "endpoint_id": str,
+    "api_key": str,
+    "workers": int,
+    "latency": float,
+    "jitter": float,
+    "cold_start": float,
+    "fail_rate": float,
+    "http_error_rate": float,
+    "rate_limit_run": int,
+    "rate_limit_status": int,
+    "result_ttl": float,
+    "webhook_retry_delay": float,
+    "drop_webhooks": float,
+    "render_threads": int,
+    "seed": _optional_int,
+}
+# The listening socket and the render thread pool exist once per process.
+RESTART_ONLY = frozenset({"host", "port", "render_threads"})
+
+HELP = {
+    "host": "interface to listen on",
+    "port": "TCP port (0 = any free port)",
+    "endpoint_id": "the endpoint id served under /v2/<endpoint_id>/",
+    "api_key": "the bearer key clients must send",
+    "workers": "simulated GPU workers (0 leaves jobs IN_QUEUE)",
+    "latency": "seconds of simulated GPU time per job",
+    "jitter": "latency varies uniformly by +/- this many seconds",
+    "cold_start": "seconds a worker spends initializing before its first job",
+    "fail_rate": "fraction of jobs that end FAILED",
+    "http_error_rate": "fraction of /v2 requests answered HTTP 500 before doing anything",
+    "rate_limit_run": "/run + /runsync requests per 10 s before 429 (0 = off)",
+    "rate_limit_status": "/status requests per 10 s before 429 (0 = off)",
+    "result_ttl": "seconds a finished job stays readable before /status answers 404",
+    "webhook_retry_delay": "seconds between the 3 webhook delivery attempts",
+    "drop_webhooks": "fraction of webhooks silently never sent",
+    "render_threads": "threads running the real handler",
+    "seed": "seed of the emulator's own random choices (jitter, fault coins)",
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    convert = FIELD_TYPES[name]
+    if isinstance(value, bool) and convert is not str:
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        converted = convert(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot use {value!r}") from None
+    if convert is int and isinstance(value, float) and value != converted:
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    return converted
+
+
+def env_name(field_name: str) -> str:
+    return "EMULATOR_" + field_name.upper()
+
+
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> EmulatorConfig:
+    """Read the configuration from flags, falling back to ``EMULATOR_*`` env vars."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.emulator",
+        description="A local RunPod Serverless endpoint running the real comicgen worker handler.",
+    )
+    defaults = EmulatorConfig()
+    for field in dataclasses.fields(EmulatorConfig):
+        name = field.name
+        default = getattr(defaults, name)
+        # argparse runs `type` over string defaults, so env values are parsed like flags.
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=FIELD_TYPES[name],
+            default=environ.get(env_name(name), default),
+            help=f"{HELP[name]} (env {env_name(name)}; default {default})",
+        )
+    try:
+        return EmulatorConfig(**vars(parser.parse_args(argv))).validate()
+    except ConfigError as exc:
+        parser.error(str(exc))
+        raise  # parser.error exits; this keeps type checkers content

@@ -1,0 +1,766 @@
+"""An aiohttp server that speaks RunPod Serverless' queue API and runs the real worker handler.
+
+One asyncio loop holds every job; simulated GPU workers are tasks pulling job ids FIFO from an
+``asyncio.Queue``; the CPU-bound handler runs in a small thread pool so HTTP stays responsive.
+Fault injection and counters live under ``/_emulator/`` (loopback only, no auth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections import Counter, OrderedDict, defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from worker.emulator.config import ConfigError, EmulatorConfig
+from worker.handler import handler as worker_handler
+
+logger = logging.getLogger("worker.emulator")
+
+IN_QUEUE = "IN_QUEUE"
+IN_PROGRESS = "IN_PROGRESS"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+TIMED_OUT = "TIMED_OUT"
+ACTIVE = frozenset({IN_QUEUE, IN_PROGRESS})
+
+RATE_WINDOW_S = 10.0
+DEFAULT_TTL_MS = 24 * 3600 * 1000
+# RunPod's endpoint default execution timeout (10 min) when the job sets no policy.
+DEFAULT_EXECUTION_TIMEOUT_MS = 600_000
+RUNSYNC_DEFAULT_WAIT_MS = 90_000
+RUNSYNC_MAX_WAIT_MS = 300_000
+# RunPod keeps /runsync results one minute only.
+RUNSYNC_RESULT_TTL_S = 60.0
+WEBHOOK_TRIES = 3
+WEBHOOK_TIMEOUT_S = 10.0
+MAX_BODY_BYTES = 20 * 1024 * 1024
+# Bounds the per-input ledger: 20k-job benchmarks fit many times over in a few MB.
+MAX_TRACKED_INPUTS = 200_000
+
+FAIL_MARKER = re.compile(r"\[fail:(\d+|always)\]", re.IGNORECASE)
+
+# aiohttp resource name -> the operation name used in stats and rate limits.
+OPERATIONS = {
+    "run": "run",
+    "runsync": "runsync",
+    "status": "status",
+    "cancel": "cancel",
+    "retry": "retry",
+    "health": "health",
+    "purge_queue": "purge-queue",
+}
+RATE_BUCKETS = {"run": "run", "runsync": "run", "status": "status"}
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def input_key(job_input: Any) -> bytes:
+    """A 16-byte digest of the input's canonical JSON: what "the same image" means in stats."""
+    canonical = json.dumps(job_input, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(canonical.encode(), digest_size=16).digest()
+
+
+class InputLedger:
+    """Attempts and successful executions per distinct input, memory-bounded.
+
+    Aggregates are kept incrementally so they stay right when old entries are evicted.
+    """
+
+    def __init__(self, max_entries: int = MAX_TRACKED_INPUTS) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, list[int]] = OrderedDict()
+        self.distinct = 0
+        self.duplicates = 0
+        self.max_runs = 0
+        self.extra_runs = 0
+
+    def _entry(self, key: bytes) -> list[int]:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = [0, 0]
+            if len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return entry
+
+    def attempt(self, key: bytes) -> int:
+        """Count an execution start; returns this input's attempt number (1-based)."""
+        entry = self._entry(key)
+        entry[0] += 1
+        return entry[0]
+
+    def succeeded(self, key: bytes) -> None:
+        entry = self._entry(key)
+        entry[1] += 1
+        runs = entry[1]
+        if runs == 1:
+            self.distinct += 1
+        else:
+            self.extra_runs += 1
+            if runs == 2:
+                self.duplicates += 1
+        self.max_runs = max(self.max_runs, runs)
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "distinct": self.distinct,
+            "max": self.max_runs,
+            "duplicates": self.duplicates,
+            "extra_runs": self.extra_runs,
+        }
+
+
+class Job:
+    """One job's state; ``generation`` tells a stale queue entry from a retried job's."""
+
+    __slots__ = (
+        "id",
+        "input",
+        "key",
+        "webhook",
+        "execution_timeout_s",
+        "sync",
+        "status",
+        "submitted_at",
+        "queued_at",
+        "started_at",
+        "delay_ms",
+        "execution_ms",
+        "output",
+        "error",
+        "worker_id",
+        "generation",
+        "done",
+        "task",
+        "ttl_handle",
+        "expiry_handle",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        job_input: Any,
+        *,
+        webhook: str | None,
+        execution_timeout_s: float,
+        sync: bool,
+        now: float,
+    ) -> None:
+        self.id = job_id
+        self.input = job_input
+        self.key = input_key(job_input)
+        self.webhook = webhook
+        self.execution_timeout_s = execution_timeout_s
+        self.sync = sync
+        self.status = IN_QUEUE
+        self.submitted_at = now
+        self.queued_at = now
+        self.started_at: float | None = None
+        self.delay_ms: int | None = None
+        self.execution_ms: int | None = None
+        self.output: Any = None
+        self.error: str | None = None
+        self.worker_id: str | None = None
+        self.generation = 0
+        self.done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.ttl_handle: asyncio.TimerHandle | None = None
+        self.expiry_handle: asyncio.TimerHandle | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The job as RunPod's ``/status`` shows it."""
+        data: dict[str, Any] = {"id": self.id, "status": self.status}
+        if self.delay_ms is not None:
+            data["delayTime"] = self.delay_ms
+        if self.execution_ms is not None:
+            data["executionTime"] = self.execution_ms
+        if self.status == COMPLETED:
+            data["output"] = self.output
+        elif self.error is not None:
+            data["error"] = self.error
+        if self.worker_id is not None:
+            data["workerId"] = self.worker_id
+        return data
+
+
+class WorkerSlot:
+    """A simulated GPU worker: ``idle``, ``initializing`` (cold start) or ``running``."""
+
+    __slots__ = ("id", "state", "warm", "retiring", "task")
+
+    def __init__(self, worker_id: str) -> None:
+        self.id = worker_id
+        self.state = "idle"
+        self.warm = False
+        self.retiring = False
+        self.task: asyncio.Task[None] | None = None
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+class Emulator:
+    """The state and behaviour of one emulated endpoint; ``create_app()`` serves it."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.initial_config = config
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.jobs: dict[str, Job] = {}
+        self.queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self.slots: dict[str, WorkerSlot] = {}
+        self._slot_counter = 0
+        self.executor = ThreadPoolExecutor(
+            max_workers=config.render_threads, thread_name_prefix="emulator-render"
+        )
+        self.http: aiohttp.ClientSession | None = None
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self.started_at = time.monotonic()
+        self._closed = False
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.requests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.job_counts: Counter[str] = Counter()
+        self.webhooks: Counter[str] = Counter()
+        self.ledger = InputLedger()
+        self.executions = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.rate_windows: dict[str, deque[float]] = {"run": deque(), "status": deque()}
+
+    # -- app wiring ---------------------------------------------------------------------------
+
+    def create_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._v2_middleware], client_max_size=MAX_BODY_BYTES)
+        routes: list[tuple[str, str, tuple[str, ...], Any]] = [
+            ("run", "/v2/{endpoint_id}/run", ("POST",), self.handle_run),
+            ("runsync", "/v2/{endpoint_id}/runsync", ("POST",), self.handle_runsync),
+            ("status", "/v2/{endpoint_id}/status/{job_id}", ("GET", "POST"), self.handle_status),
+            ("cancel", "/v2/{endpoint_id}/cancel/{job_id}", ("POST",), self.handle_cancel),
+            ("retry", "/v2/{endpoint_id}/retry/{job_id}", ("POST",), self.handle_retry),
+            ("health", "/v2/{endpoint_id}/health", ("GET",), self.handle_health),
+            ("purge_queue", "/v2/{endpoint_id}/purge-queue", ("POST",), self.handle_purge),
+            ("emulator_config", "/_emulator/config", ("GET", "POST"), self.handle_config),
+            ("emulator_stats", "/_emulator/stats", ("GET",), self.handle_stats),
+            ("emulator_reset", "/_emulator/reset", ("POST",), self.handle_reset),
+        ]
+        for name, path, methods, view in routes:
+            resource = app.router.add_resource(path, name=name)
+            for method in methods:
+                resource.add_route(method, view)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=100),
+        )
+        self._resize_workers(self.config.workers)
+
+    async def _on_cleanup(self, app: web.Application) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop workers, wake runsync waiters, drop webhooks in flight, free the thread pool."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [slot.task for slot in self.slots.values() if slot.task]
+        for job in self.jobs.values():
+            self._cancel_timers(job)
+            if job.task:
+                tasks.append(job.task)
+            job.done.set()
+        tasks.extend(self._webhook_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.slots.clear()
+        if self.http:
+            await self.http.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @web.middleware
+    async def _v2_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        operation = OPERATIONS.get(resource.name or "") if resource else None
+        if operation is None:
+            return await handler(request)
+        response = self._guard(request, operation)
+        if response is None:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a huge body
+                self.requests[operation][str(exc.status)] += 1
+                raise
+        self.requests[operation][str(response.status)] += 1
+        return response
+
+    def _guard(self, request: web.Request, operation: str) -> web.Response | None:
+        """Auth, endpoint, rate limit and injected 500s, in that order, before any action."""
+        config = self.config
+        supplied = request.headers.get("Authorization", "")
+        # RunPod accepts the bare key as well as "Bearer <key>".
+        if supplied.lower().startswith("bearer "):
+            supplied = supplied[7:].strip()
+        if not hmac.compare_digest(supplied.encode(), config.api_key.encode()):
+            return _error(401, "Unauthorized")
+        if request.match_info["endpoint_id"] != config.endpoint_id:
+            return _error(404, "endpoint not found")
+        bucket = RATE_BUCKETS.get(operation)
+        if bucket:
+            wait = self._rate_limited(bucket)
+            if wait is not None:
+                return _error(
+                    429, "Too Many Requests", **{"Retry-After": str(max(1, int(wait + 0.999)))}
+                )
+        if config.http_error_rate and self.rng.random() < config.http_error_rate:
+            return _error(500, "injected HTTP 500 (http_error_rate)")
+        return None
+
+    def _rate_limited(self, bucket: str) -> float | None:
+        """Sliding 10 s window: None if admitted (and counted), else seconds until a slot frees."""
+        limit = self.config.rate_limit_run if bucket == "run" else self.config.rate_limit_status
+        if not limit:
+            return None
+        window = self.rate_windows[bucket]
+        now = time.monotonic()
+        while window and window[0] <= now - RATE_WINDOW_S:
+            window.popleft()
+        if len(window) >= limit:
+            return window[-limit] + RATE_WINDOW_S - now
+        window.append(now)
+        return None
+
+    # -- RunPod API ---------------------------------------------------------------------------
+
+    async def _read_run_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "body must be JSON")
+        if not isinstance(body, dict) or "input" not in body:
+            return _error(400, "body must be a JSON object with an 'input' key")
+        webhook = body.get("webhook")
+        if webhook is not None and (not isinstance(webhook, str) or "://" not in webhook):
+            return _error(400, "webhook must be an http(s) URL")
+        policy = body.get("policy") or {}
+        if not isinstance(policy, dict):
+            return _error(400, "policy must be an object")
+        for key in ("executionTimeout", "ttl"):
+            value = policy.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                return _error(400, f"policy.{key} must be a positive integer (ms)")
+        return body
+
+    def _submit(self, body: dict[str, Any], *, sync: bool) -> Job:
+        loop = asyncio.get_running_loop()
+        policy = body.get("policy") or {}
+        prefix = "sync-" if sync else ""
+        job = Job(
+            f"{prefix}{uuid.uuid4()}-e1",
+            body["input"],
+            webhook=body.get("webhook"),
+            execution_timeout_s=(policy.get("executionTimeout") or DEFAULT_EXECUTION_TIMEOUT_MS)
+            / 1000,
+            sync=sync,
+            now=loop.time(),
+        )
+        self.jobs[job.id] = job
+        ttl_s = (policy.get("ttl") or DEFAULT_TTL_MS) / 1000
+        job.ttl_handle = loop.call_later(ttl_s, self._expire, job, "ttl")
+        self.job_counts["submitted"] += 1
+        self._enqueue(job)
+        return job
+
+    def _enqueue(self, job: Job) -> None:
+        job.generation += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.queue.put_nowait((job.id, job.generation))
+
+    async def handle_run(self, request: web.Request) -> web.Response:
+        body = await self._read_run_body(request)
+        if isinstance(body, web.Response):
+            return body
+        job = self._submit(body, sync=False)
+        return web.json_response({"id": job.id, "status": job.status})
+
+    async def handle_runsync(self, request: web.Request) -> web.Response:
+        body = await self._read_run_body(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            wait_ms = int(request.query.get("wait", RUNSYNC_DEFAULT_WAIT_MS))
+        except ValueError:
+            return _error(400, "wait must be milliseconds")
+        wait_ms = min(max(wait_ms, 1000), RUNSYNC_MAX_WAIT_MS)
+        job = self._submit(body, sync=True)
+        # Past the wait RunPod answers the job as it stands (IN_QUEUE / IN_PROGRESS).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.done.wait(), wait_ms / 1000)
+        if self.jobs.get(job.id) is not job:
+            return _error(404, "job not found")
+        return web.json_response(job.as_json())
+
+    def _job_or_404(self, request: web.Request) -> Job | web.Response:
+        job = self.jobs.get(request.match_info["job_id"])
+        return job if job is not None else _error(404, "job not found")
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        job = self._job_or_404(request)
+        if isinstance(job, web.Response):
+            return job
+        return web.json_response(job.as_json())
+
+    async def handle_cancel(self, request: web.Request) -> web.Response:
+        job = self._job_or_404(request)
+        if isinstance(job, web.Response):
+            return job
+        if job.status in ACTIVE:
+            if job.task is not None:
+                job.task.cancel()
+            self._finish(job, CANCELLED)
+        return web.json_response({"id": job.id, "status": job.status})
+
+    async def handle_retry(self, request: web.Request) -> web.Response:
+        job = self._job_or_404(request)
+        if isinstance(job, web.Response):
+            return job
+        if job.status not in (FAILED, TIMED_OUT):
+            return _error(400, f"job is {job.status}; only FAILED or TIMED_OUT jobs can be retried")
+        if job.expiry_handle:
+            job.expiry_handle.cancel()
+            job.expiry_handle = None
+        job.status = IN_QUEUE
+        job.output = job.error = job.worker_id = None
+        job.delay_ms = job.execution_ms = None
+        job.started_at = None
+        job.queued_at = asyncio.get_running_loop().time()
+        job.done = asyncio.Event()
+        self.job_counts["retried"] += 1
+        self._enqueue(job)
+        return web.json_response({"id": job.id, "status": job.status})
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.health())
+
+    async def handle_purge(self, request: web.Request) -> web.Response:
+        removed = 0
+        while not self.queue.empty():
+            job_id, generation = self.queue.get_nowait()
+            job = self.jobs.get(job_id)
+            if job is not None and job.status == IN_QUEUE and job.generation == generation:
+                # Purged jobs end CANCELLED rather than vanishing, so pollers see an end.
+                self._finish(job, CANCELLED)
+                removed += 1
+        return web.json_response({"removed": removed, "status": "completed"})
+
+    def health(self) -> dict[str, Any]:
+        """RunPod's ``/health`` shape; job totals count since start (or the last reset)."""
+        states = Counter(job.status for job in self.jobs.values() if job.status in ACTIVE)
+        workers = Counter(slot.state for slot in self.slots.values())
+        return {
+            "jobs": {
+                "completed": self.job_counts[COMPLETED],
+                "failed": self.job_counts[FAILED] + self.job_counts[TIMED_OUT],
+                "inProgress": states[IN_PROGRESS],
+                "inQueue": states[IN_QUEUE],
+                "retried": self.job_counts["retried"],
+            },
+            "workers": {
+                "idle": workers["idle"],
+                "initializing": workers["initializing"],
+                "running": workers["running"],
+                "ready": workers["idle"] + workers["running"],
+                "throttled": 0,
+                "unhealthy": 0,
+            },
+        }
+
+    # -- job life cycle -----------------------------------------------------------------------
+
+    def _finish(
+        self, job: Job, status: str, *, output: Any = None, error: str | None = None
+    ) -> None:
+        if job.status not in ACTIVE:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.in_flight -= 1
+        job.status = status
+        job.output = output
+        job.error = error
+        if job.started_at is not None:
+            job.execution_ms = _ms(now - job.started_at)
+        self.job_counts[status] += 1
+        if status == COMPLETED:
+            self.ledger.succeeded(job.key)
+        job.done.set()
+        ttl = (
+            min(self.config.result_ttl, RUNSYNC_RESULT_TTL_S)
+            if job.sync
+            else self.config.result_ttl
+        )
+        job.expiry_handle = loop.call_later(ttl, self._expire, job, "result")
+        if job.webhook:
+            task = asyncio.create_task(self._deliver_webhook(job.webhook, job.as_json()))
+            self._webhook_tasks.add(task)
+            task.add_done_callback(self._webhook_tasks.discard)
+
+    def _cancel_timers(self, job: Job) -> None:
+        for handle in (job.ttl_handle, job.expiry_handle):
+            if handle is not None:
+                handle.cancel()
+
+    def _expire(self, job: Job, reason: str) -> None:
+        """Forget a job: its result aged out, or its ``policy.ttl`` passed (even mid-run)."""
+        if self.jobs.get(job.id) is not job:
+            return
+        del self.jobs[job.id]
+        self._cancel_timers(job)
+        if job.status in ACTIVE:
+            self.in_flight -= 1
+            self.job_counts["TTL_EXPIRED"] += 1
+            if job.task is not None:
+                job.task.cancel()
+        job.done.set()
+        logger.debug("job %s deleted (%s)", job.id, reason)
+
+    def _resize_workers(self, count: int) -> None:
+        current = [slot for slot in self.slots.values() if not slot.retiring]
+        for _ in range(count - len(current)):
+            self._slot_counter += 1
+            slot = WorkerSlot(f"emu-worker-{self._slot_counter}")
+            self.slots[slot.id] = slot
+            slot.task = asyncio.create_task(self._worker_loop(slot))
+        surplus = len(current) - count
+        if surplus <= 0:
+            return
+        # Idle workers go at once; busy ones finish their job first, like a scaled-down endpoint.
+        for slot in sorted(current, key=lambda s: s.state != "idle")[:surplus]:
+            slot.retiring = True
+            if slot.state == "idle" and slot.task is not None:
+                slot.task.cancel()
+                del self.slots[slot.id]
+
+    async def _worker_loop(self, slot: WorkerSlot) -> None:
+        try:
+            while not slot.retiring:
+                slot.state = "idle"
+                job_id, generation = await self.queue.get()
+                job = self.jobs.get(job_id)
+                if job is None or job.status != IN_QUEUE or job.generation != generation:
+                    continue
+                if not slot.warm and self.config.cold_start > 0:
+                    slot.state = "initializing"
+                    await asyncio.sleep(self.config.cold_start)
+                    if self.jobs.get(job_id) is not job or job.status != IN_QUEUE:
+                        slot.warm = True
+                        continue
+                slot.warm = True
+                slot.state = "running"
+                task = job.task = asyncio.create_task(self._execute(job, slot))
+                # wait() rather than await: a cancelled job must not stop its worker.
+                await asyncio.wait({task})
+                # A retry may already have handed the job to another worker.
+                if job.task is task:
+                    job.task = None
+        finally:
+            if self.slots.get(slot.id) is slot:
+                del self.slots[slot.id]
+
+    def _injected_failure(self, job: Job, attempt: int) -> str | None:
+        prompt = job.input.get("prompt") if isinstance(job.input, dict) else None
+        if isinstance(prompt, str):
+            marker = FAIL_MARKER.search(prompt)
+            if marker:
+                limit = marker.group(1).lower()
+                if limit == "always" or attempt <= int(limit):
+                    return f"injected failure {marker.group(0)} on attempt {attempt}"
+        if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
+            return "injected failure (fail_rate)"
+        return None
+
+    async def _execute(self, job: Job, slot: WorkerSlot) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        job.status = IN_PROGRESS
+        job.started_at = now
+        job.delay_ms = _ms(now - job.queued_at)
+        job.worker_id = slot.id
+        self.executions += 1
+        failure = self._injected_failure(job, self.ledger.attempt(job.key))
+        config = self.config
+        latency = max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
+        try:
+            result = await asyncio.wait_for(
+                self._work(job, latency, failure), job.execution_timeout_s
+            )
+        except TimeoutError:
+            self._finish(job, TIMED_OUT, error="job exceeded its execution timeout")
+            return
+        if isinstance(result, dict) and "error" in result:
+            self._finish(job, FAILED, error=str(result["error"]))
+        else:
+            self._finish(job, COMPLETED, output=result)
+
+    async def _work(self, job: Job, latency: float, failure: str | None) -> Any:
+        await asyncio.sleep(latency)
+        if failure:
+            return {"error": failure}
+        payload = {"id": job.id, "input": job.input}
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, worker_handler, payload
+            )
+        except Exception as exc:  # the handler's crash is the job's FAILED, as on RunPod
+            logger.exception("handler raised for job %s", job.id)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    async def _deliver_webhook(self, url: str, payload: dict[str, Any]) -> None:
+        if self.config.drop_webhooks and self.rng.random() < self.config.drop_webhooks:
+            self.webhooks["dropped"] += 1
+            return
+        assert self.http is not None
+        for attempt in range(WEBHOOK_TRIES):
+            if attempt:
+                await asyncio.sleep(self.config.webhook_retry_delay)
+            self.webhooks["attempts"] += 1
+            try:
+                async with self.http.post(url, json=payload) as response:
+                    if 200 <= response.status < 300:
+                        self.webhooks["delivered"] += 1
+                        return
+                    logger.info("webhook for %s got HTTP %s", payload["id"], response.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.info("webhook for %s failed: %s", payload["id"], exc)
+        self.webhooks["failed"] += 1
+
+    # -- control plane ------------------------------------------------------------------------
+
+    @staticmethod
+    def _loopback_only(request: web.Request) -> web.Response | None:
+        remote = request.remote or ""
+        if remote.startswith(LOOPBACK):
+            return None
+        return _error(403, "the emulator control plane answers loopback clients only")
+
+    async def handle_config(self, request: web.Request) -> web.Response:
+        refused = self._loopback_only(request)
+        if refused:
+            return refused
+        if request.method == "POST":
+            try:
+                changes = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return _error(400, "body must be JSON")
+            if not isinstance(changes, dict):
+                return _error(400, "body must be a JSON object of settings")
+            try:
+                self.apply_config(self.config.updated(changes))
+            except ConfigError as exc:
+                return _error(400, str(exc))
+        return web.json_response(self.config.as_json())
+
+    def apply_config(self, config: EmulatorConfig) -> None:
+        """Switch to ``config`` live: resizes the worker pool, reseeds on a new seed."""
+        previous, self.config = self.config, config
+        if config.seed != previous.seed:
+            self.rng = random.Random(config.seed)
+        if config.workers != previous.workers:
+            self._resize_workers(config.workers)
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        refused = self._loopback_only(request)
+        if refused:
+            return refused
+        return web.json_response(self.stats())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start or the last reset; the shape is in the package docstring."""
+        states = Counter(job.status for job in self.jobs.values() if job.status in ACTIVE)
+        job_counts = {
+            key: self.job_counts[key]
+            for key in (
+                "submitted",
+                "retried",
+                COMPLETED,
+                FAILED,
+                CANCELLED,
+                TIMED_OUT,
+                "TTL_EXPIRED",
+            )
+        }
+        return {
+            "requests": {op: dict(codes) for op, codes in sorted(self.requests.items())},
+            "jobs": job_counts,
+            "in_queue": states[IN_QUEUE],
+            "in_progress": states[IN_PROGRESS],
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "stored_jobs": len(self.jobs),
+            "executions": self.executions,
+            "runs_per_input": self.ledger.as_json(),
+            "webhooks": {
+                key: self.webhooks[key] for key in ("delivered", "failed", "dropped", "attempts")
+            },
+            "workers": self.health()["workers"],
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
+    async def handle_reset(self, request: web.Request) -> web.Response:
+        refused = self._loopback_only(request)
+        if refused:
+            return refused
+        options: Any = {}
+        if request.can_read_body:
+            try:
+                options = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return _error(400, "body must be JSON")
+        restore = bool(isinstance(options, dict) and options.get("restore_config"))
+        self.reset(restore_config=restore)
+        return web.json_response({"reset": True, "config": self.config.as_json()})
+
+    def reset(self, *, restore_config: bool = False) -> None:
+        """Forget every job and counter; keep the config unless ``restore_config``."""
+        for job in self.jobs.values():
+            self._cancel_timers(job)
+            if job.task is not None:
+                job.task.cancel()
+            job.done.set()
+        self.jobs.clear()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        for task in self._webhook_tasks:
+            task.cancel()
+        self._reset_counters()
+        if restore_config:
+            self.apply_config(self.initial_config)
+        # A fixed seed should replay the same fault pattern after every reset.
+        self.rng = random.Random(self.config.seed)
