@@ -79,6 +79,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "batches.context_processors.budget",
             ],
         },
     },
@@ -115,6 +116,9 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / ".local" / "media")))
 # Images are served by Django itself when this is on (dev stack, single-host deployments);
 # behind a real web server, turn it off and serve MEDIA_ROOT there.
 COMICGEN_SERVE_MEDIA = env_bool("COMICGEN_SERVE_MEDIA", True)
+# Static files (CSS, htmx) likewise: daphne serves no files of its own, so asgi.py wraps the
+# app in Django's static handler when this is on. Behind a real web server, turn it off.
+COMICGEN_SERVE_STATIC = env_bool("COMICGEN_SERVE_STATIC", True)
 
 CHANNEL_LAYERS = {
     "default": {

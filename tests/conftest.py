@@ -68,6 +68,7 @@ class Stack:
 
     emulator: EmulatorProcess
     worker: ServiceProcess
+    high_worker: ServiceProcess
     web: ServiceProcess
     web_url: str
     env: dict[str, str]
@@ -104,8 +105,12 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
     beat_dir = tempfile.mkdtemp(prefix="comicgen-beat-")
     web = daphne(env, web_port).start()
     worker = celery_worker(env, beat_dir=beat_dir).start()
-    running = Stack(emulator, worker, web, web_url, env, beat_dir)
+    # As in the Procfile: a small worker only for the high queue, so urgent work never waits
+    # for a thread behind long normal chunks.
+    high_worker = celery_worker(env, queues="high", concurrency=2).start()
+    running = Stack(emulator, worker, high_worker, web, web_url, env, beat_dir)
     yield running
+    running.high_worker.stop()
     running.worker.stop()
     running.web.stop()
     emulator.stop()

@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 class ServiceProcess:
     """A subprocess with a readiness check, its output kept in a file for failure reports."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], ready: Callable[[], bool]):
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], ready: Callable[[], bool]
+    ):
         self.name = name
         self.command = command
         self.env = env
@@ -29,7 +31,11 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.command,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -62,18 +68,25 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def celery_worker(env: dict[str, str], *, concurrency: int = 8, beat_dir: str) -> ServiceProcess:
-    """A real worker on every priority queue, with the beat scheduler embedded (-B) so the
-    sweeper runs as it does in production."""
+def celery_worker(
+    env: dict[str, str],
+    *,
+    queues: str = "high,normal,low",
+    concurrency: int = 8,
+    beat_dir: str | None = None,
+) -> ServiceProcess:
+    """A real worker on the given queues; with `beat_dir`, the beat scheduler is embedded (-B)
+    so the sweeper runs as it does in production."""
     from comicgen.celery import app
 
-    node = f"test-{os.getpid()}-{time.monotonic_ns()}@localhost"
+    node = f"test-{queues.replace(',', '-')}-{time.monotonic_ns()}@localhost"
     command = [
         str(BIN / "celery"), "-A", "comicgen", "worker", "--pool", "threads",
-        "--concurrency", str(concurrency), "-Q", "high,normal,low", "-n", node,
-        "-B", "-s", os.path.join(beat_dir, "beat-schedule"), "--loglevel", "INFO",
+        "--concurrency", str(concurrency), "-Q", queues, "-n", node, "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
-    ]
+    ]  # fmt: skip
+    if beat_dir:
+        command += ["-B", "-s", os.path.join(beat_dir, "beat-schedule")]
 
     def ready() -> bool:
         replies = app.control.ping(destination=[node], timeout=0.5)

@@ -1,0 +1,163 @@
+"""Request validation and response shapes of the batches API (also used for pushed events)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import serializers
+
+from batches.models import Batch, ImageJob, Priority
+from budgets import pricing
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "model": "sdxl",
+    "width": 768,
+    "height": 768,
+    "steps": 25,
+    "guidance": 7.5,
+}
+MAX_PROMPT_CHARS = 2000
+MIN_SIDE, MAX_SIDE = 64, 2048
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses keys it does not know, so a typo ("widht") is an error, not silently ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: ["Unknown field; allowed: " + ", ".join(self.fields)] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+def validate_side(value: int) -> int:
+    if value % 8:
+        raise serializers.ValidationError(f"Must be a multiple of 8 (e.g. {value - value % 8}).")
+    return value
+
+
+class GenerationParamsSerializer(StrictSerializer):
+    """Generation parameters; every one optional, filled from the batch and then defaults."""
+
+    model = serializers.ChoiceField(choices=[], required=False)
+    width = serializers.IntegerField(
+        min_value=MIN_SIDE, max_value=MAX_SIDE, required=False, validators=[validate_side]
+    )
+    height = serializers.IntegerField(
+        min_value=MIN_SIDE, max_value=MAX_SIDE, required=False, validators=[validate_side]
+    )
+    steps = serializers.IntegerField(min_value=1, max_value=150, required=False)
+    guidance = serializers.FloatField(min_value=0, max_value=30, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = pricing.model_names()
+
+
+class ImageInputSerializer(StrictSerializer):
+    prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, trim_whitespace=True)
+    seed = serializers.IntegerField(min_value=0, max_value=2**32 - 1, required=False)
+    params = GenerationParamsSerializer(required=False)
+
+
+class BatchSubmitSerializer(StrictSerializer):
+    title = serializers.CharField(max_length=200, required=False, default="Untitled chapter")
+    priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
+    style = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    negative_prompt = serializers.CharField(
+        max_length=1000, required=False, allow_blank=True, default=""
+    )
+    params = GenerationParamsSerializer(required=False)
+    images = serializers.ListField(child=ImageInputSerializer(), min_length=1)
+
+    def validate_images(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        limit = settings.COMICGEN_MAX_BATCH_IMAGES
+        if len(images) > limit:
+            raise serializers.ValidationError(
+                f"A batch holds at most {limit} images; split this one into several batches."
+            )
+        return images
+
+    def resolved_images(self) -> list[dict[str, Any]]:
+        """Each image with its effective params (defaults < batch params < image params)."""
+        data = self.validated_data
+        batch_params = {**DEFAULT_PARAMS, **data.get("params", {})}
+        return [
+            {
+                "prompt": image["prompt"],
+                "seed": image.get("seed"),
+                "params": {**batch_params, **image.get("params", {})},
+            }
+            for image in data["images"]
+        ]
+
+
+class ImageJobSerializer(serializers.ModelSerializer):
+    image_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ImageJob
+        fields = [
+            "id", "index", "prompt", "seed", "params", "status", "attempts", "error",
+            "image_url", "cost", "seq",
+        ]
+
+    def get_image_url(self, image: ImageJob) -> str | None:
+        return image.image.url if image.image else None
+
+
+class BatchSummarySerializer(serializers.ModelSerializer):
+    counts = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id", "title", "status", "priority", "style", "negative_prompt", "params",
+            "created_at", "started_at", "finished_at", "counts", "estimated_cost",
+            "actual_cost", "currency", "eta_seconds", "cancel_reason", "seq",
+        ]
+
+    def _counts(self, batch: Batch) -> dict[str, int]:
+        cached = getattr(batch, "_counts_cache", None)
+        if cached is None:
+            cached = batch.status_counts()
+            batch._counts_cache = cached  # type: ignore[attr-defined]
+        return cached
+
+    def get_counts(self, batch: Batch) -> dict[str, int]:
+        return self._counts(batch)
+
+    def get_eta_seconds(self, batch: Batch) -> float | None:
+        """Remaining images at the pace the finished ones have gone so far."""
+        if batch.is_terminal or batch.started_at is None:
+            return None
+        counts = self._counts(batch)
+        done = counts["completed"] + counts["failed"] + counts["cancelled"]
+        if done == 0:
+            return None
+        elapsed = (timezone.now() - batch.started_at).total_seconds()
+        return round(elapsed / done * (counts["total"] - done), 1)
+
+
+class BatchSerializer(BatchSummarySerializer):
+    images = ImageJobSerializer(many=True, read_only=True)
+
+    class Meta(BatchSummarySerializer.Meta):
+        fields = [*BatchSummarySerializer.Meta.fields, "images"]
+
+
+class EstimateSerializer(serializers.Serializer):
+    estimated_cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    base_cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    retry_allowance = serializers.DecimalField(max_digits=12, decimal_places=6)
+    retry_allowance_rate = serializers.DecimalField(max_digits=4, decimal_places=2)
+    currency = serializers.CharField()
+    remaining = serializers.DecimalField(max_digits=12, decimal_places=6)
+    within_budget = serializers.BooleanField()
+    images = serializers.IntegerField()

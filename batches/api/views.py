@@ -1,0 +1,154 @@
+"""The batches REST API: thin views that check, scope to the user, call one service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Prefetch
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from zipstream import ZIP_STORED, ZipStream
+
+from batches import services
+from batches.api.serializers import (
+    BatchSerializer,
+    BatchSubmitSerializer,
+    BatchSummarySerializer,
+    EstimateSerializer,
+)
+from batches.models import Batch, ImageJob, ImageStatus
+from budgets.services import BudgetExceeded
+from comicgen.errors import ApiError
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+    description="Replaying a submit with the same key returns the same batch.",
+)
+
+
+def get_user_batch(request: Request, batch_id: int) -> Batch:
+    """404 for another user's batch, as for a missing one (staff see all)."""
+    return get_object_or_404(services.scoped_batches(request.user), pk=batch_id)
+
+
+def batch_with_images(batch_id: int) -> Batch:
+    images = ImageJob.objects.order_by("index")
+    return Batch.objects.prefetch_related(Prefetch("images", queryset=images)).get(pk=batch_id)
+
+
+class BatchListView(ListAPIView):
+    """GET: the user's batches, newest first. POST: submit a batch (202, runs in the background)."""
+
+    serializer_class = BatchSummarySerializer
+
+    def get_queryset(self) -> Any:
+        return services.scoped_batches(self.request.user).order_by("-created_at", "-id")
+
+    @extend_schema(
+        request=BatchSubmitSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={202: BatchSerializer, 200: BatchSerializer, 400: dict, 402: dict, 422: dict},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = BatchSubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key", "").strip()
+        if len(key) > 255:
+            raise ApiError("invalid", "Idempotency-Key is at most 255 characters.", 400)
+        try:
+            submission = services.submit_batch(
+                request.user,
+                serializer.validated_data,
+                serializer.resolved_images(),
+                idempotency_key=key,
+                fingerprint=services.request_fingerprint(request.data) if key else "",
+            )
+        except BudgetExceeded as error:
+            raise ApiError(
+                "budget_exceeded", str(error), status.HTTP_402_PAYMENT_REQUIRED,
+                estimated_cost=str(error.estimated_cost), remaining=str(error.remaining),
+                currency=error.currency,
+            ) from None
+        except services.IdempotencyConflict as error:
+            raise ApiError("idempotency_conflict", str(error), 422) from None
+        batch = batch_with_images(submission.batch.pk)
+        location = request.build_absolute_uri(f"/api/v1/batches/{batch.pk}/")
+        return Response(
+            BatchSerializer(batch).data,
+            status=status.HTTP_202_ACCEPTED if submission.created else status.HTTP_200_OK,
+            headers={"Location": location},
+        )
+
+
+class EstimateView(APIView):
+    @extend_schema(request=BatchSubmitSerializer, responses={200: EstimateSerializer, 400: dict})
+    def post(self, request: Request) -> Response:
+        """Price a batch body without submitting it."""
+        serializer = BatchSubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        estimate = services.estimate_batch(request.user, serializer.resolved_images())
+        return Response(EstimateSerializer(estimate).data)
+
+
+class BatchDetailView(APIView):
+    @extend_schema(responses={200: BatchSerializer, 404: dict})
+    def get(self, request: Request, batch_id: int) -> Response:
+        """One batch with every image, in panel order."""
+        batch = get_user_batch(request, batch_id)
+        return Response(BatchSerializer(batch_with_images(batch.pk)).data)
+
+
+class BatchCancelView(APIView):
+    @extend_schema(request=None, responses={202: BatchSummarySerializer, 409: dict})
+    def post(self, request: Request, batch_id: int) -> Response:
+        """Cancel everything not finished; images on RunPod are cancelled there."""
+        batch = get_user_batch(request, batch_id)
+        try:
+            services.cancel_batch(batch)
+        except services.StateConflict as error:
+            raise ApiError("conflict", str(error), status.HTTP_409_CONFLICT) from None
+        batch.refresh_from_db()
+        return Response(BatchSummarySerializer(batch).data, status=status.HTTP_202_ACCEPTED)
+
+
+class BatchRetryView(APIView):
+    @extend_schema(request=None, responses={202: BatchSummarySerializer, 402: dict, 409: dict})
+    def post(self, request: Request, batch_id: int) -> Response:
+        """Requeue the failed and cancelled images only."""
+        batch = get_user_batch(request, batch_id)
+        try:
+            services.retry_batch(batch)
+        except services.StateConflict as error:
+            raise ApiError("conflict", str(error), status.HTTP_409_CONFLICT) from None
+        except BudgetExceeded as error:
+            raise ApiError(
+                "budget_exceeded", str(error), status.HTTP_402_PAYMENT_REQUIRED,
+                estimated_cost=str(error.estimated_cost), remaining=str(error.remaining),
+                currency=error.currency,
+            ) from None
+        batch.refresh_from_db()
+        return Response(BatchSummarySerializer(batch).data, status=status.HTTP_202_ACCEPTED)
+
+
+class BatchDownloadView(APIView):
+    @extend_schema(responses={(200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY)})
+    def get(self, request: Request, batch_id: int) -> Any:
+        """A ZIP of the finished images, streamed, named by panel order."""
+        batch = get_user_batch(request, batch_id)
+        images = batch.images.filter(status=ImageStatus.COMPLETED).exclude(image="").order_by("index")
+        if not images.exists():
+            raise ApiError("not_ready", "No finished images to download yet.", status.HTTP_409_CONFLICT)
+        archive = ZipStream(compress_type=ZIP_STORED)  # PNGs are compressed already
+        for image in images.iterator():
+            archive.add_path(image.image.path, arcname=image.filename)
+        response = StreamingHttpResponse(archive, content_type="application/zip")
+        response["Content-Length"] = str(len(archive))
+        response["Content-Disposition"] = f'attachment; filename="batch-{batch.pk}.zip"'
+        return response

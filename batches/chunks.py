@@ -1,0 +1,397 @@
+"""The chunk loop: submit a chunk's images to RunPod, follow them, store what they make.
+
+One task owns a chunk at a time (a lease in Redis). Each pass of its loop:
+1. stops if the batch is being cancelled (cancelling its jobs on RunPod),
+2. submits every image that is due, while an in-flight slot and budget are free,
+3. collects results: webhooks first, then /status for jobs not heard from lately,
+4. sleeps until a webhook wakes it or the next poll or retry is due.
+
+Every transition is a conditional UPDATE on the image row, so a redelivered task, a sweeper
+resuming the chunk, a webhook and a poll racing each other all agree on one outcome. A job id is
+written the moment /run returns it: a resumed chunk polls the known job instead of resubmitting.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from batches import events, flow, services
+from batches.models import IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
+from batches.runpod import (
+    COMPLETED,
+    IN_PROGRESS,
+    JobNotFound,
+    JobStatus,
+    PermanentRunPodError,
+    RunPodClient,
+    TransientRunPodError,
+)
+from budgets import pricing
+from budgets import services as budget_services
+
+logger = logging.getLogger(__name__)
+
+_clients = threading.local()
+# A transient /run failure retries the call after this backoff, without using an attempt.
+CALL_RETRY_BASE = 0.5
+CALL_RETRY_MAX = 10.0
+# A chunk waiting for a slot looks again this often: a freed slot is taken within this delay.
+SLOT_RETRY_SECONDS = 0.1
+# How long a chunk sleeps at most between passes (also bounds how late it sees a cancel).
+MAX_WAIT_SECONDS = 2.0
+
+
+def runpod_client() -> RunPodClient:
+    """One pooled client per worker thread."""
+    client = getattr(_clients, "client", None)
+    if client is None:
+        client = _clients.client = RunPodClient.from_settings()
+    return client
+
+
+def retry_delay(attempts: int) -> float:
+    """Exponential backoff with full jitter before the next attempt of a failed image."""
+    ceiling = min(settings.COMICGEN_RETRY_MAX_DELAY, settings.COMICGEN_RETRY_BASE_DELAY * 2 ** (attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def poll_interval() -> float:
+    """With webhooks on, /status is only the safety net for a lost webhook."""
+    if settings.COMICGEN_PUBLIC_URL:
+        return max(settings.RUNPOD_POLL_INTERVAL, settings.RUNPOD_WEBHOOK_POLL_INTERVAL)
+    return settings.RUNPOD_POLL_INTERVAL
+
+
+def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
+    """Run one chunk of a batch to the end. Safe to run twice: a second task finds the lease
+    taken (and leaves) or the images terminal (and finishes at once)."""
+    lease = flow.ChunkLease(batch_id, chunk_no, owner=uuid.uuid4().hex)
+    if not lease.acquire():
+        logger.info("batch %s chunk %s is already being run", batch_id, chunk_no)
+        return {"chunk": chunk_no, "skipped": "owned by another task"}
+    try:
+        summary = ChunkRun(batch_id, chunk_no, lease).run()
+    finally:
+        lease.release()
+    services.finalize_batch(batch_id)
+    return summary
+
+
+@dataclass
+class ChunkRun:
+    batch_id: int
+    chunk_no: int
+    lease: flow.ChunkLease
+    last_checked: dict[str, float] = field(default_factory=dict)
+    call_failures: int = 0
+    waiting_for_slot: bool = False
+
+    def run(self) -> dict[str, Any]:
+        batch = Batch.objects.get(pk=self.batch_id)
+        if batch.is_terminal:
+            return {"chunk": self.chunk_no, "skipped": batch.status}
+        services.mark_batch_running(self.batch_id)
+        self.priority = batch.priority
+        self.waiter = f"{self.batch_id}:{self.chunk_no}"
+        first = self.chunk_no * batch.chunk_size
+        self.images = ImageJob.objects.filter(
+            batch_id=self.batch_id, index__gte=first, index__lt=first + batch.chunk_size
+        )
+        self.batch = batch
+        while True:
+            if not self.lease.renew():
+                logger.warning("batch %s chunk %s lost its lease", self.batch_id, self.chunk_no)
+                return {"chunk": self.chunk_no, "stopped": "lease lost"}
+            open_images = list(self.images.exclude(status__in=IMAGE_TERMINAL))
+            if not open_images:
+                break
+            in_flight = [image for image in open_images if image.runpod_job_id]
+            flow.refresh_slots([image.pk for image in in_flight])
+            if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
+                self.cancel(open_images)
+                flow.wait_for_wake(self.batch_id, self.chunk_no, SLOT_RETRY_SECONDS)
+                continue
+            self.submit_due(open_images)
+            self.collect(in_flight)
+            flow.wait_for_wake(self.batch_id, self.chunk_no, self.wait_time())
+        return {"chunk": self.chunk_no, "done": True}
+
+    # --- submitting --------------------------------------------------------------------------
+
+    def submit_due(self, images: list[ImageJob]) -> None:
+        self.waiting_for_slot = False
+        now = timezone.now()
+        for image in images:
+            if image.runpod_job_id:
+                continue
+            if image.status == ImageStatus.SUBMITTED:
+                # Claimed but no job id recorded: the task died between claim and /run.
+                self.submit(image, reclaim=True)
+            elif image.next_attempt_at is None or image.next_attempt_at <= now:
+                self.submit(image, reclaim=False)
+            if self.waiting_for_slot:
+                return
+
+    def submit(self, image: ImageJob, *, reclaim: bool) -> None:
+        if not flow.acquire_slot(image.pk, self.priority, self.waiter):
+            self.waiting_for_slot = True
+            return
+        previous_status = image.status
+        if not reclaim:
+            max_cost = pricing.attempt_max_cost(image.params)
+            if not budget_services.hold_for_attempt(self.batch_id, max_cost):
+                flow.release_slot(image.pk)
+                self.out_of_budget(image)
+                return
+            claimed = ImageJob.objects.filter(
+                pk=image.pk, status=image.status, runpod_job_id=""
+            ).update(
+                status=ImageStatus.SUBMITTED, attempts=F("attempts") + 1, hold=max_cost,
+                submitted_at=timezone.now(), next_attempt_at=None,
+            )
+            if not claimed:
+                budget_services.release_hold(self.batch_id, max_cost)
+                flow.release_slot(image.pk)
+                return
+            image.attempts += 1
+            image.hold = max_cost
+        try:
+            job = runpod_client().run(
+                image.runpod_input(self.batch),
+                webhook=services.webhook_url(self.batch_id, self.chunk_no),
+                execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
+                ttl_ms=settings.RUNPOD_TTL_MS,
+            )
+        except TransientRunPodError as error:
+            # Retry the call, not the image: give the attempt and its hold back.
+            self.call_failures += 1
+            backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
+            delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
+            if not reclaim:
+                ImageJob.objects.filter(pk=image.pk, runpod_job_id="").update(
+                    status=previous_status, attempts=F("attempts") - 1, hold=Decimal("0"),
+                    next_attempt_at=timezone.now() + timedelta(seconds=delay),
+                )
+                budget_services.release_hold(self.batch_id, image.hold)
+            flow.release_slot(image.pk)
+            logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
+            return
+        except PermanentRunPodError as error:
+            flow.release_slot(image.pk)
+            self.finish(image, ImageStatus.FAILED, error=f"RunPod refused the job: {error}")
+            return
+        self.call_failures = 0
+        ImageJob.objects.filter(pk=image.pk).update(runpod_job_id=job.id)
+        image.runpod_job_id = job.id
+        self.last_checked[job.id] = time.monotonic()
+        events.push_image_updated(image.pk)
+
+    def out_of_budget(self, image: ImageJob) -> None:
+        """No room left for another attempt. While other attempts run, their holds may come
+        back; with none running, the rest of the chunk cannot run."""
+        if self.images.filter(runpod_job_id__gt="").exists():
+            self.waiting_for_slot = True
+            return
+        reason = "Cancelled: the monthly budget has no room left for this image."
+        for pending in self.images.filter(
+            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
+        ):
+            self.finish(pending, ImageStatus.CANCELLED, error=reason)
+
+    # --- collecting --------------------------------------------------------------------------
+
+    def collect(self, in_flight: list[ImageJob]) -> None:
+        if not in_flight:
+            return
+        by_job = {image.runpod_job_id: image for image in in_flight}
+        results = flow.take_results(list(by_job))
+        interval = poll_interval()
+        now = time.monotonic()
+        for job_id, image in by_job.items():
+            payload = results.get(job_id)
+            if payload is not None:
+                self.handle(image, JobStatus.from_json(payload))
+                continue
+            if now - self.last_checked.get(job_id, 0) < interval:
+                continue
+            self.last_checked[job_id] = now
+            try:
+                status = runpod_client().status(job_id)
+            except JobNotFound:
+                self.lost(image, "RunPod no longer knows this job (expired or purged).")
+                continue
+            except TransientRunPodError as error:
+                logger.info("image %s: /status failed (%s); next pass", image.pk, error)
+                continue
+            self.handle(image, status)
+
+    def handle(self, image: ImageJob, job: JobStatus) -> None:
+        if job.id != image.runpod_job_id:
+            return
+        if not job.is_terminal:
+            if job.status == IN_PROGRESS and image.status == ImageStatus.SUBMITTED:
+                if ImageJob.objects.filter(
+                    pk=image.pk, runpod_job_id=job.id, status=ImageStatus.SUBMITTED
+                ).update(status=ImageStatus.RUNNING):
+                    events.push_image_updated(image.pk)
+            return
+        self.last_checked.pop(job.id, None)
+        if job.status == COMPLETED:
+            try:
+                png = decode_output(job.output)
+            except ValueError as error:
+                self.attempt_failed(image, job, f"RunPod returned no usable image: {error}")
+                return
+            self.completed(image, job, png)
+        else:
+            reason = job.error or f"RunPod job ended {job.status}"
+            self.attempt_failed(image, job, reason)
+
+    def completed(self, image: ImageJob, job: JobStatus, png: bytes) -> None:
+        name = default_storage.save(
+            f"panels/{self.batch_id}/panel-{image.index + 1:03d}-{image.pk}-a{image.attempts}.png",
+            ContentFile(png),
+        )
+        cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
+        with transaction.atomic():
+            won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id).exclude(
+                status__in=IMAGE_TERMINAL
+            ).update(
+                status=ImageStatus.COMPLETED, image=name, error="", finished_at=timezone.now(),
+                delay_ms=job.delay_time_ms, execution_ms=job.execution_time_ms,
+                hold=Decimal("0"),
+            )
+            if not won:
+                default_storage.delete(name)
+                return
+            budget_services.charge_attempt(image, image.attempts, cost, image.hold)
+            events.push_image_updated(image.pk)
+        flow.release_slot(image.pk)
+
+    def attempt_failed(self, image: ImageJob, job: JobStatus, reason: str) -> None:
+        """Charge what the attempt ran, then retry after a backoff or give up."""
+        cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
+        give_up = image.attempts >= settings.COMICGEN_MAX_ATTEMPTS
+        now = timezone.now()
+        if give_up:
+            update = {"status": ImageStatus.FAILED, "finished_at": now}
+            reason = f"{reason} (gave up after {image.attempts} attempts)"
+        else:
+            delay = retry_delay(image.attempts)
+            update = {"status": ImageStatus.RETRYING, "next_attempt_at": now + timedelta(seconds=delay)}
+        with transaction.atomic():
+            won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id).exclude(
+                status__in=IMAGE_TERMINAL
+            ).update(
+                runpod_job_id="", error=reason, hold=Decimal("0"), delay_ms=job.delay_time_ms,
+                execution_ms=job.execution_time_ms, **update,
+            )
+            if not won:
+                return
+            budget_services.charge_attempt(image, image.attempts, cost, image.hold)
+            events.push_image_updated(image.pk)
+        flow.release_slot(image.pk)
+        logger.info("image %s attempt %s failed: %s", image.pk, image.attempts, reason)
+
+    def lost(self, image: ImageJob, reason: str) -> None:
+        """The job vanished before we saw its end: nothing was billed that we can know of;
+        count it as a failed attempt so it is retried within the attempt limit."""
+        self.attempt_failed(image, JobStatus(image.runpod_job_id, "LOST", None, reason, None, None), reason)
+
+    def finish(self, image: ImageJob, status: str, *, error: str) -> None:
+        """End an image that holds no RunPod job (refused, cancelled before it ran)."""
+        with transaction.atomic():
+            won = ImageJob.objects.filter(pk=image.pk).exclude(status__in=IMAGE_TERMINAL).update(
+                status=status, error=error, finished_at=timezone.now(), runpod_job_id="",
+                hold=Decimal("0"),
+            )
+            if won and image.hold:
+                budget_services.release_hold(self.batch_id, image.hold)
+            if won:
+                events.push_image_updated(image.pk)
+
+    # --- cancelling --------------------------------------------------------------------------
+
+    def cancel(self, images: list[ImageJob]) -> None:
+        reason = Batch.objects.values_list("cancel_reason", flat=True).get(pk=self.batch_id)
+        for image in images:
+            if not image.runpod_job_id:
+                self.finish(image, ImageStatus.CANCELLED, error=reason or "Cancelled.")
+                continue
+            try:
+                job = runpod_client().cancel(image.runpod_job_id)
+            except JobNotFound:
+                job = JobStatus(image.runpod_job_id, "CANCELLED", None, None, None, None)
+            except TransientRunPodError as error:
+                logger.info("image %s: /cancel failed (%s); next pass", image.pk, error)
+                continue
+            if job.status == COMPLETED:
+                self.handle(image, job)  # it finished first: keep the panel
+                continue
+            cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
+            with transaction.atomic():
+                won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=image.runpod_job_id).exclude(
+                    status__in=IMAGE_TERMINAL
+                ).update(
+                    status=ImageStatus.CANCELLED, error=reason or "Cancelled.", runpod_job_id="",
+                    finished_at=timezone.now(), hold=Decimal("0"),
+                )
+                if won:
+                    budget_services.charge_attempt(image, image.attempts, cost, image.hold)
+                    events.push_image_updated(image.pk)
+            flow.release_slot(image.pk)
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def wait_time(self) -> float:
+        if self.waiting_for_slot:
+            return SLOT_RETRY_SECONDS
+        now = timezone.now()
+        due = [MAX_WAIT_SECONDS, poll_interval()]
+        retry_times = self.images.filter(
+            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], next_attempt_at__isnull=False
+        ).values_list("next_attempt_at", flat=True)
+        due += [(at - now).total_seconds() for at in retry_times]
+        if self.images.filter(status=ImageStatus.PENDING, next_attempt_at__isnull=True).exists():
+            due.append(0)
+        # Never spin: a pass costs a few queries.
+        return max(0.02, min(due))
+
+
+def decode_output(output: Any) -> bytes:
+    """The PNG from a worker-sdxl output: a data URI or base64 string, or a URL to fetch."""
+    if not isinstance(output, dict) or not output.get("images"):
+        raise ValueError("output has no images")
+    first = output["images"][0]
+    if not isinstance(first, str):
+        raise ValueError("image is not a string")
+    if first.startswith(("http://", "https://")):
+        response = requests.get(first, timeout=(3.05, 30))
+        response.raise_for_status()
+        data = response.content
+    else:
+        encoded = first.split(",", 1)[1] if first.startswith("data:") else first
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except ValueError as error:
+            raise ValueError(f"bad base64: {error}") from None
+    if not data.startswith(b"\x89PNG"):
+        raise ValueError("not a PNG")
+    return data

@@ -1,0 +1,154 @@
+"""What is pushed to watchers of a batch, and the one helper that pushes it.
+
+Every event carries the batch's next `seq` (taken in PostgreSQL, so it is monotonic across
+workers); a client keeps the highest seq it has seen per image and for the batch and drops
+anything older. Events are sent after the change is committed.
+
+Sync code (Celery threads, views) hands events to one background event loop per process,
+which sends them in order: channels-redis keeps its connections per event loop, and a fresh
+loop per call (what async_to_sync does outside ASGI) is what breaks it (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from batches.models import Batch, ImageJob
+
+logger = logging.getLogger(__name__)
+
+
+def group_name(batch_id: int) -> str:
+    return f"batch_{batch_id}"
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+
+def image_data(image: ImageJob) -> dict[str, Any]:
+    from batches.api.serializers import ImageJobSerializer
+
+    return dict(ImageJobSerializer(image).data)
+
+
+def batch_data(batch: Batch, *, with_images: bool = True) -> dict[str, Any]:
+    from batches.api.serializers import BatchSerializer, BatchSummarySerializer
+
+    serializer = BatchSerializer if with_images else BatchSummarySerializer
+    return dict(serializer(batch).data)
+
+
+def snapshot_event(batch: Batch) -> dict[str, Any]:
+    """Sent first on every (re)connection: the whole batch as it is now."""
+    return {"type": "batch.snapshot", "seq": batch.seq, "batch": batch_data(batch)}
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+class _Sender:
+    """A daemon thread running one event loop that sends queued events in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] | None = None
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+
+    def _start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            ready.set()
+            loop.run_until_complete(self._drain())
+
+        threading.Thread(target=run, name="comicgen-events", daemon=True).start()
+        ready.wait()
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        layer = get_channel_layer()
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            group, message = item
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # a lost event costs a client a refresh, never the batch
+                logger.exception("could not push %s to %s", message.get("type"), group)
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def send(self, group: str, message: dict[str, Any]) -> None:
+        with self._lock:
+            if self._loop is None:
+                self._start()
+            self._pending += 1
+        assert self._loop is not None and self._queue is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued has been sent (tests, management commands)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+
+_sender = _Sender()
+
+
+def send_event(batch_id: int, event: dict[str, Any]) -> None:
+    """Send an event to a batch's watchers once the current transaction commits."""
+    message = {"type": "batch.event", "event": event}
+    transaction.on_commit(lambda: _sender.send(group_name(batch_id), message))
+
+
+def flush_events(timeout: float = 5.0) -> bool:
+    return _sender.flush(timeout)
+
+
+# --- the events ------------------------------------------------------------------------------
+
+
+def push_image_updated(image_id: int) -> None:
+    """An image changed: send its current row and the batch's counts."""
+    image = ImageJob.objects.select_related("batch").get(pk=image_id)
+    seq = image.batch.next_seq()
+    ImageJob.objects.filter(pk=image_id).update(seq=seq)
+    image.seq = seq
+    event = {
+        "type": "image.updated",
+        "seq": seq,
+        "batch_id": image.batch_id,
+        "image": image_data(image),
+        "counts": image.batch.status_counts(),
+    }
+    send_event(image.batch_id, event)
+
+
+def push_batch_updated(batch_id: int) -> None:
+    """The batch changed status (or its cost): send status, counts and cost."""
+    batch = Batch.objects.get(pk=batch_id)
+    seq = batch.next_seq()
+    event = {
+        "type": "batch.updated",
+        "seq": seq,
+        "batch_id": batch_id,
+        "status": batch.status,
+        "counts": batch.status_counts(),
+        "actual_cost": str(batch.actual_cost),
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+    }
+    send_event(batch_id, event)

@@ -1,0 +1,314 @@
+"""Batch workflows: submit, enqueue, cancel, retry, finalize, sweep, webhooks.
+
+The per-chunk loop that talks to RunPod is in chunks.py; Redis coordination in flow.py; money
+in budgets/services.py. PostgreSQL is the source of truth: every state change is a conditional
+UPDATE that says whether this caller won it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from celery import chord, group
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from batches import events, flow
+from batches.models import (
+    BATCH_TERMINAL,
+    IMAGE_TERMINAL,
+    Batch,
+    BatchStatus,
+    ImageJob,
+    ImageStatus,
+)
+from budgets import pricing
+from budgets import services as budget_services
+
+logger = logging.getLogger(__name__)
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different body."""
+
+
+class StateConflict(Exception):
+    """The batch is not in a state that allows this action."""
+
+
+@dataclass
+class Submission:
+    batch: Batch
+    created: bool
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def estimate_batch(user: Any, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """Price a batch without creating anything: the estimate against what remains."""
+    estimate = pricing.estimate_images([image["params"] for image in images])
+    budget = budget_services.get_budget(user)
+    return {
+        "estimated_cost": estimate.total,
+        "base_cost": estimate.base_cost,
+        "retry_allowance": estimate.retry_allowance,
+        "retry_allowance_rate": pricing.RETRY_ALLOWANCE,
+        "currency": estimate.currency,
+        "remaining": budget.remaining,
+        "within_budget": estimate.total <= budget.remaining,
+        "images": estimate.images,
+    }
+
+
+def submit_batch(
+    user: Any,
+    data: dict[str, Any],
+    images: list[dict[str, Any]],
+    *,
+    idempotency_key: str = "",
+    fingerprint: str = "",
+) -> Submission:
+    """Price, reserve and create a batch with its images in one transaction, then enqueue it.
+
+    `images` carry their effective params. Raises BudgetExceeded (nothing created) or
+    IdempotencyConflict. A replay with the same key and body returns the first batch.
+    """
+    if idempotency_key:
+        existing = _replayed_batch(user, idempotency_key, fingerprint)
+        if existing:
+            return Submission(existing, created=False)
+
+    estimate = pricing.estimate_images([image["params"] for image in images])
+    rng = random.SystemRandom()
+    try:
+        with transaction.atomic():
+            batch = Batch.objects.create(
+                user=user,
+                title=data["title"],
+                priority=data["priority"],
+                style=data.get("style", ""),
+                negative_prompt=data.get("negative_prompt", ""),
+                params=data.get("params", {}),
+                estimated_cost=estimate.total,
+                currency=estimate.currency,
+                chunk_size=settings.COMICGEN_CHUNK_SIZE,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint,
+            )
+            ImageJob.objects.bulk_create(
+                [
+                    ImageJob(
+                        batch=batch,
+                        index=index,
+                        prompt=image["prompt"],
+                        # A chosen seed is stored, so every panel can be reproduced.
+                        seed=image["seed"] if image["seed"] is not None else rng.randrange(2**32),
+                        params=image["params"],
+                    )
+                    for index, image in enumerate(images)
+                ],
+                batch_size=500,
+            )
+            budget_services.reserve_for_batch(batch, estimate.total)
+            transaction.on_commit(lambda: enqueue_batch(batch))
+    except IntegrityError:
+        # Two submits with one Idempotency-Key raced; the other one won.
+        if idempotency_key:
+            existing = _replayed_batch(user, idempotency_key, fingerprint)
+            if existing:
+                return Submission(existing, created=False)
+        raise
+    logger.info("batch %s submitted: %s images, estimate %s", batch.pk, len(images), estimate.total)
+    return Submission(batch, created=True)
+
+
+def _replayed_batch(user: Any, key: str, fingerprint: str) -> Batch | None:
+    existing = Batch.objects.filter(user=user, idempotency_key=key).first()
+    if existing and existing.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request body."
+        )
+    return existing
+
+
+def chunk_numbers(batch: Batch, images: Any = None) -> list[int]:
+    """The chunks holding the given images (default: every non-terminal image)."""
+    if images is None:
+        images = batch.images.exclude(status__in=IMAGE_TERMINAL)
+    indexes = images.values_list("index", flat=True)
+    return sorted({index // batch.chunk_size for index in indexes})
+
+
+def enqueue_batch(batch: Batch, chunks: list[int] | None = None) -> None:
+    """A chord: one task per chunk on the batch's priority queue, then finalize."""
+    from batches import tasks
+
+    chunks = chunk_numbers(batch) if chunks is None else chunks
+    if not chunks:
+        tasks.finalize_batch_task.apply_async(args=([], batch.pk), queue=batch.priority)
+        return
+    flow.mark_chunks_queued(batch.pk, chunks)
+    header = group(
+        tasks.process_chunk_task.si(batch.pk, chunk_no).set(queue=batch.priority)
+        for chunk_no in chunks
+    )
+    chord(header)(tasks.finalize_batch_task.s(batch.pk).set(queue=batch.priority))
+
+
+def mark_batch_running(batch_id: int) -> None:
+    started = Batch.objects.filter(pk=batch_id, status=BatchStatus.QUEUED).update(
+        status=BatchStatus.RUNNING, started_at=timezone.now()
+    )
+    if started:
+        events.push_batch_updated(batch_id)
+
+
+def finalize_batch(batch_id: int) -> str | None:
+    """Give a batch whose images are all terminal its terminal status, release what is left of
+    its reservation and announce it. Idempotent; does nothing while images are unfinished."""
+    batch = Batch.objects.get(pk=batch_id)
+    if batch.is_terminal:
+        return batch.status
+    if batch.images.exclude(status__in=IMAGE_TERMINAL).exists():
+        return None
+    counts = batch.status_counts()
+    if batch.cancel_requested_at and counts["completed"] < counts["total"]:
+        status = BatchStatus.CANCELLED
+    elif counts["completed"] == counts["total"]:
+        status = BatchStatus.COMPLETED
+    elif counts["completed"]:
+        status = BatchStatus.PARTIAL
+    elif counts["cancelled"] == counts["total"]:
+        status = BatchStatus.CANCELLED
+    else:
+        status = BatchStatus.FAILED
+    with transaction.atomic():
+        claimed = Batch.objects.filter(pk=batch_id).exclude(status__in=BATCH_TERMINAL).update(
+            status=status, finished_at=timezone.now()
+        )
+        if not claimed:
+            return Batch.objects.values_list("status", flat=True).get(pk=batch_id)
+        budget_services.release_batch(batch, note=f"batch {status}")
+        events.push_batch_updated(batch_id)
+    logger.info("batch %s finished %s: %s", batch_id, status, counts)
+    return status
+
+
+def cancel_batch(batch: Batch, reason: str = "Cancelled by the user.") -> int:
+    """Stop what has not finished. Pending and retrying images are cancelled here; images on
+    RunPod are cancelled there by their chunk, which the cancel wakes. Returns how many images
+    were cancelled at once."""
+    now = timezone.now()
+    requested = Batch.objects.filter(pk=batch.pk).exclude(status__in=BATCH_TERMINAL).update(
+        cancel_requested_at=now, cancel_reason=reason
+    )
+    if not requested:
+        raise StateConflict(f"The batch is already {batch.status}; there is nothing to cancel.")
+    waiting = list(
+        batch.images.filter(
+            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
+        ).values_list("pk", flat=True)
+    )
+    cancelled = ImageJob.objects.filter(
+        pk__in=waiting, status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
+    ).update(status=ImageStatus.CANCELLED, error=reason, finished_at=now, next_attempt_at=None)
+    for image_id in waiting:
+        events.push_image_updated(image_id)
+    for chunk_no in chunk_numbers(batch):
+        flow.wake_chunk(batch.pk, chunk_no)
+    # Nothing may be running at all (e.g. a batch still queued): finish it now if so.
+    finalize_batch(batch.pk)
+    return cancelled
+
+
+def retry_batch(batch: Batch) -> int:
+    """Requeue the failed and cancelled images only (completed ones are never redone)."""
+    if not batch.is_terminal:
+        raise StateConflict("The batch is still running; retry it once it has finished.")
+    retryable = batch.images.filter(status__in=[ImageStatus.FAILED, ImageStatus.CANCELLED])
+    images = list(retryable.only("pk", "index", "params"))
+    if not images:
+        raise StateConflict("No failed or cancelled images to retry.")
+    estimate = pricing.estimate_images([image.params for image in images])
+    with transaction.atomic():
+        reopened = Batch.objects.filter(pk=batch.pk, status=batch.status).update(
+            status=BatchStatus.RUNNING, finished_at=None, cancel_requested_at=None,
+            cancel_reason="",
+        )
+        if not reopened:
+            raise StateConflict("The batch changed meanwhile; reload it and try again.")
+        budget_services.reserve_for_batch(batch, estimate.total)
+        Batch.objects.filter(pk=batch.pk).update(
+            estimated_cost=batch.estimated_cost + estimate.total
+        )
+        ImageJob.objects.filter(pk__in=[image.pk for image in images]).update(
+            status=ImageStatus.PENDING, attempts=0, error="", runpod_job_id="",
+            next_attempt_at=None, finished_at=None,
+        )
+        for image in images:
+            events.push_image_updated(image.pk)
+        events.push_batch_updated(batch.pk)
+        chunks = sorted({image.index // batch.chunk_size for image in images})
+        transaction.on_commit(lambda: enqueue_batch(batch, chunks))
+    return len(images)
+
+
+def sweep_batches() -> dict[str, int]:
+    """Finish batches whose chord was lost and resume chunks whose task died (worker killed,
+    Redis restarted). A chunk counts as dead when no task holds its lease and none waits in
+    the broker for it; its images keep their RunPod job ids, so nothing is submitted twice."""
+    resumed = finalized = 0
+    for batch in Batch.objects.filter(status__in=[BatchStatus.QUEUED, BatchStatus.RUNNING]):
+        chunks = chunk_numbers(batch)
+        if not chunks:
+            finalized += finalize_batch(batch.pk) is not None
+            continue
+        orphans = [n for n in chunks if not flow.chunk_is_owned(batch.pk, n)]
+        if orphans:
+            logger.warning("batch %s: resuming orphaned chunks %s", batch.pk, orphans)
+            enqueue_batch(batch, orphans)
+            resumed += len(orphans)
+    return {"resumed_chunks": resumed, "finalized": finalized}
+
+
+def receive_webhook(batch_id: int, chunk_no: int, token: str, payload: Any) -> bool:
+    """Accept a RunPod webhook for a chunk: keep the result and wake the chunk. False when the
+    token is wrong or the payload is not a job status."""
+    import hmac
+
+    if not hmac.compare_digest(token, flow.webhook_token(batch_id, chunk_no)):
+        return False
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+        return False
+    flow.deliver_result(batch_id, chunk_no, payload["id"], payload)
+    return True
+
+
+def webhook_url(batch_id: int, chunk_no: int) -> str | None:
+    if not settings.COMICGEN_PUBLIC_URL:
+        return None
+    token = flow.webhook_token(batch_id, chunk_no)
+    return f"{settings.COMICGEN_PUBLIC_URL}/api/v1/runpod/webhook/{batch_id}/{chunk_no}/{token}/"
+
+
+def scoped_batches(user: Any) -> Any:
+    """The batches a user may see: their own, or all for staff."""
+    batches = Batch.objects.all()
+    return batches if user.is_staff else batches.filter(user=user)
+
+
+def unfinished_images_filter() -> Q:
+    return ~Q(status__in=IMAGE_TERMINAL)
+
+
+ZERO = Decimal("0")

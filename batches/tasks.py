@@ -1,0 +1,61 @@
+"""Celery tasks: thin, idempotent wrappers around services.
+
+All are acks_late with reject_on_worker_lost (settings), so a task whose worker dies is
+delivered again; every one is safe to run twice. Transient errors (RunPod, Redis, a dropped
+database connection) retry the task with exponential backoff and jitter, capped far below the
+broker's visibility timeout (NOTES.md: a longer countdown is delivered twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from batches import chunks, services
+from batches.runpod import TransientRunPodError
+
+TRANSIENT_ERRORS = (
+    TransientRunPodError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    InterfaceError,
+)
+RETRY_BACKOFF_MAX = 120  # seconds; CELERY_VISIBILITY_TIMEOUT is at least 300
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=10,
+)
+def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
+    """Run one chunk of a batch on RunPod; returns a small summary (the chord ignores it)."""
+    return chunks.process_chunk(batch_id, chunk_no)
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=2,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=10,
+)
+def finalize_batch_task(_chunk_results: Any, batch_id: int) -> str | None:
+    """Chord callback. Reads the truth from PostgreSQL, never from the chunk results."""
+    return services.finalize_batch(batch_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def sweep_batches_task() -> dict[str, int]:
+    """Periodic (beat): finish batches whose chord was lost, resume orphaned chunks."""
+    return services.sweep_batches()
