@@ -142,12 +142,29 @@ class ChunkRun:
             if image.runpod_job_id:
                 continue
             if image.status == ImageStatus.SUBMITTED:
-                # Claimed but no job id recorded: the task died between claim and /run.
-                self.submit(image, reclaim=True)
+                self.adopt_or_resubmit(image)
             elif image.next_attempt_at is None or image.next_attempt_at <= now:
                 self.submit(image, reclaim=False)
             if self.waiting_for_slot:
                 return
+
+    def adopt_or_resubmit(self, image: ImageJob) -> None:
+        """An image claimed for an attempt with no job id recorded: its task died while /run
+        was answering, so RunPod may or may not run that job. Its webhook names the image and
+        attempt: adopt the job when it reports. Resubmit only when none has come within the
+        grace period (or webhooks are off and nothing could ever tell us)."""
+        job_id = flow.job_for_attempt(image.pk, image.attempts)
+        if job_id:
+            adopted = ImageJob.objects.filter(
+                pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id=""
+            ).update(runpod_job_id=job_id)
+            if adopted:
+                logger.info("image %s: adopted job %s after a lost /run answer", image.pk, job_id)
+            return
+        waited = (timezone.now() - (image.submitted_at or timezone.now())).total_seconds()
+        if settings.COMICGEN_PUBLIC_URL and waited < settings.COMICGEN_ORPHAN_GRACE_SECONDS:
+            return
+        self.submit(image, reclaim=True)
 
     def submit(self, image: ImageJob, *, reclaim: bool) -> None:
         if not flow.acquire_slot(image.pk, self.priority, self.waiter):
@@ -175,7 +192,7 @@ class ChunkRun:
         try:
             job = runpod_client().run(
                 image.runpod_input(self.batch),
-                webhook=services.webhook_url(self.batch_id, self.chunk_no),
+                webhook=services.webhook_url(self.batch_id, self.chunk_no, image.pk, image.attempts),
                 execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
                 ttl_ms=settings.RUNPOD_TTL_MS,
             )

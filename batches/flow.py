@@ -175,9 +175,9 @@ def chunk_is_owned(batch_id: int, chunk_no: int) -> bool:
 # --- webhook results and wake-ups ------------------------------------------------------------
 
 
-def webhook_token(batch_id: int, chunk_no: int) -> str:
-    """The unguessable part of a chunk's webhook URL (RunPod signs nothing)."""
-    message = f"webhook:{batch_id}:{chunk_no}".encode()
+def webhook_token(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str:
+    """The unguessable part of an attempt's webhook URL (RunPod signs nothing)."""
+    message = f"webhook:{batch_id}:{chunk_no}:{image_id}:{attempt}".encode()
     return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
@@ -185,14 +185,27 @@ def _wake_key(batch_id: int, chunk_no: int) -> str:
     return _chunk_key(batch_id, chunk_no, "wake")
 
 
-def deliver_result(batch_id: int, chunk_no: int, job_id: str, payload: dict[str, Any]) -> None:
-    """Keep a webhook's job result for the chunk and wake it."""
+def _attempt_key(image_id: int, attempt: int) -> str:
+    return f"{PREFIX}:attempt:{image_id}:{attempt}"
+
+
+def deliver_result(
+    batch_id: int, chunk_no: int, image_id: int, attempt: int, job_id: str, payload: dict[str, Any]
+) -> None:
+    """Keep a webhook's job result for the chunk, note which attempt the job was, and wake it."""
     wake = _wake_key(batch_id, chunk_no)
     pipe = get_redis().pipeline(transaction=False)
     pipe.set(f"{PREFIX}:result:{job_id}", json.dumps(payload), ex=RESULT_TTL_SECONDS)
+    pipe.set(_attempt_key(image_id, attempt), job_id, ex=RESULT_TTL_SECONDS)
     pipe.rpush(wake, job_id)
     pipe.expire(wake, RESULT_TTL_SECONDS)
     pipe.execute()
+
+
+def job_for_attempt(image_id: int, attempt: int) -> str | None:
+    """The RunPod job a webhook reported for this image attempt, if one did."""
+    value = get_redis().get(_attempt_key(image_id, attempt))
+    return value.decode() if value else None
 
 
 def wake_chunk(batch_id: int, chunk_no: int) -> None:

@@ -8,6 +8,7 @@ UPDATE that says whether this caller won it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import random
@@ -281,24 +282,30 @@ def sweep_batches() -> dict[str, int]:
     return {"resumed_chunks": resumed, "finalized": finalized}
 
 
-def receive_webhook(batch_id: int, chunk_no: int, token: str, payload: Any) -> bool:
-    """Accept a RunPod webhook for a chunk: keep the result and wake the chunk. False when the
-    token is wrong or the payload is not a job status."""
-    import hmac
-
-    if not hmac.compare_digest(token, flow.webhook_token(batch_id, chunk_no)):
+def receive_webhook(
+    batch_id: int, chunk_no: int, image_id: int, attempt: int, token: str, payload: Any
+) -> bool:
+    """Accept a RunPod webhook for one image attempt: keep the result and wake its chunk.
+    False when the token is wrong or the payload is not a job status."""
+    expected = flow.webhook_token(batch_id, chunk_no, image_id, attempt)
+    if not hmac.compare_digest(token, expected):
         return False
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         return False
-    flow.deliver_result(batch_id, chunk_no, payload["id"], payload)
+    flow.deliver_result(batch_id, chunk_no, image_id, attempt, payload["id"], payload)
     return True
 
 
-def webhook_url(batch_id: int, chunk_no: int) -> str | None:
+def webhook_url(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str | None:
+    """Where RunPod reports an attempt's end. The image and attempt in the URL let a chunk
+    adopt a job whose id it never recorded (its task died while /run was answering)."""
     if not settings.COMICGEN_PUBLIC_URL:
         return None
-    token = flow.webhook_token(batch_id, chunk_no)
-    return f"{settings.COMICGEN_PUBLIC_URL}/api/v1/runpod/webhook/{batch_id}/{chunk_no}/{token}/"
+    token = flow.webhook_token(batch_id, chunk_no, image_id, attempt)
+    return (
+        f"{settings.COMICGEN_PUBLIC_URL}/api/v1/runpod/webhook/"
+        f"{batch_id}/{chunk_no}/{image_id}/{attempt}/{token}/"
+    )
 
 
 def scoped_batches(user: Any) -> Any:
@@ -306,9 +313,3 @@ def scoped_batches(user: Any) -> Any:
     batches = Batch.objects.all()
     return batches if user.is_staff else batches.filter(user=user)
 
-
-def unfinished_images_filter() -> Q:
-    return ~Q(status__in=IMAGE_TERMINAL)
-
-
-ZERO = Decimal("0")

@@ -16,7 +16,9 @@ MAX_WEBHOOK_BYTES = 64 * 1024 * 1024
 
 @csrf_exempt
 @require_POST
-def runpod_webhook(request: HttpRequest, batch_id: int, chunk_no: int, token: str) -> JsonResponse:
+def runpod_webhook(
+    request: HttpRequest, batch_id: int, chunk_no: int, image_id: int, attempt: int, token: str
+) -> JsonResponse:
     length = int(request.headers.get("Content-Length") or 0)
     if length > MAX_WEBHOOK_BYTES:
         return JsonResponse({"code": "too_large", "detail": "Payload too large."}, status=413)
@@ -25,6 +27,6 @@ def runpod_webhook(request: HttpRequest, batch_id: int, chunk_no: int, token: st
         payload = json.loads(request.read(MAX_WEBHOOK_BYTES + 1))
     except ValueError:
         return JsonResponse({"code": "invalid", "detail": "Body is not JSON."}, status=400)
-    if not services.receive_webhook(batch_id, chunk_no, token, payload):
+    if not services.receive_webhook(batch_id, chunk_no, image_id, attempt, token, payload):
         return JsonResponse({"code": "not_found", "detail": "Unknown webhook."}, status=404)
     return JsonResponse({"ok": True})

@@ -193,6 +193,9 @@ COMICGEN_CURRENCY = env_str("COMICGEN_CURRENCY", "USD")
 # How long a chunk's lease and an in-flight slot outlive a worker that died holding them.
 COMICGEN_CHUNK_LEASE_SECONDS = env_int("COMICGEN_CHUNK_LEASE_SECONDS", 20, minimum=2)
 COMICGEN_SLOT_LEASE_SECONDS = env_int("COMICGEN_SLOT_LEASE_SECONDS", 60, minimum=2)
+# A job whose /run answer was lost with its worker is adopted when its webhook reports; it is
+# submitted again only if no webhook came for this long.
+COMICGEN_ORPHAN_GRACE_SECONDS = env_float("COMICGEN_ORPHAN_GRACE_SECONDS", 120.0, minimum=1)
 COMICGEN_SWEEP_INTERVAL = env_float("COMICGEN_SWEEP_INTERVAL", 30.0, minimum=1)
 
 # Extra or changed models for budgets/pricing.py, as JSON:

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from tests.factories import UserFactory
 from tests.support.emulator import EmulatorProcess, free_port
-from tests.support.processes import ServiceProcess, celery_worker, daphne
+from tests.support.processes import ServiceProcess, celery_beat, celery_worker, daphne
 
 # What the worker process runs with: short delays so failure paths finish in seconds.
 WORKER_SETTINGS = {
@@ -26,6 +26,7 @@ WORKER_SETTINGS = {
     "COMICGEN_SWEEP_INTERVAL": "2",
     "COMICGEN_CHUNK_LEASE_SECONDS": "4",
     "COMICGEN_SLOT_LEASE_SECONDS": "10",
+    "COMICGEN_ORPHAN_GRACE_SECONDS": "15",
     "RUNPOD_POLL_INTERVAL": "0.3",
     "RUNPOD_WEBHOOK_POLL_INTERVAL": "3",
     "RUNPOD_MAX_IN_FLIGHT": "12",
@@ -69,6 +70,7 @@ class Stack:
     emulator: EmulatorProcess
     worker: ServiceProcess
     high_worker: ServiceProcess
+    beat: ServiceProcess
     web: ServiceProcess
     web_url: str
     env: dict[str, str]
@@ -76,7 +78,7 @@ class Stack:
 
     def restart_worker(self) -> None:
         self.worker.kill()
-        self.worker = celery_worker(self.env, beat_dir=self.beat_dir).start()
+        self.worker = celery_worker(self.env).start()
 
 
 @pytest.fixture(scope="session")
@@ -104,16 +106,26 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
     }
     beat_dir = tempfile.mkdtemp(prefix="comicgen-beat-")
     web = daphne(env, web_port).start()
-    worker = celery_worker(env, beat_dir=beat_dir).start()
+    worker = celery_worker(env).start()
     # As in the Procfile: a small worker only for the high queue, so urgent work never waits
     # for a thread behind long normal chunks.
     high_worker = celery_worker(env, queues="high", concurrency=2).start()
-    running = Stack(emulator, worker, high_worker, web, web_url, env, beat_dir)
+    beat = celery_beat(env, beat_dir).start()
+    running = Stack(emulator, worker, high_worker, beat, web, web_url, env, beat_dir)
     yield running
+    running.beat.stop()
     running.high_worker.stop()
     running.worker.stop()
     running.web.stop()
     emulator.stop()
+    # Connections of the stopped processes may linger a moment; the test database is dropped next.
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from batches.webhooks import runpod_webhook
 urlpatterns = [
     path("batches/", views.BatchListView.as_view(), name="batch-list"),
     path("batches/estimate/", views.EstimateView.as_view(), name="batch-estimate"),
-    path("batches/<int:batch_id>/", views.BatchDetailView.as_view(), name="batch-detail"),
+    path("batches/<int:batch_id>/", views.BatchDetailView.as_view(), name="api-batch-detail"),
     path("batches/<int:batch_id>/cancel/", views.BatchCancelView.as_view(), name="batch-cancel"),
     path("batches/<int:batch_id>/retry/", views.BatchRetryView.as_view(), name="batch-retry"),
     path("batches/<int:batch_id>/download/", views.BatchDownloadView.as_view(), name="batch-download"),
     path(
-        "runpod/webhook/<int:batch_id>/<int:chunk_no>/<str:token>/",
+        "runpod/webhook/<int:batch_id>/<int:chunk_no>/<int:image_id>/<int:attempt>/<str:token>/",
         runpod_webhook,
         name="runpod-webhook",
     ),

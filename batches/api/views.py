@@ -145,7 +145,9 @@ class BatchDownloadView(APIView):
         images = batch.images.filter(status=ImageStatus.COMPLETED).exclude(image="").order_by("index")
         if not images.exists():
             raise ApiError("not_ready", "No finished images to download yet.", status.HTTP_409_CONFLICT)
-        archive = ZipStream(compress_type=ZIP_STORED)  # PNGs are compressed already
+        # Stored, not deflated: PNGs are compressed already, and a sized stream can announce
+        # its Content-Length so browsers show download progress.
+        archive = ZipStream(compress_type=ZIP_STORED, sized=True)
         for image in images.iterator():
             archive.add_path(image.image.path, arcname=image.filename)
         response = StreamingHttpResponse(archive, content_type="application/zip")

@@ -73,26 +73,34 @@ def celery_worker(
     *,
     queues: str = "high,normal,low",
     concurrency: int = 8,
-    beat_dir: str | None = None,
 ) -> ServiceProcess:
-    """A real worker on the given queues; with `beat_dir`, the beat scheduler is embedded (-B)
-    so the sweeper runs as it does in production."""
+    """A real worker on the given queues."""
     from comicgen.celery import app
 
     node = f"test-{queues.replace(',', '-')}-{time.monotonic_ns()}@localhost"
     command = [
+        str(REPO_ROOT / "scripts" / "supervise.sh"),
         str(BIN / "celery"), "-A", "comicgen", "worker", "--pool", "threads",
         "--concurrency", str(concurrency), "-Q", queues, "-n", node, "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    if beat_dir:
-        command += ["-B", "-s", os.path.join(beat_dir, "beat-schedule")]
 
     def ready() -> bool:
         replies = app.control.ping(destination=[node], timeout=0.5)
         return bool(replies)
 
     return ServiceProcess("celery", command, env, ready)
+
+
+def celery_beat(env: dict[str, str], beat_dir: str) -> ServiceProcess:
+    """The beat scheduler as its own process, as in production: it keeps retrying through a
+    broker outage, where a worker's embedded beat (-B) shuts down."""
+    command = [
+        str(BIN / "celery"), "-A", "comicgen", "beat", "--loglevel", "INFO",
+        "-s", os.path.join(beat_dir, "beat-schedule"),
+    ]  # fmt: skip
+    started = time.monotonic()
+    return ServiceProcess("beat", command, env, lambda: time.monotonic() - started > 1.0)
 
 
 def daphne(env: dict[str, str], port: int) -> ServiceProcess:
