@@ -1,0 +1,153 @@
+"""WebSocket consumers: check the user, join the batch's group, send a snapshot, forward."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import HttpRequest
+from django.middleware.csrf import get_token
+
+from batches import events, fragments
+from batches.api.views import batch_with_images
+from batches.models import Batch
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+@database_sync_to_async
+def _load_snapshot(user: Any, batch_id: int) -> tuple[str, dict[str, Any] | None]:
+    batch = Batch.objects.filter(pk=batch_id).only("user_id").first()
+    if batch is None or (batch.user_id != user.pk and not user.is_staff):
+        return "forbidden", None
+    return "ok", events.snapshot_event(batch_with_images(batch_id))
+
+
+class BatchConsumer(AsyncJsonWebsocketConsumer):
+    """`/ws/batches/<id>/`: JSON events for API clients and the pages' scripts."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.batch_id = int(self.scope["url_route"]["kwargs"]["batch_id"])
+        verdict, snapshot = await _load_snapshot(user, self.batch_id)
+        if snapshot is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        # Join before sending the snapshot: an event sent in between is delivered and, being
+        # newer than the snapshot's seq, is kept by the client.
+        await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
+        await self.accept()
+        await self.send_json(snapshot)
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "batch_id"):
+            await self.channel_layer.group_discard(
+                events.group_name(self.batch_id), self.channel_name
+            )
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """A client may ask for a fresh snapshot, e.g. after noticing a gap in seq."""
+        if isinstance(content, dict) and content.get("type") == "snapshot":
+            _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
+            if snapshot:
+                await self.send_json(snapshot)
+
+    async def batch_event(self, message: dict[str, Any]) -> None:
+        await self.send_json(message["event"])
+
+
+# --- the htmx pages' consumer ----------------------------------------------------------------
+
+# How long header re-renders are gathered: a chunk finishing ten images at once costs the
+# watcher one header query, not ten.
+HEADER_COALESCE_SECONDS = 0.25
+
+
+def _page_render_options(scope: dict[str, Any]) -> dict[str, str]:
+    """What the fragments need from the page's request: the CSRF token for the header's POST
+    forms (from the browser's CSRF cookie, masked as Django masks it) and where those forms
+    send the user back to (the admin passes `?next=` to come back to itself)."""
+    options = {"csrf_token": "", "next_url": ""}
+    secret = scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
+    if secret:
+        request = HttpRequest()
+        request.META["CSRF_COOKIE"] = secret
+        options["csrf_token"] = get_token(request)
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    next_url = query.get("next", [""])[0]
+    # Only a path on this site: the value ends up in a redirect.
+    if next_url.startswith("/") and not next_url.startswith("//"):
+        options["next_url"] = next_url
+    return options
+
+
+@database_sync_to_async
+def _may_watch(user: Any, batch_id: int) -> bool:
+    return fragments.may_watch(user, batch_id)
+
+
+@database_sync_to_async
+def _render_live(batch_id: int, options: dict[str, str]) -> str:
+    return fragments.render_live(fragments.load_batch(batch_id), **options)
+
+
+@database_sync_to_async
+def _render_header(batch_id: int, options: dict[str, str]) -> str:
+    return fragments.render_header(Batch.objects.get(pk=batch_id), **options)
+
+
+class BatchPageConsumer(AsyncWebsocketConsumer):
+    """`/ws/batches/<id>/page/`: the same events as BatchConsumer, as HTML fragments with
+    `hx-swap-oob` for htmx's ws extension. Each fragment carries `data-seq`; the page drops
+    one older than what it shows (static/js/batch.js), since delivery order across workers
+    is not guaranteed."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        batch_id = int(self.scope["url_route"]["kwargs"]["batch_id"])
+        if not await _may_watch(user, batch_id):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.batch_id = batch_id
+        self.options = _page_render_options(self.scope)
+        self._header_task: asyncio.Task[None] | None = None
+        # Join first, then snapshot: an event in between arrives after it and is newer.
+        await self.channel_layer.group_add(events.group_name(batch_id), self.channel_name)
+        await self.accept()
+        # Also what makes a reconnecting page whole again after missed events.
+        await self.send(text_data=await _render_live(batch_id, self.options))
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "batch_id"):
+            if self._header_task:
+                self._header_task.cancel()
+            await self.channel_layer.group_discard(
+                events.group_name(self.batch_id), self.channel_name
+            )
+
+    async def batch_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        if event.get("type") == "image.updated":
+            # Rendered from the event itself: no query per image.
+            await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))
+            if self._header_task is None or self._header_task.done():
+                self._header_task = asyncio.create_task(self._send_header_soon())
+        elif event.get("type") == "batch.updated":
+            if self._header_task and not self._header_task.done():
+                self._header_task.cancel()
+            await self.send(text_data=await _render_header(self.batch_id, self.options))
+
+    async def _send_header_soon(self) -> None:
+        await asyncio.sleep(HEADER_COALESCE_SECONDS)
+        await self.send(text_data=await _render_header(self.batch_id, self.options))

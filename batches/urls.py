@@ -1,0 +1,17 @@
+"""The authors' pages (the API is under /api/v1/, see batches/api/urls.py)."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, path
+
+from batches import views
+
+urlpatterns: list[URLPattern] = [
+    path("", views.dashboard, name="dashboard"),
+    path("batches/new/", views.batch_new, name="batch-new"),
+    path("batches/new/estimate/", views.batch_estimate, name="batch-new-estimate"),
+    path("batches/<int:batch_id>/", views.batch_detail, name="batch-detail"),
+    path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch-cancel-action"),
+    path("batches/<int:batch_id>/retry/", views.batch_retry, name="batch-retry-action"),
+    path("batches/<int:batch_id>/panels/<int:index>/", views.panel_detail, name="panel-detail"),
+]
