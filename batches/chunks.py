@@ -33,7 +33,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from batches import events, flow, services
-from batches.models import IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
+from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
 from batches.runpod import (
     COMPLETED,
     IN_PROGRESS,
@@ -223,7 +223,7 @@ class ChunkRun:
     def out_of_budget(self, image: ImageJob) -> None:
         """No room left for another attempt. While other attempts run, their holds may come
         back; with none running, the rest of the chunk cannot run."""
-        if self.images.filter(runpod_job_id__gt="").exists():
+        if self.images.filter(status__in=IMAGE_IN_FLIGHT).exists():
             self.waiting_for_slot = True
             return
         reason = "Cancelled: the monthly budget has no room left for this image."

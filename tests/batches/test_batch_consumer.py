@@ -1,0 +1,132 @@
+"""`/ws/batches/<id>/`: the JSON event stream for API clients, through the real ASGI stack
+(origin check, session or token auth) on the real channels-redis layer."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from rest_framework.authtoken.models import Token
+
+from batches import events
+from batches.models import ImageJob, ImageStatus
+from comicgen.asgi import application
+from tests.factories import UserFactory
+from tests.web.test_page_consumer import ORIGIN, make_batch, session_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on asgiref's loop (the project needs no asyncio pytest plugin)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        async_to_sync(test)(*args, **kwargs)
+
+    return wrapper
+
+
+async def connect(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    communicator = WebsocketCommunicator(application, path, headers=headers or [ORIGIN])
+    connected, code = await communicator.connect(timeout=5)
+    return communicator, connected, code
+
+
+@database_sync_to_async
+def setup(staff: bool = False) -> tuple[Any, Any, str]:
+    owner, other = UserFactory(), UserFactory(is_staff=staff)
+    batch = make_batch(owner, ["one", "two"])
+    return batch, other, Token.objects.create(user=owner).key
+
+
+@run_async
+async def test_an_anonymous_client_is_refused_with_4401() -> None:
+    batch, _, _ = await setup()
+
+    communicator, connected, code = await connect(f"/ws/batches/{batch.pk}/")
+
+    assert (connected, code) == (False, 4401)
+
+
+@run_async
+async def test_a_wrong_token_is_refused_with_4401() -> None:
+    batch, _, _ = await setup()
+
+    _, connected, code = await connect(f"/ws/batches/{batch.pk}/?token=not-a-token")
+
+    assert (connected, code) == (False, 4401)
+
+
+@run_async
+async def test_another_users_batch_is_refused_with_4403() -> None:
+    batch, other, _ = await setup()
+    other_token = await database_sync_to_async(lambda: Token.objects.create(user=other).key)()
+
+    _, connected, code = await connect(f"/ws/batches/{batch.pk}/?token={other_token}")
+
+    assert (connected, code) == (False, 4403)
+
+
+@run_async
+async def test_a_foreign_origin_is_refused() -> None:
+    batch, _, token = await setup()
+
+    _, connected, _ = await connect(
+        f"/ws/batches/{batch.pk}/?token={token}", headers=[(b"origin", b"http://evil.example")]
+    )
+
+    assert connected is False
+
+
+@run_async
+async def test_staff_may_watch_any_batch_by_session() -> None:
+    batch, staff, _ = await setup(staff=True)
+    cookie = await database_sync_to_async(session_cookie)(staff)
+
+    communicator, connected, _ = await connect(
+        f"/ws/batches/{batch.pk}/", headers=[ORIGIN, (b"cookie", cookie)]
+    )
+
+    assert connected
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "batch.snapshot"
+    await communicator.disconnect()
+
+
+@run_async
+async def test_a_snapshot_comes_first_then_events_in_seq_order() -> None:
+    batch, _, token = await setup()
+    communicator, connected, _ = await connect(f"/ws/batches/{batch.pk}/?token={token}")
+    assert connected
+
+    snapshot = await communicator.receive_json_from(timeout=5)
+    assert snapshot["type"] == "batch.snapshot"
+    assert [image["prompt"] for image in snapshot["batch"]["images"]] == ["one", "two"]
+
+    @database_sync_to_async
+    def change_images() -> list[int]:
+        ids = list(ImageJob.objects.filter(batch=batch).order_by("index").values_list("pk", flat=True))
+        for image_id in ids * 2:
+            ImageJob.objects.filter(pk=image_id).update(status=ImageStatus.RUNNING)
+            events.push_image_updated(image_id)
+        events.push_batch_updated(batch.pk)
+        events.flush_events()
+        return ids
+
+    ids = await change_images()
+    received = [await communicator.receive_json_from(timeout=5) for _ in range(5)]
+
+    assert [event["type"] for event in received] == ["image.updated"] * 4 + ["batch.updated"]
+    seqs = [event["seq"] for event in received]
+    assert seqs == sorted(seqs)
+    assert seqs[0] > snapshot["seq"]
+    assert [event["image"]["id"] for event in received[:4]] == ids * 2
+    assert received[0]["image"]["status"] == "running"
+    assert [event["counts"]["running"] for event in received[:4]] == [1, 2, 2, 2]
+    assert received[4]["status"] == "failed"
+    await communicator.disconnect()

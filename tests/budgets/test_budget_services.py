@@ -1,0 +1,147 @@
+"""Reserve, hold, charge and release on real PostgreSQL, under concurrency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from batches.models import Batch, ImageJob
+from budgets import services
+from budgets.models import Budget, LedgerEntry
+from tests.factories import UserFactory
+
+D = Decimal
+
+
+def make_batch(user: Any, images: int = 2) -> Batch:
+    batch = Batch.objects.create(user=user, title="t")
+    ImageJob.objects.bulk_create(
+        ImageJob(batch=batch, index=i, prompt="p", seed=1, params={"model": "sdxl", "width": 64,
+                 "height": 64, "steps": 1, "guidance": 1}) for i in range(images)
+    )
+    return batch
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_submits_never_reserve_past_the_limit() -> None:
+    user = UserFactory()
+    budget = services.get_budget(user)
+    Budget.objects.filter(pk=budget.pk).update(limit=D("0.05"))
+    body = {"title": "t", "images": [{"prompt": f"p{i}"} for i in range(10)]}  # ~0.0115 each
+    answers: list[int] = []
+
+    def submit() -> None:
+        client = APIClient()
+        client.force_authenticate(user)
+        try:
+            answers.append(client.post("/api/v1/batches/", body, format="json").status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    budget.refresh_from_db()
+    accepted = answers.count(202)
+    assert sorted(set(answers)) == [202, 402]
+    assert accepted == Batch.objects.count() >= 1
+    reserved = sum(b.reserved for b in Batch.objects.all())
+    assert budget.reserved == reserved
+    assert budget.spent + budget.reserved <= budget.limit
+    assert accepted == int(D("0.05") // Batch.objects.first().estimated_cost)
+
+
+@pytest.mark.django_db
+def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
+    batch = make_batch(user)
+    services.reserve_for_batch(batch, D("0.01"))
+    image = batch.images.first()
+    assert services.hold_for_attempt(batch.pk, D("0.004"))
+
+    first = services.charge_attempt(image, 1, D("0.001"), D("0.004"))
+    second = services.charge_attempt(image, 1, D("0.001"), D("0.004"))
+
+    assert (first, second) == (True, False)
+    budget = Budget.objects.get(user=user)
+    batch.refresh_from_db()
+    assert budget.spent == D("0.001")
+    assert budget.reserved == D("0.009")
+    assert batch.actual_cost == D("0.001")
+    assert batch.held == 0
+    assert LedgerEntry.objects.filter(kind="charge", image=image).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_hold_extends_the_reservation_only_within_the_limit(user: Any) -> None:
+    batch = make_batch(user)
+    services.get_budget(user)
+    Budget.objects.filter(user=user).update(limit=D("0.010"))
+    services.reserve_for_batch(batch, D("0.004"))
+
+    assert services.hold_for_attempt(batch.pk, D("0.003"))
+    assert services.hold_for_attempt(batch.pk, D("0.005"))  # extends by 0.004
+    assert not services.hold_for_attempt(batch.pk, D("0.003"))  # only 0.002 left
+
+    budget = Budget.objects.get(user=user)
+    assert budget.reserved == D("0.008")
+    assert budget.spent + budget.reserved <= budget.limit
+
+
+@pytest.mark.django_db
+def test_release_gives_back_what_is_left_once(user: Any) -> None:
+    batch = make_batch(user)
+    services.reserve_for_batch(batch, D("0.01"))
+
+    assert services.release_batch(batch, "done") == D("0.01")
+    assert services.release_batch(batch, "done again") == 0
+
+    assert Budget.objects.get(user=user).reserved == 0
+    assert LedgerEntry.objects.filter(batch=batch, kind="release").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_database_refuses_an_overspent_budget(user: Any) -> None:
+    from django.db import IntegrityError
+
+    budget = services.get_budget(user)
+    with pytest.raises(IntegrityError):
+        Budget.objects.filter(pk=budget.pk).update(spent=budget.limit + 1)
+
+
+@pytest.mark.django_db
+def test_a_new_period_starts_with_nothing_spent(user: Any) -> None:
+    budget = services.get_budget(user)
+    Budget.objects.filter(pk=budget.pk).update(
+        spent=D("3"), reserved=D("1"),
+        period_start=dt.date(2020, 1, 1), period_end=dt.date(2020, 2, 1),
+    )
+
+    budget = services.get_budget(user)
+
+    assert budget.spent == 0
+    assert budget.reserved == D("1")  # still held by running batches
+    assert budget.period_start.day == 1
+    assert budget.period_end > dt.date.today()
+    assert LedgerEntry.objects.filter(budget=budget, kind="period_reset").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_limit_cannot_go_below_what_is_spent_and_reserved(user: Any) -> None:
+    budget = services.get_budget(user)
+    Budget.objects.filter(pk=budget.pk).update(spent=D("2"), reserved=D("1"))
+
+    with pytest.raises(ValueError, match="below what is already spent"):
+        services.set_limit(budget, D("2.5"))
+    services.set_limit(budget, D("3"))
+
+    budget.refresh_from_db()
+    assert budget.limit == D("3")
