@@ -1,0 +1,24 @@
+# The comicgen web app, Celery worker and beat share this image (see docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY comicgen ./comicgen
+COPY batches ./batches
+COPY budgets ./budgets
+COPY worker ./worker
+RUN pip install --no-cache-dir .
+
+COPY manage.py Procfile ./
+COPY scripts ./scripts
+COPY templates ./templates
+COPY static ./static
+RUN STATIC_ROOT=/app/staticfiles python manage.py collectstatic --no-input -v 0
+
+RUN useradd --system --uid 1000 comicgen && mkdir -p /data/media && chown comicgen /data/media
+USER comicgen
+ENV STATIC_ROOT=/app/staticfiles MEDIA_ROOT=/data/media
+EXPOSE 8000
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "comicgen.asgi:application"]
