@@ -68,7 +68,9 @@ def runpod_client() -> RunPodClient:
 
 def retry_delay(attempts: int) -> float:
     """Exponential backoff with full jitter before the next attempt of a failed image."""
-    ceiling = min(settings.COMICGEN_RETRY_MAX_DELAY, settings.COMICGEN_RETRY_BASE_DELAY * 2 ** (attempts - 1))
+    ceiling = min(
+        settings.COMICGEN_RETRY_MAX_DELAY, settings.COMICGEN_RETRY_BASE_DELAY * 2 ** (attempts - 1)
+    )
     return random.uniform(ceiling / 2, ceiling)
 
 
@@ -180,8 +182,11 @@ class ChunkRun:
             claimed = ImageJob.objects.filter(
                 pk=image.pk, status=image.status, runpod_job_id=""
             ).update(
-                status=ImageStatus.SUBMITTED, attempts=F("attempts") + 1, hold=max_cost,
-                submitted_at=timezone.now(), next_attempt_at=None,
+                status=ImageStatus.SUBMITTED,
+                attempts=F("attempts") + 1,
+                hold=max_cost,
+                submitted_at=timezone.now(),
+                next_attempt_at=None,
             )
             if not claimed:
                 budget_services.release_hold(self.batch_id, max_cost)
@@ -192,7 +197,9 @@ class ChunkRun:
         try:
             job = runpod_client().run(
                 image.runpod_input(self.batch),
-                webhook=services.webhook_url(self.batch_id, self.chunk_no, image.pk, image.attempts),
+                webhook=services.webhook_url(
+                    self.batch_id, self.chunk_no, image.pk, image.attempts
+                ),
                 execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
                 ttl_ms=settings.RUNPOD_TTL_MS,
             )
@@ -203,7 +210,9 @@ class ChunkRun:
             delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
             if not reclaim:
                 ImageJob.objects.filter(pk=image.pk, runpod_job_id="").update(
-                    status=previous_status, attempts=F("attempts") - 1, hold=Decimal("0"),
+                    status=previous_status,
+                    attempts=F("attempts") - 1,
+                    hold=Decimal("0"),
                     next_attempt_at=timezone.now() + timedelta(seconds=delay),
                 )
                 budget_services.release_hold(self.batch_id, image.hold)
@@ -263,11 +272,11 @@ class ChunkRun:
         if job.id != image.runpod_job_id:
             return
         if not job.is_terminal:
-            if job.status == IN_PROGRESS and image.status == ImageStatus.SUBMITTED:
-                if ImageJob.objects.filter(
-                    pk=image.pk, runpod_job_id=job.id, status=ImageStatus.SUBMITTED
-                ).update(status=ImageStatus.RUNNING):
-                    events.push_image_updated(image.pk)
+            started = job.status == IN_PROGRESS and image.status == ImageStatus.SUBMITTED
+            if started and ImageJob.objects.filter(
+                pk=image.pk, runpod_job_id=job.id, status=ImageStatus.SUBMITTED
+            ).update(status=ImageStatus.RUNNING):
+                events.push_image_updated(image.pk)
             return
         self.last_checked.pop(job.id, None)
         if job.status == COMPLETED:
@@ -288,12 +297,18 @@ class ChunkRun:
         )
         cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
         with transaction.atomic():
-            won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id).exclude(
-                status__in=IMAGE_TERMINAL
-            ).update(
-                status=ImageStatus.COMPLETED, image=name, error="", finished_at=timezone.now(),
-                delay_ms=job.delay_time_ms, execution_ms=job.execution_time_ms,
-                hold=Decimal("0"),
+            won = (
+                ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id)
+                .exclude(status__in=IMAGE_TERMINAL)
+                .update(
+                    status=ImageStatus.COMPLETED,
+                    image=name,
+                    error="",
+                    finished_at=timezone.now(),
+                    delay_ms=job.delay_time_ms,
+                    execution_ms=job.execution_time_ms,
+                    hold=Decimal("0"),
+                )
             )
             if not won:
                 default_storage.delete(name)
@@ -312,13 +327,22 @@ class ChunkRun:
             reason = f"{reason} (gave up after {image.attempts} attempts)"
         else:
             delay = retry_delay(image.attempts)
-            update = {"status": ImageStatus.RETRYING, "next_attempt_at": now + timedelta(seconds=delay)}
+            update = {
+                "status": ImageStatus.RETRYING,
+                "next_attempt_at": now + timedelta(seconds=delay),
+            }
         with transaction.atomic():
-            won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id).exclude(
-                status__in=IMAGE_TERMINAL
-            ).update(
-                runpod_job_id="", error=reason, hold=Decimal("0"), delay_ms=job.delay_time_ms,
-                execution_ms=job.execution_time_ms, **update,
+            won = (
+                ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id)
+                .exclude(status__in=IMAGE_TERMINAL)
+                .update(
+                    runpod_job_id="",
+                    error=reason,
+                    hold=Decimal("0"),
+                    delay_ms=job.delay_time_ms,
+                    execution_ms=job.execution_time_ms,
+                    **update,
+                )
             )
             if not won:
                 return
@@ -330,14 +354,23 @@ class ChunkRun:
     def lost(self, image: ImageJob, reason: str) -> None:
         """The job vanished before we saw its end: nothing was billed that we can know of;
         count it as a failed attempt so it is retried within the attempt limit."""
-        self.attempt_failed(image, JobStatus(image.runpod_job_id, "LOST", None, reason, None, None), reason)
+        self.attempt_failed(
+            image, JobStatus(image.runpod_job_id, "LOST", None, reason, None, None), reason
+        )
 
     def finish(self, image: ImageJob, status: str, *, error: str) -> None:
         """End an image that holds no RunPod job (refused, cancelled before it ran)."""
         with transaction.atomic():
-            won = ImageJob.objects.filter(pk=image.pk).exclude(status__in=IMAGE_TERMINAL).update(
-                status=status, error=error, finished_at=timezone.now(), runpod_job_id="",
-                hold=Decimal("0"),
+            won = (
+                ImageJob.objects.filter(pk=image.pk)
+                .exclude(status__in=IMAGE_TERMINAL)
+                .update(
+                    status=status,
+                    error=error,
+                    finished_at=timezone.now(),
+                    runpod_job_id="",
+                    hold=Decimal("0"),
+                )
             )
             if won and image.hold:
                 budget_services.release_hold(self.batch_id, image.hold)
@@ -364,11 +397,16 @@ class ChunkRun:
                 continue
             cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
             with transaction.atomic():
-                won = ImageJob.objects.filter(pk=image.pk, runpod_job_id=image.runpod_job_id).exclude(
-                    status__in=IMAGE_TERMINAL
-                ).update(
-                    status=ImageStatus.CANCELLED, error=reason or "Cancelled.", runpod_job_id="",
-                    finished_at=timezone.now(), hold=Decimal("0"),
+                won = (
+                    ImageJob.objects.filter(pk=image.pk, runpod_job_id=image.runpod_job_id)
+                    .exclude(status__in=IMAGE_TERMINAL)
+                    .update(
+                        status=ImageStatus.CANCELLED,
+                        error=reason or "Cancelled.",
+                        runpod_job_id="",
+                        finished_at=timezone.now(),
+                        hold=Decimal("0"),
+                    )
                 )
                 if won:
                     budget_services.charge_attempt(image, image.attempts, cost, image.hold)
@@ -385,7 +423,7 @@ class ChunkRun:
         retry_times = self.images.filter(
             status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], next_attempt_at__isnull=False
         ).values_list("next_attempt_at", flat=True)
-        due += [(at - now).total_seconds() for at in retry_times]
+        due += [(at - now).total_seconds() for at in retry_times if at is not None]
         if self.images.filter(status=ImageStatus.PENDING, next_attempt_at__isnull=True).exists():
             due.append(0)
         # Never spin: a pass costs a few queries.

@@ -84,10 +84,16 @@ class _Sender:
             if item is None:
                 return
             group, message = item
-            try:
-                await layer.group_send(group, message)
-            except Exception:  # a lost event costs a client a refresh, never the batch
-                logger.exception("could not push %s to %s", message.get("type"), group)
+            for attempt in (1, 2):
+                try:
+                    await layer.group_send(group, message)
+                    break
+                except Exception:  # a lost event costs a client a refresh, never the batch
+                    # After a Redis restart the first use of a pooled connection fails; the
+                    # second attempt reconnects.
+                    if attempt == 2:
+                        logger.exception("could not push %s to %s", message.get("type"), group)
+                    await asyncio.sleep(0.1)
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
@@ -97,7 +103,8 @@ class _Sender:
             if self._loop is None:
                 self._start()
             self._pending += 1
-        assert self._loop is not None and self._queue is not None
+        assert self._loop is not None
+        assert self._queue is not None
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
 
     def flush(self, timeout: float = 5.0) -> bool:

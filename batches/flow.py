@@ -106,7 +106,11 @@ def acquire_slot(image_id: int, priority: str, waiter: str) -> bool:
     """Take one of the RUNPOD_MAX_IN_FLIGHT slots for an image's RunPod job."""
     keys = [SLOTS_KEY, WAITING_KEYS["high"], WAITING_KEYS["normal"]]
     args = [
-        settings.RUNPOD_MAX_IN_FLIGHT, str(image_id), settings.COMICGEN_SLOT_LEASE_SECONDS, priority, waiter,
+        settings.RUNPOD_MAX_IN_FLIGHT,
+        str(image_id),
+        settings.COMICGEN_SLOT_LEASE_SECONDS,
+        priority,
+        waiter,
         WAITER_TTL_SECONDS,
     ]
     return bool(_script(_ACQUIRE)(keys=keys, args=args))
@@ -114,7 +118,9 @@ def acquire_slot(image_id: int, priority: str, waiter: str) -> bool:
 
 def refresh_slots(image_ids: list[int]) -> None:
     if image_ids:
-        _script(_REFRESH)(keys=[SLOTS_KEY], args=[settings.COMICGEN_SLOT_LEASE_SECONDS, *map(str, image_ids)])
+        _script(_REFRESH)(
+            keys=[SLOTS_KEY], args=[settings.COMICGEN_SLOT_LEASE_SECONDS, *map(str, image_ids)]
+        )
 
 
 def release_slot(image_id: int) -> None:
@@ -144,13 +150,19 @@ class ChunkLease:
 
     def acquire(self) -> bool:
         client = get_redis()
-        taken = bool(client.set(self.key, self.owner, nx=True, ex=settings.COMICGEN_CHUNK_LEASE_SECONDS))
+        taken = bool(
+            client.set(self.key, self.owner, nx=True, ex=settings.COMICGEN_CHUNK_LEASE_SECONDS)
+        )
         if taken:
             client.delete(self.queued_key)
         return taken
 
     def renew(self) -> bool:
-        return bool(_script(_RENEW)(keys=[self.key], args=[self.owner, settings.COMICGEN_CHUNK_LEASE_SECONDS * 1000]))
+        return bool(
+            _script(_RENEW)(
+                keys=[self.key], args=[self.owner, settings.COMICGEN_CHUNK_LEASE_SECONDS * 1000]
+            )
+        )
 
     def release(self) -> None:
         _script(_RELEASE)(keys=[self.key], args=[self.owner])
@@ -205,7 +217,9 @@ def deliver_result(
 def job_for_attempt(image_id: int, attempt: int) -> str | None:
     """The RunPod job a webhook reported for this image attempt, if one did."""
     value = get_redis().get(_attempt_key(image_id, attempt))
-    return value.decode() if value else None
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
 
 
 def wake_chunk(batch_id: int, chunk_no: int) -> None:

@@ -52,7 +52,9 @@ IMAGE_IN_FLIGHT = (ImageStatus.SUBMITTED, ImageStatus.RUNNING)
 
 
 class Batch(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batches")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="batches"
+    )
     title = models.CharField(max_length=200)
     status = models.CharField(
         max_length=16, choices=BatchStatus.choices, default=BatchStatus.QUEUED, db_index=True
@@ -115,7 +117,7 @@ class Batch(models.Model):
     def status_counts(self) -> dict[str, int]:
         """Images by status, every status present, plus `total`."""
         rows = self.images.values("status").annotate(n=Count("id")).order_by()
-        counts = {status: 0 for status in ImageStatus.values}
+        counts = dict.fromkeys(ImageStatus.values, 0)
         for row in rows:
             counts[row["status"]] = row["n"]
         counts["total"] = sum(counts.values())
@@ -152,7 +154,9 @@ class ImageJob(models.Model):
     class Meta:
         ordering = ["batch", "index"]
         constraints = [
-            models.UniqueConstraint(fields=["batch", "index"], name="imagejob_unique_index_per_batch")
+            models.UniqueConstraint(
+                fields=["batch", "index"], name="imagejob_unique_index_per_batch"
+            )
         ]
         indexes = [models.Index(fields=["batch", "status"], name="imagejob_batch_status_idx")]
 

@@ -13,13 +13,11 @@ import json
 import logging
 import random
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from celery import chord, group
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from batches import events, flow
@@ -194,8 +192,10 @@ def finalize_batch(batch_id: int) -> str | None:
     else:
         status = BatchStatus.FAILED
     with transaction.atomic():
-        claimed = Batch.objects.filter(pk=batch_id).exclude(status__in=BATCH_TERMINAL).update(
-            status=status, finished_at=timezone.now()
+        claimed = (
+            Batch.objects.filter(pk=batch_id)
+            .exclude(status__in=BATCH_TERMINAL)
+            .update(status=status, finished_at=timezone.now())
         )
         if not claimed:
             return Batch.objects.values_list("status", flat=True).get(pk=batch_id)
@@ -210,8 +210,10 @@ def cancel_batch(batch: Batch, reason: str = "Cancelled by the user.") -> int:
     RunPod are cancelled there by their chunk, which the cancel wakes. Returns how many images
     were cancelled at once."""
     now = timezone.now()
-    requested = Batch.objects.filter(pk=batch.pk).exclude(status__in=BATCH_TERMINAL).update(
-        cancel_requested_at=now, cancel_reason=reason
+    requested = (
+        Batch.objects.filter(pk=batch.pk)
+        .exclude(status__in=BATCH_TERMINAL)
+        .update(cancel_requested_at=now, cancel_reason=reason)
     )
     if not requested:
         raise StateConflict(f"The batch is already {batch.status}; there is nothing to cancel.")
@@ -243,7 +245,9 @@ def retry_batch(batch: Batch) -> int:
     estimate = pricing.estimate_images([image.params for image in images])
     with transaction.atomic():
         reopened = Batch.objects.filter(pk=batch.pk, status=batch.status).update(
-            status=BatchStatus.RUNNING, finished_at=None, cancel_requested_at=None,
+            status=BatchStatus.RUNNING,
+            finished_at=None,
+            cancel_requested_at=None,
             cancel_reason="",
         )
         if not reopened:
@@ -253,8 +257,12 @@ def retry_batch(batch: Batch) -> int:
             estimated_cost=batch.estimated_cost + estimate.total
         )
         ImageJob.objects.filter(pk__in=[image.pk for image in images]).update(
-            status=ImageStatus.PENDING, attempts=0, error="", runpod_job_id="",
-            next_attempt_at=None, finished_at=None,
+            status=ImageStatus.PENDING,
+            attempts=0,
+            error="",
+            runpod_job_id="",
+            next_attempt_at=None,
+            finished_at=None,
         )
         for image in images:
             events.push_image_updated(image.pk)
@@ -312,4 +320,3 @@ def scoped_batches(user: Any) -> Any:
     """The batches a user may see: their own, or all for staff."""
     batches = Batch.objects.all()
     return batches if user.is_staff else batches.filter(user=user)
-

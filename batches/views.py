@@ -20,11 +20,19 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
+from django_htmx.middleware import HtmxDetails
 
 from batches import fragments, services
 from batches.forms import BatchForm
 from batches.models import IMAGE_TERMINAL, Batch, ImageStatus
 from budgets.services import BudgetExceeded, get_budget
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request as django-htmx's middleware leaves it (for type checking)."""
+
+    htmx: HtmxDetails
+
 
 BATCHES_PER_PAGE = 20
 
@@ -52,7 +60,7 @@ def user_batch(request: HttpRequest, batch_id: int) -> Batch:
 
 @login_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     batches = with_counts(
         services.scoped_batches(request.user).select_related("user").order_by("-created_at", "-id")
     )
@@ -126,7 +134,7 @@ def _estimate(request: HttpRequest, form: BatchForm) -> dict[str, Any]:
 
 @login_required
 @require_GET
-def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
+def batch_detail(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
     batch = fragments.load_batch(user_batch(request, batch_id).pk)
     if request.htmx:
         # The polling fallback: every tile and the header as out-of-band swaps, so the page

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -35,13 +35,28 @@ class SetLimitForm(forms.Form):
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
     list_display = (
-        "user", "limit", "spent", "reserved", "remaining", "currency", "period_start", "period_end",
+        "user",
+        "limit",
+        "spent",
+        "reserved",
+        "remaining",
+        "currency",
+        "period_start",
+        "period_end",
     )
     search_fields = ("user__username", "user__email")
     list_select_related = ("user",)
     # Money moves only through the services (ledger rows, conditional updates): read-only here.
-    readonly_fields = ("user", "limit", "spent", "reserved", "currency", "period_start",
-                       "period_end", "updated_at")
+    readonly_fields = (
+        "user",
+        "limit",
+        "spent",
+        "reserved",
+        "currency",
+        "period_start",
+        "period_end",
+        "updated_at",
+    )
     inlines = [LedgerEntryInline]
     actions = ["set_limit", "start_new_period"]
 
@@ -59,7 +74,9 @@ class BudgetAdmin(admin.ModelAdmin):
             changed = 0
             for budget in queryset:
                 try:
-                    services.set_limit(budget, form.cleaned_data["limit"], form.cleaned_data["note"])
+                    services.set_limit(
+                        budget, form.cleaned_data["limit"], form.cleaned_data["note"]
+                    )
                     changed += 1
                 except ValueError as error:
                     self.message_user(request, f"{budget.user}: {error}", messages.ERROR)
@@ -68,8 +85,13 @@ class BudgetAdmin(admin.ModelAdmin):
         return render(
             request,
             "admin/budgets/budget/set_limit.html",
-            {**self.admin_site.each_context(request), "budgets": queryset, "form": form,
-             "title": "Set the monthly limit", "opts": self.model._meta},
+            {
+                **self.admin_site.each_context(request),
+                "budgets": queryset,
+                "form": form,
+                "title": "Set the monthly limit",
+                "opts": self.model._meta,
+            },
         )
 
     @admin.action(description="Start a new period now (spent back to zero)")

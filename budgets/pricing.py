@@ -50,8 +50,12 @@ class ModelPrice:
 
 DEFAULT_CATALOGUE = {
     "sdxl": ModelPrice("sdxl", "4090", overhead_seconds=0.6, seconds_per_megapixel_step=0.16),
-    "sdxl-turbo": ModelPrice("sdxl-turbo", "24gb", overhead_seconds=0.3, seconds_per_megapixel_step=0.2),
-    "flux-dev": ModelPrice("flux-dev", "a100", overhead_seconds=1.0, seconds_per_megapixel_step=0.12),
+    "sdxl-turbo": ModelPrice(
+        "sdxl-turbo", "24gb", overhead_seconds=0.3, seconds_per_megapixel_step=0.2
+    ),
+    "flux-dev": ModelPrice(
+        "flux-dev", "a100", overhead_seconds=1.0, seconds_per_megapixel_step=0.12
+    ),
 }
 
 

@@ -61,7 +61,9 @@ def start_new_period(budget: Budget, today: Any = None) -> bool:
         )
         if reset:
             LedgerEntry.objects.create(
-                budget=budget, kind=LedgerEntry.Kind.PERIOD_RESET, amount=budget.spent,
+                budget=budget,
+                kind=LedgerEntry.Kind.PERIOD_RESET,
+                amount=budget.spent,
                 note=f"new period from {month_start(today)}; {budget.spent} spent before",
             )
     return bool(reset)
@@ -70,9 +72,9 @@ def start_new_period(budget: Budget, today: Any = None) -> bool:
 def _take_from_budget(budget_id: int, amount: Decimal) -> bool:
     """Move `amount` from remaining to reserved if it fits; False when it does not."""
     return bool(
-        Budget.objects.filter(
-            pk=budget_id, spent__lte=F("limit") - F("reserved") - amount
-        ).update(reserved=F("reserved") + amount)
+        Budget.objects.filter(pk=budget_id, spent__lte=F("limit") - F("reserved") - amount).update(
+            reserved=F("reserved") + amount
+        )
     )
 
 
@@ -86,7 +88,10 @@ def reserve_for_batch(batch: Batch, amount: Decimal) -> None:
     Batch.objects.filter(pk=batch.pk).update(reserved=F("reserved") + amount)
     batch.reserved += amount
     LedgerEntry.objects.create(
-        budget=budget, batch=batch, kind=LedgerEntry.Kind.RESERVE, amount=amount,
+        budget=budget,
+        batch=batch,
+        kind=LedgerEntry.Kind.RESERVE,
+        amount=amount,
         note=f"estimate for {batch.images.count() or 'new'} images",
     )
 
@@ -96,7 +101,9 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     reservation from the budget when the estimate is used up. False when the budget has no
     room left for it (the caller then waits for running attempts, or stops)."""
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
+        batch = (
+            Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
+        )
         available = batch.reserved - batch.held
         if available < max_cost:
             extension = max_cost - available
@@ -104,8 +111,11 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
             if not _take_from_budget(budget.pk, extension):
                 return False
             LedgerEntry.objects.create(
-                budget=budget, batch_id=batch_id, kind=LedgerEntry.Kind.RESERVE,
-                amount=extension, note="reservation extended for a retry or a long attempt",
+                budget=budget,
+                batch_id=batch_id,
+                kind=LedgerEntry.Kind.RESERVE,
+                amount=extension,
+                note="reservation extended for a retry or a long attempt",
             )
             batch.reserved += extension
         batch.held += max_cost
@@ -125,14 +135,20 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
     if cost > hold:
         # RunPod stops an attempt at its executionTimeout, which bounds the hold; a larger bill
         # would mean a clock difference of a few ms. Never charge past what was held.
-        logger.warning("image %s attempt %s billed %s over its hold %s", image.pk, attempt, cost, hold)
+        logger.warning(
+            "image %s attempt %s billed %s over its hold %s", image.pk, attempt, cost, hold
+        )
         cost = hold
     budget = Budget.objects.only("id").get(user_id=image.batch.user_id)
     try:
         with transaction.atomic():
             LedgerEntry.objects.create(
-                budget=budget, batch_id=image.batch_id, image=image, attempt=attempt,
-                kind=LedgerEntry.Kind.CHARGE, amount=cost,
+                budget=budget,
+                batch_id=image.batch_id,
+                image=image,
+                attempt=attempt,
+                kind=LedgerEntry.Kind.CHARGE,
+                amount=cost,
             )
     except IntegrityError:
         logger.info("image %s attempt %s already charged", image.pk, attempt)
@@ -150,7 +166,9 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
 def release_batch(batch: Batch, note: str) -> Decimal:
     """Give back everything still reserved for a batch with nothing running (finalize, cancel)."""
     with transaction.atomic():
-        locked = Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch.pk)
+        locked = (
+            Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch.pk)
+        )
         amount = locked.reserved
         if amount <= ZERO:
             return ZERO
@@ -166,12 +184,14 @@ def release_batch(batch: Batch, note: str) -> Decimal:
 def set_limit(budget: Budget, new_limit: Decimal, note: str = "") -> None:
     """Change a limit (staff). Refuses a limit below what is already spent and reserved."""
     with transaction.atomic():
-        updated = Budget.objects.filter(
-            pk=budget.pk, spent__lte=new_limit - F("reserved")
-        ).update(limit=new_limit)
+        updated = Budget.objects.filter(pk=budget.pk, spent__lte=new_limit - F("reserved")).update(
+            limit=new_limit
+        )
         if not updated:
             raise ValueError("The new limit is below what is already spent and reserved.")
         LedgerEntry.objects.create(
-            budget=budget, kind=LedgerEntry.Kind.LIMIT_CHANGE, amount=new_limit,
+            budget=budget,
+            kind=LedgerEntry.Kind.LIMIT_CHANGE,
+            amount=new_limit,
             note=note or f"limit set to {new_limit}",
         )

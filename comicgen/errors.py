@@ -40,7 +40,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(
             {
                 "code": "payload_too_large",
-                "detail": f"The request body is over {limit} bytes; split the batch into smaller ones.",
+                "detail": (
+                    f"The request body is over {limit} bytes; split the batch into smaller ones."
+                ),
             },
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
@@ -56,6 +58,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         response.status_code = status.HTTP_400_BAD_REQUEST
         return response
     detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
-    code = getattr(getattr(exc, "detail", None), "code", None) or getattr(exc, "default_code", "error")
+    code = getattr(getattr(exc, "detail", None), "code", None) or getattr(
+        exc, "default_code", "error"
+    )
     response.data = {"code": str(code), "detail": str(detail)}
     return response

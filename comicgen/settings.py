@@ -90,7 +90,9 @@ DATABASE_URL = env_url(
     "postgres://comicgen:comicgen@127.0.0.1:5433/comicgen",
     schemes=("postgres", "postgresql"),
 )
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+DATABASES = {
+    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6380/0", schemes=("redis", "rediss"))
@@ -203,7 +205,10 @@ COMICGEN_SWEEP_INTERVAL = env_float("COMICGEN_SWEEP_INTERVAL", 30.0, minimum=1)
 COMICGEN_MODEL_CATALOGUE = env_json("COMICGEN_MODEL_CATALOGUE", {})
 
 CELERY_BEAT_SCHEDULE = {
-    "sweep-batches": {"task": "batches.tasks.sweep_batches_task", "schedule": COMICGEN_SWEEP_INTERVAL},
+    "sweep-batches": {
+        "task": "batches.tasks.sweep_batches_task",
+        "schedule": COMICGEN_SWEEP_INTERVAL,
+    },
 }
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -216,5 +221,7 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)

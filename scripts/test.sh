@@ -18,7 +18,8 @@ cleanup() {
     stop_postgres "$RUN_DIR/pg"
     rm -rf "$RUN_DIR"
 }
-trap cleanup EXIT INT TERM
+# HUP and PIPE too: a test run piped into `head` must not leave a cluster behind.
+trap cleanup EXIT INT TERM HUP PIPE
 
 say "throwaway PostgreSQL on 127.0.0.1:$PG_PORT and Redis on 127.0.0.1:$REDIS_PORT"
 start_postgres "$RUN_DIR/pg" "$PG_PORT" fast

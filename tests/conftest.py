@@ -129,12 +129,18 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def live(stack: Stack, transactional_db: Any, settings: Any) -> Iterator[Stack]:
+def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
     """An integration test: the stack, a clean emulator, and committed data the worker sees."""
     stack.emulator.reset()
     stack.emulator.configure(
-        latency=0.05, jitter=0, fail_rate=0, http_error_rate=0, rate_limit_run=0,
-        rate_limit_status=0, drop_webhooks=0, workers=16,
+        latency=0.05,
+        jitter=0,
+        fail_rate=0,
+        http_error_rate=0,
+        rate_limit_run=0,
+        rate_limit_status=0,
+        drop_webhooks=0,
+        workers=16,
     )
     settings.RUNPOD_BASE_URL = stack.emulator.base_url
     settings.RUNPOD_ENDPOINT_ID = stack.emulator.endpoint_id
@@ -142,7 +148,7 @@ def live(stack: Stack, transactional_db: Any, settings: Any) -> Iterator[Stack]:
     settings.MEDIA_ROOT = stack.env["MEDIA_ROOT"]
     for name, value in WORKER_SETTINGS.items():
         setattr(settings, name, type(getattr(settings, name))(value))
-    yield stack
+    return stack
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:

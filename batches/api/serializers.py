@@ -35,10 +35,9 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-def validate_side(value: int) -> int:
+def validate_side(value: int) -> None:
     if value % 8:
         raise serializers.ValidationError(f"Must be a multiple of 8 (e.g. {value - value % 8}).")
-    return value
 
 
 class GenerationParamsSerializer(StrictSerializer):
@@ -56,7 +55,10 @@ class GenerationParamsSerializer(StrictSerializer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model"].choices = pricing.model_names()
+        # The catalogue can change with settings, so the choices are read per instance.
+        model_field = self.fields["model"]
+        assert isinstance(model_field, serializers.ChoiceField)
+        model_field.choices = pricing.model_names()
 
 
 class ImageInputSerializer(StrictSerializer):
@@ -68,7 +70,10 @@ class ImageInputSerializer(StrictSerializer):
 class BatchSubmitSerializer(StrictSerializer):
     title = serializers.CharField(max_length=200, required=False, default="Untitled chapter")
     priority = serializers.ChoiceField(choices=Priority.choices, default=Priority.NORMAL)
-    style = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    # DRF's metaclass turns declared fields into `fields`; the stubs see Field.style (a dict).
+    style = serializers.CharField(  # type: ignore[assignment]
+        max_length=500, required=False, allow_blank=True, default=""
+    )
     negative_prompt = serializers.CharField(
         max_length=1000, required=False, allow_blank=True, default=""
     )
@@ -103,8 +108,17 @@ class ImageJobSerializer(serializers.ModelSerializer):
     class Meta:
         model = ImageJob
         fields = [
-            "id", "index", "prompt", "seed", "params", "status", "attempts", "error",
-            "image_url", "cost", "seq",
+            "id",
+            "index",
+            "prompt",
+            "seed",
+            "params",
+            "status",
+            "attempts",
+            "error",
+            "image_url",
+            "cost",
+            "seq",
         ]
 
     def get_image_url(self, image: ImageJob) -> str | None:
@@ -118,9 +132,23 @@ class BatchSummarySerializer(serializers.ModelSerializer):
     class Meta:
         model = Batch
         fields = [
-            "id", "title", "status", "priority", "style", "negative_prompt", "params",
-            "created_at", "started_at", "finished_at", "counts", "estimated_cost",
-            "actual_cost", "currency", "eta_seconds", "cancel_reason", "seq",
+            "id",
+            "title",
+            "status",
+            "priority",
+            "style",
+            "negative_prompt",
+            "params",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "counts",
+            "estimated_cost",
+            "actual_cost",
+            "currency",
+            "eta_seconds",
+            "cancel_reason",
+            "seq",
         ]
 
     def _counts(self, batch: Batch) -> dict[str, int]:

@@ -11,7 +11,9 @@ urlpatterns = [
     path("batches/<int:batch_id>/", views.BatchDetailView.as_view(), name="api-batch-detail"),
     path("batches/<int:batch_id>/cancel/", views.BatchCancelView.as_view(), name="batch-cancel"),
     path("batches/<int:batch_id>/retry/", views.BatchRetryView.as_view(), name="batch-retry"),
-    path("batches/<int:batch_id>/download/", views.BatchDownloadView.as_view(), name="batch-download"),
+    path(
+        "batches/<int:batch_id>/download/", views.BatchDownloadView.as_view(), name="batch-download"
+    ),
     path(
         "runpod/webhook/<int:batch_id>/<int:chunk_no>/<int:image_id>/<int:attempt>/<str:token>/",
         runpod_webhook,

@@ -28,7 +28,9 @@ from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
     description="Replaying a submit with the same key returns the same batch.",
 )
 
@@ -72,8 +74,11 @@ class BatchListView(ListAPIView):
             )
         except BudgetExceeded as error:
             raise ApiError(
-                "budget_exceeded", str(error), status.HTTP_402_PAYMENT_REQUIRED,
-                estimated_cost=str(error.estimated_cost), remaining=str(error.remaining),
+                "budget_exceeded",
+                str(error),
+                status.HTTP_402_PAYMENT_REQUIRED,
+                estimated_cost=str(error.estimated_cost),
+                remaining=str(error.remaining),
                 currency=error.currency,
             ) from None
         except services.IdempotencyConflict as error:
@@ -129,8 +134,11 @@ class BatchRetryView(APIView):
             raise ApiError("conflict", str(error), status.HTTP_409_CONFLICT) from None
         except BudgetExceeded as error:
             raise ApiError(
-                "budget_exceeded", str(error), status.HTTP_402_PAYMENT_REQUIRED,
-                estimated_cost=str(error.estimated_cost), remaining=str(error.remaining),
+                "budget_exceeded",
+                str(error),
+                status.HTTP_402_PAYMENT_REQUIRED,
+                estimated_cost=str(error.estimated_cost),
+                remaining=str(error.remaining),
                 currency=error.currency,
             ) from None
         batch.refresh_from_db()
@@ -142,9 +150,13 @@ class BatchDownloadView(APIView):
     def get(self, request: Request, batch_id: int) -> Any:
         """A ZIP of the finished images, streamed, named by panel order."""
         batch = get_user_batch(request, batch_id)
-        images = batch.images.filter(status=ImageStatus.COMPLETED).exclude(image="").order_by("index")
+        images = (
+            batch.images.filter(status=ImageStatus.COMPLETED).exclude(image="").order_by("index")
+        )
         if not images.exists():
-            raise ApiError("not_ready", "No finished images to download yet.", status.HTTP_409_CONFLICT)
+            raise ApiError(
+                "not_ready", "No finished images to download yet.", status.HTTP_409_CONFLICT
+            )
         # Stored, not deflated: PNGs are compressed already, and a sized stream can announce
         # its Content-Length so browsers show download progress.
         archive = ZipStream(compress_type=ZIP_STORED, sized=True)

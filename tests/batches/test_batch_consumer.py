@@ -110,7 +110,9 @@ async def test_a_snapshot_comes_first_then_events_in_seq_order() -> None:
 
     @database_sync_to_async
     def change_images() -> list[int]:
-        ids = list(ImageJob.objects.filter(batch=batch).order_by("index").values_list("pk", flat=True))
+        ids = list(
+            ImageJob.objects.filter(batch=batch).order_by("index").values_list("pk", flat=True)
+        )
         for image_id in ids * 2:
             ImageJob.objects.filter(pk=image_id).update(status=ImageStatus.RUNNING)
             events.push_image_updated(image_id)

@@ -18,7 +18,9 @@ def test_cancel_stops_pending_and_running_work(live: Any, api: Any, user: Any) -
     live.emulator.configure(latency=1.0, workers=4)
     created = submit(api, [f"long panel {n}" for n in range(30)])
     wait_for(
-        lambda: Batch.objects.get(pk=created["id"]).images.filter(runpod_job_id__gt="").count() >= 4,
+        lambda: (
+            Batch.objects.get(pk=created["id"]).images.filter(runpod_job_id__gt="").count() >= 4
+        ),
         timeout=30,
     )
 
@@ -85,7 +87,10 @@ def test_another_users_batch_is_a_404_for_every_action(api: Any) -> None:
     batch_id = submit(other, ["not yours"])["id"]
 
     for method, path in [
-        ("get", ""), ("post", "cancel/"), ("post", "retry/"), ("get", "download/"),
+        ("get", ""),
+        ("post", "cancel/"),
+        ("post", "retry/"),
+        ("get", "download/"),
     ]:
         response = getattr(api, method)(f"/api/v1/batches/{batch_id}/{path}")
         assert response.status_code == 404, path

@@ -24,7 +24,9 @@ def body(n: int = 2, **extra: Any) -> dict[str, Any]:
 
 @pytest.mark.django_db
 class TestSubmit:
-    def test_it_creates_the_batch_and_its_images_and_answers_202(self, api: APIClient, user: Any) -> None:
+    def test_it_creates_the_batch_and_its_images_and_answers_202(
+        self, api: APIClient, user: Any
+    ) -> None:
         response = api.post(
             URL,
             {
@@ -51,7 +53,11 @@ class TestSubmit:
         assert first["seed"] == 42
         assert first["params"]["width"] == 768
         assert second["params"] == {
-            "model": "sdxl", "width": 512, "height": 768, "steps": 25, "guidance": 7.5
+            "model": "sdxl",
+            "width": 512,
+            "height": 768,
+            "steps": 25,
+            "guidance": 7.5,
         }
         assert isinstance(second["seed"], int)  # chosen and stored
         batch = Batch.objects.get(pk=data["id"])
@@ -64,7 +70,9 @@ class TestSubmit:
 
         budget = Budget.objects.get(user=user)
         assert budget.reserved == Decimal(data["estimated_cost"]) > 0
-        assert LedgerEntry.objects.get(batch_id=data["id"], kind="reserve").amount == budget.reserved
+        assert (
+            LedgerEntry.objects.get(batch_id=data["id"], kind="reserve").amount == budget.reserved
+        )
 
     @pytest.mark.parametrize(
         ("payload", "field"),

@@ -37,8 +37,13 @@ def test_set_limit_action_raises_a_limit(staff_client: Client, user: Any) -> Non
 
     response = staff_client.post(
         URL,
-        {"action": "set_limit", "_selected_action": [budget.pk], "apply": "1", "limit": "80",
-         "note": "pro plan"},
+        {
+            "action": "set_limit",
+            "_selected_action": [budget.pk],
+            "apply": "1",
+            "limit": "80",
+            "note": "pro plan",
+        },
         follow=True,
     )
 

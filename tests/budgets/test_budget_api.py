@@ -14,7 +14,9 @@ from budgets.models import Budget
 
 
 @pytest.mark.django_db
-def test_the_budget_shows_limit_spent_reserved_and_the_period(api: APIClient, settings: Any) -> None:
+def test_the_budget_shows_limit_spent_reserved_and_the_period(
+    api: APIClient, settings: Any
+) -> None:
     data = api.get("/api/v1/budget/").json()
 
     assert Decimal(data["limit"]) == settings.COMICGEN_DEFAULT_MONTHLY_BUDGET
@@ -50,7 +52,9 @@ def test_an_estimate_says_when_it_does_not_fit(api: APIClient, user: Any) -> Non
     api.get("/api/v1/budget/")
     Budget.objects.filter(user=user).update(limit=Decimal("0.0001"))
 
-    data = api.post("/api/v1/batches/estimate/", {"images": [{"prompt": "a"}]}, format="json").json()
+    data = api.post(
+        "/api/v1/batches/estimate/", {"images": [{"prompt": "a"}]}, format="json"
+    ).json()
 
     assert data["within_budget"] is False
     assert Decimal(data["remaining"]) == Decimal("0.0001")

@@ -18,14 +18,18 @@ pytestmark = pytest.mark.integration
 
 
 def ledger_total(batch: Batch, kind: str) -> Decimal:
-    return LedgerEntry.objects.filter(batch=batch, kind=kind).aggregate(s=Sum("amount"))["s"] or Decimal(0)
+    return LedgerEntry.objects.filter(batch=batch, kind=kind).aggregate(s=Sum("amount"))[
+        "s"
+    ] or Decimal(0)
 
 
 def test_reserve_charge_and_release_add_up_with_failures_retries_and_a_cancel(
     live: Any, api: Any, user: Any
 ) -> None:
     live.emulator.configure(latency=0.3, workers=4)
-    created = submit(api, ["one [fail:1]", "two", "three [fail:always]", *[f"p{n}" for n in range(12)]])
+    created = submit(
+        api, ["one [fail:1]", "two", "three [fail:always]", *[f"p{n}" for n in range(12)]]
+    )
     wait_for(
         lambda: Batch.objects.get(pk=created["id"]).images.filter(status="completed").count() >= 4,
         timeout=60,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from batches.models import Batch, ImageJob
@@ -22,8 +23,14 @@ D = Decimal
 def make_batch(user: Any, images: int = 2) -> Batch:
     batch = Batch.objects.create(user=user, title="t")
     ImageJob.objects.bulk_create(
-        ImageJob(batch=batch, index=i, prompt="p", seed=1, params={"model": "sdxl", "width": 64,
-                 "height": 64, "steps": 1, "guidance": 1}) for i in range(images)
+        ImageJob(
+            batch=batch,
+            index=i,
+            prompt="p",
+            seed=1,
+            params={"model": "sdxl", "width": 64, "height": 64, "steps": 1, "guidance": 1},
+        )
+        for i in range(images)
     )
     return batch
 
@@ -121,8 +128,10 @@ def test_the_database_refuses_an_overspent_budget(user: Any) -> None:
 def test_a_new_period_starts_with_nothing_spent(user: Any) -> None:
     budget = services.get_budget(user)
     Budget.objects.filter(pk=budget.pk).update(
-        spent=D("3"), reserved=D("1"),
-        period_start=dt.date(2020, 1, 1), period_end=dt.date(2020, 2, 1),
+        spent=D("3"),
+        reserved=D("1"),
+        period_start=dt.date(2020, 1, 1),
+        period_end=dt.date(2020, 2, 1),
     )
 
     budget = services.get_budget(user)
@@ -130,7 +139,7 @@ def test_a_new_period_starts_with_nothing_spent(user: Any) -> None:
     assert budget.spent == 0
     assert budget.reserved == D("1")  # still held by running batches
     assert budget.period_start.day == 1
-    assert budget.period_end > dt.date.today()
+    assert budget.period_end > timezone.now().date()
     assert LedgerEntry.objects.filter(budget=budget, kind="period_reset").count() == 1
 
 

@@ -59,11 +59,16 @@ def test_the_process_refuses_to_start_with_a_bad_setting() -> None:
 
 def test_debug_is_off_unless_asked() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; "
-         "print(settings.DEBUG)"],
-        env={k: v for k, v in os.environ.items() if k != "DEBUG"} | {
-            "DJANGO_SETTINGS_MODULE": "comicgen.settings"
-        },
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "print(settings.DEBUG)",
+        ],
+        env={k: v for k, v in os.environ.items() if k != "DEBUG"}
+        | {"DJANGO_SETTINGS_MODULE": "comicgen.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.strip() == "False"

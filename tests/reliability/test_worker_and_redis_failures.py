@@ -72,9 +72,23 @@ def test_a_redis_restart_mid_batch_loses_no_image(live: Any, api: Any) -> None:
     time.sleep(1.5)
     subprocess.run(
         [
-            "redis-server", "--bind", "127.0.0.1", "--port", port, "--dir", redis_dir,
-            "--daemonize", "yes", "--save", "", "--appendonly", "no",
-            "--pidfile", f"{redis_dir}/redis.pid", "--logfile", f"{redis_dir}/redis.log",
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--dir",
+            redis_dir,
+            "--daemonize",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--pidfile",
+            f"{redis_dir}/redis.pid",
+            "--logfile",
+            f"{redis_dir}/redis.log",
         ],
         check=True,
     )
