@@ -290,66 +290,51 @@ class ChunkRun:
             reason = job.error or f"RunPod job ended {job.status}"
             self.attempt_failed(image, job, reason)
 
+    def end_attempt(self, panel: ImageJob, job: JobStatus, **fields: Any) -> bool:
+        """Record how an attempt ended and charge what it ran, once. The conditional UPDATE lets
+        exactly one of a webhook, a poll, a cancel or a redelivered task win; the others change
+        nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)"""
+        cost = pricing.actual_cost(panel.params, job.execution_time_ms or 0)
+        with transaction.atomic():
+            won = (
+                ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id)
+                .exclude(status__in=IMAGE_TERMINAL)
+                .update(
+                    hold=Decimal("0"),
+                    delay_ms=job.delay_time_ms,
+                    execution_ms=job.execution_time_ms,
+                    **fields,
+                )
+            )
+            if won:
+                budget_services.charge_attempt(panel, panel.attempts, cost, panel.hold)
+                events.push_image_updated(panel.pk)
+        flow.release_slot(panel.pk)
+        return bool(won)
+
     def completed(self, image: ImageJob, job: JobStatus, png: bytes) -> None:
         name = default_storage.save(
             f"panels/{self.batch_id}/panel-{image.index + 1:03d}-{image.pk}-a{image.attempts}.png",
             ContentFile(png),
         )
-        cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
-        with transaction.atomic():
-            won = (
-                ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id)
-                .exclude(status__in=IMAGE_TERMINAL)
-                .update(
-                    status=ImageStatus.COMPLETED,
-                    image=name,
-                    error="",
-                    finished_at=timezone.now(),
-                    delay_ms=job.delay_time_ms,
-                    execution_ms=job.execution_time_ms,
-                    hold=Decimal("0"),
-                )
-            )
-            if not won:
-                default_storage.delete(name)
-                return
-            budget_services.charge_attempt(image, image.attempts, cost, image.hold)
-            events.push_image_updated(image.pk)
-        flow.release_slot(image.pk)
+        won = self.end_attempt(
+            image, job, status=ImageStatus.COMPLETED, image=name, error="",
+            finished_at=timezone.now(),
+        )  # fmt: skip
+        if not won:
+            default_storage.delete(name)
 
     def attempt_failed(self, image: ImageJob, job: JobStatus, reason: str) -> None:
         """Charge what the attempt ran, then retry after a backoff or give up."""
-        cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
-        give_up = image.attempts >= settings.COMICGEN_MAX_ATTEMPTS
         now = timezone.now()
-        if give_up:
-            update = {"status": ImageStatus.FAILED, "finished_at": now}
+        if image.attempts >= settings.COMICGEN_MAX_ATTEMPTS:
             reason = f"{reason} (gave up after {image.attempts} attempts)"
+            outcome = {"status": ImageStatus.FAILED, "finished_at": now}
         else:
-            delay = retry_delay(image.attempts)
-            update = {
-                "status": ImageStatus.RETRYING,
-                "next_attempt_at": now + timedelta(seconds=delay),
-            }
-        with transaction.atomic():
-            won = (
-                ImageJob.objects.filter(pk=image.pk, runpod_job_id=job.id)
-                .exclude(status__in=IMAGE_TERMINAL)
-                .update(
-                    runpod_job_id="",
-                    error=reason,
-                    hold=Decimal("0"),
-                    delay_ms=job.delay_time_ms,
-                    execution_ms=job.execution_time_ms,
-                    **update,
-                )
-            )
-            if not won:
-                return
-            budget_services.charge_attempt(image, image.attempts, cost, image.hold)
-            events.push_image_updated(image.pk)
-        flow.release_slot(image.pk)
-        logger.info("image %s attempt %s failed: %s", image.pk, image.attempts, reason)
+            delay = timedelta(seconds=retry_delay(image.attempts))
+            outcome = {"status": ImageStatus.RETRYING, "next_attempt_at": now + delay}
+        if self.end_attempt(image, job, runpod_job_id="", error=reason, **outcome):
+            logger.info("image %s attempt %s failed: %s", image.pk, image.attempts, reason)
 
     def lost(self, image: ImageJob, reason: str) -> None:
         """The job vanished before we saw its end: nothing was billed that we can know of;
@@ -395,23 +380,10 @@ class ChunkRun:
             if job.status == COMPLETED:
                 self.handle(image, job)  # it finished first: keep the panel
                 continue
-            cost = pricing.actual_cost(image.params, job.execution_time_ms or 0)
-            with transaction.atomic():
-                won = (
-                    ImageJob.objects.filter(pk=image.pk, runpod_job_id=image.runpod_job_id)
-                    .exclude(status__in=IMAGE_TERMINAL)
-                    .update(
-                        status=ImageStatus.CANCELLED,
-                        error=reason or "Cancelled.",
-                        runpod_job_id="",
-                        finished_at=timezone.now(),
-                        hold=Decimal("0"),
-                    )
-                )
-                if won:
-                    budget_services.charge_attempt(image, image.attempts, cost, image.hold)
-                    events.push_image_updated(image.pk)
-            flow.release_slot(image.pk)
+            self.end_attempt(
+                image, job, status=ImageStatus.CANCELLED, error=reason or "Cancelled.",
+                runpod_job_id="", finished_at=timezone.now(),
+            )  # fmt: skip
 
     # --- waiting -----------------------------------------------------------------------------
 

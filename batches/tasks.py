@@ -25,31 +25,24 @@ TRANSIENT_ERRORS = (
     InterfaceError,
 )
 RETRY_BACKOFF_MAX = 120  # seconds; CELERY_VISIBILITY_TIMEOUT is at least 300
+RELIABLE: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 2,
+    "retry_backoff_max": RETRY_BACKOFF_MAX,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=10,
-)
+@shared_task(**RELIABLE)
 def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
     """Run one chunk of a batch on RunPod; returns a small summary (the chord ignores it)."""
     return chunks.process_chunk(batch_id, chunk_no)
 
 
-@shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=RETRY_BACKOFF_MAX,
-    retry_jitter=True,
-    max_retries=10,
-)
+@shared_task(**RELIABLE)
 def finalize_batch_task(_chunk_results: Any, batch_id: int) -> str | None:
     """Chord callback. Reads the truth from PostgreSQL, never from the chunk results."""
     return services.finalize_batch(batch_id)

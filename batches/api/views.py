@@ -35,6 +35,18 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 )
 
 
+def budget_exceeded_error(error: BudgetExceeded) -> ApiError:
+    """402 with the estimate and what remains, so a client can say what to change."""
+    return ApiError(
+        "budget_exceeded",
+        str(error),
+        status.HTTP_402_PAYMENT_REQUIRED,
+        estimated_cost=str(error.estimated_cost),
+        remaining=str(error.remaining),
+        currency=error.currency,
+    )
+
+
 def get_user_batch(request: Request, batch_id: int) -> Batch:
     """404 for another user's batch, as for a missing one (staff see all)."""
     return get_object_or_404(services.scoped_batches(request.user), pk=batch_id)
@@ -73,14 +85,7 @@ class BatchListView(ListAPIView):
                 fingerprint=services.request_fingerprint(request.data) if key else "",
             )
         except BudgetExceeded as error:
-            raise ApiError(
-                "budget_exceeded",
-                str(error),
-                status.HTTP_402_PAYMENT_REQUIRED,
-                estimated_cost=str(error.estimated_cost),
-                remaining=str(error.remaining),
-                currency=error.currency,
-            ) from None
+            raise budget_exceeded_error(error) from None
         except services.IdempotencyConflict as error:
             raise ApiError("idempotency_conflict", str(error), 422) from None
         batch = batch_with_images(submission.batch.pk)
@@ -133,14 +138,7 @@ class BatchRetryView(APIView):
         except services.StateConflict as error:
             raise ApiError("conflict", str(error), status.HTTP_409_CONFLICT) from None
         except BudgetExceeded as error:
-            raise ApiError(
-                "budget_exceeded",
-                str(error),
-                status.HTTP_402_PAYMENT_REQUIRED,
-                estimated_cost=str(error.estimated_cost),
-                remaining=str(error.remaining),
-                currency=error.currency,
-            ) from None
+            raise budget_exceeded_error(error) from None
         batch.refresh_from_db()
         return Response(BatchSummarySerializer(batch).data, status=status.HTTP_202_ACCEPTED)
 
