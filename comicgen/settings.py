@@ -163,6 +163,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit chapters of comic panels, follow them, download the images.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Batches and images both have a `status`: give each choice set its own schema name.
+    "ENUM_NAME_OVERRIDES": {
+        "BatchStatusEnum": "batches.models.BatchStatus",
+        "ImageStatusEnum": "batches.models.ImageStatus",
+    },
 }
 # Refuse oversized bodies before parsing them: 500 prompts of 2,000 characters fit in 2 MB.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024, minimum=1024)
