@@ -67,7 +67,8 @@ def runpod_client() -> RunPodClient:
 
 
 def retry_delay(attempts: int) -> float:
-    """Exponential backoff with full jitter before the next attempt of a failed image."""
+    """Exponential backoff before the next attempt of a failed image, jittered between half and
+    all of the ceiling so retries of many images spread out."""
     ceiling = min(
         settings.COMICGEN_RETRY_MAX_DELAY, settings.COMICGEN_RETRY_BASE_DELAY * 2 ** (attempts - 1)
     )
@@ -106,7 +107,9 @@ class ChunkRun:
     waiting_for_slot: bool = False
 
     def run(self) -> dict[str, Any]:
-        batch = Batch.objects.get(pk=self.batch_id)
+        batch = Batch.objects.filter(pk=self.batch_id).first()
+        if batch is None:  # deleted (by staff) while its tasks waited
+            return {"chunk": self.chunk_no, "skipped": "batch deleted"}
         if batch.is_terminal:
             return {"chunk": self.chunk_no, "skipped": batch.status}
         services.mark_batch_running(self.batch_id)

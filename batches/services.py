@@ -18,6 +18,7 @@ from typing import Any
 from celery import chord, group
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from batches import events, flow
@@ -119,7 +120,8 @@ def submit_batch(
                 batch_size=500,
             )
             budget_services.reserve_for_batch(batch, estimate.total)
-            transaction.on_commit(lambda: enqueue_batch(batch))
+            # robust: with the broker down the batch is still accepted; the sweeper enqueues it.
+            transaction.on_commit(lambda: enqueue_batch(batch), robust=True)
     except IntegrityError:
         # Two submits with one Idempotency-Key raced; the other one won.
         if idempotency_key:
@@ -175,7 +177,9 @@ def mark_batch_running(batch_id: int) -> None:
 def finalize_batch(batch_id: int) -> str | None:
     """Give a batch whose images are all terminal its terminal status, release what is left of
     its reservation and announce it. Idempotent; does nothing while images are unfinished."""
-    batch = Batch.objects.get(pk=batch_id)
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:  # deleted while its tasks waited: nothing to finish
+        return None
     if batch.is_terminal:
         return batch.status
     if batch.images.exclude(status__in=IMAGE_TERMINAL).exists():
@@ -254,7 +258,7 @@ def retry_batch(batch: Batch) -> int:
             raise StateConflict("The batch changed meanwhile; reload it and try again.")
         budget_services.reserve_for_batch(batch, estimate.total)
         Batch.objects.filter(pk=batch.pk).update(
-            estimated_cost=batch.estimated_cost + estimate.total
+            estimated_cost=F("estimated_cost") + estimate.total
         )
         ImageJob.objects.filter(pk__in=[image.pk for image in images]).update(
             status=ImageStatus.PENDING,
@@ -268,7 +272,7 @@ def retry_batch(batch: Batch) -> int:
             events.push_image_updated(image.pk)
         events.push_batch_updated(batch.pk)
         chunks = sorted({image.index // batch.chunk_size for image in images})
-        transaction.on_commit(lambda: enqueue_batch(batch, chunks))
+        transaction.on_commit(lambda: enqueue_batch(batch, chunks), robust=True)
     return len(images)
 
 

@@ -197,3 +197,28 @@ class TestSubmit:
         assert response.status_code == 202
         bad = client.post(URL, body(1), format="json", HTTP_AUTHORIZATION="Token nope")
         assert bad.status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_submit_while_redis_is_down_is_kept_and_enqueued_by_the_sweeper(
+    api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from batches import flow, services
+
+    def redis_down(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(flow, "mark_chunks_queued", redis_down)
+    response = api.post(URL, body(12), format="json")
+
+    assert response.status_code == 202
+    batch = Batch.objects.get(pk=response.json()["id"])
+    assert batch.status == "queued"
+    assert not flow.chunk_is_owned(batch.pk, 0)
+
+    monkeypatch.undo()  # Redis is back
+    assert services.sweep_batches() == {"resumed_chunks": 2, "finalized": 0}
+    assert flow.chunk_is_owned(batch.pk, 0)
+    assert flow.chunk_is_owned(batch.pk, 1)
