@@ -117,9 +117,8 @@ _sender = _Sender()
 
 
 def send_event(batch_id: int, event: dict[str, Any]) -> None:
-    """Send an event to a batch's watchers once the current transaction commits."""
-    message = {"type": "batch.event", "event": event}
-    transaction.on_commit(lambda: _sender.send(group_name(batch_id), message))
+    """Hand an event to the sender thread (call after the change it reports is committed)."""
+    _sender.send(group_name(batch_id), {"type": "batch.event", "event": event})
 
 
 def flush_events(timeout: float = 5.0) -> bool:
@@ -129,9 +128,25 @@ def flush_events(timeout: float = 5.0) -> bool:
 # --- the events ------------------------------------------------------------------------------
 
 
+# Both pushes build their event once the caller's transaction commits: the event then shows
+# committed state, and the batch row's seq counter is locked for one statement instead of for the
+# rest of the caller's transaction (every chunk of the batch takes the next seq from that row).
+
+
 def push_image_updated(image_id: int) -> None:
-    """An image changed: send its current row and the batch's counts."""
-    image = ImageJob.objects.select_related("batch").get(pk=image_id)
+    """An image changed: send its current row and the batch's counts, after commit."""
+    transaction.on_commit(lambda: _send_image_updated(image_id))
+
+
+def push_batch_updated(batch_id: int) -> None:
+    """The batch changed status (or its cost): send status, counts and cost, after commit."""
+    transaction.on_commit(lambda: _send_batch_updated(batch_id))
+
+
+def _send_image_updated(image_id: int) -> None:
+    image = ImageJob.objects.select_related("batch").filter(pk=image_id).first()
+    if image is None:  # deleted meanwhile
+        return
     seq = image.batch.next_seq()
     ImageJob.objects.filter(pk=image_id).update(seq=seq)
     image.seq = seq
@@ -145,9 +160,10 @@ def push_image_updated(image_id: int) -> None:
     send_event(image.batch_id, event)
 
 
-def push_batch_updated(batch_id: int) -> None:
-    """The batch changed status (or its cost): send status, counts and cost."""
-    batch = Batch.objects.get(pk=batch_id)
+def _send_batch_updated(batch_id: int) -> None:
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return
     seq = batch.next_seq()
     event = {
         "type": "batch.updated",

@@ -139,7 +139,7 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
             "image %s attempt %s billed %s over its hold %s", image.pk, attempt, cost, hold
         )
         cost = hold
-    budget = Budget.objects.only("id").get(user_id=image.batch.user_id)
+    budget = Budget.objects.only("id").get(user__batches__id=image.batch_id)
     try:
         with transaction.atomic():
             LedgerEntry.objects.create(
@@ -153,11 +153,13 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
     except IntegrityError:
         logger.info("image %s attempt %s already charged", image.pk, attempt)
         return False
-    Budget.objects.filter(pk=budget.pk).update(
-        spent=F("spent") + cost, reserved=F("reserved") - cost
-    )
     Batch.objects.filter(pk=image.batch_id).update(
         reserved=F("reserved") - cost, held=F("held") - hold, actual_cost=F("actual_cost") + cost
+    )
+    # Batch row before Budget row, the order hold_for_attempt and release_batch lock them in:
+    # the opposite order deadlocks against a concurrent hold (PostgreSQL aborts one of them).
+    Budget.objects.filter(pk=budget.pk).update(
+        spent=F("spent") + cost, reserved=F("reserved") - cost
     )
     ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
     return True
