@@ -21,3 +21,6 @@ fmt:
 
 clean:
 	rm -rf .local
+
+bench:  ## BENCH="makespan push" make bench; default: all (about 9 minutes)
+	@bash bench/run.sh $(or $(BENCH),all)
