@@ -229,13 +229,26 @@ def cancel_batch(batch: Batch, reason: str = "Cancelled by the user.") -> int:
     cancelled = ImageJob.objects.filter(
         pk__in=waiting, status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
     ).update(status=ImageStatus.CANCELLED, error=reason, finished_at=now, next_attempt_at=None)
-    for image_id in waiting:
-        events.push_image_updated(image_id)
+    announce_images(batch, waiting)
+    events.push_batch_updated(batch.pk)
     for chunk_no in chunk_numbers(batch):
         flow.wake_chunk(batch.pk, chunk_no)
     # Nothing may be running at all (e.g. a batch still queued): finish it now if so.
     finalize_batch(batch.pk)
     return cancelled
+
+
+def announce_images(batch: Batch, image_ids: list[int]) -> None:
+    """Push one event per changed image from a worker, not from the request: a cancel of
+    thousands of images answers at once and its events follow."""
+    from batches import tasks
+
+    if not image_ids:
+        return
+    try:
+        tasks.announce_images_task.apply_async(args=(batch.pk, image_ids), queue=batch.priority)
+    except Exception:  # the broker is down: pages catch up by snapshot and polling
+        logger.warning("batch %s: could not queue events for %s images", batch.pk, len(image_ids))
 
 
 def retry_batch(batch: Batch) -> int:
@@ -268,8 +281,8 @@ def retry_batch(batch: Batch) -> int:
             next_attempt_at=None,
             finished_at=None,
         )
-        for image in images:
-            events.push_image_updated(image.pk)
+        image_ids = [image.pk for image in images]
+        transaction.on_commit(lambda: announce_images(batch, image_ids))
         events.push_batch_updated(batch.pk)
         chunks = sorted({image.index // batch.chunk_size for image in images})
         transaction.on_commit(lambda: enqueue_batch(batch, chunks), robust=True)

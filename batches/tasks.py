@@ -14,7 +14,7 @@ import redis
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from batches import chunks, services
+from batches import chunks, events, services
 from batches.runpod import TransientRunPodError
 
 TRANSIENT_ERRORS = (
@@ -52,3 +52,10 @@ def finalize_batch_task(_chunk_results: Any, batch_id: int) -> str | None:
 def sweep_batches_task() -> dict[str, int]:
     """Periodic (beat): finish batches whose chord was lost, resume orphaned chunks."""
     return services.sweep_batches()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def announce_images_task(batch_id: int, image_ids: list[int]) -> None:
+    """Push an image.updated event for each image (after a cancel changed many at once)."""
+    for image_id in image_ids:
+        events.push_image_updated(image_id)

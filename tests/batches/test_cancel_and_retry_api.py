@@ -95,3 +95,18 @@ def test_another_users_batch_is_a_404_for_every_action(api: Any) -> None:
         response = getattr(api, method)(f"/api/v1/batches/{batch_id}/{path}")
         assert response.status_code == 404, path
     assert Batch.objects.get(pk=batch_id).status == BatchStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_cancelling_a_large_queued_batch_costs_a_few_queries_not_one_per_image(
+    api: Any, django_assert_max_num_queries: Any
+) -> None:
+    batch_id = submit(api, [f"panel {n}" for n in range(300)])["id"]
+
+    with django_assert_max_num_queries(40):
+        response = api.post(f"/api/v1/batches/{batch_id}/cancel/")
+
+    assert response.status_code == 202
+    batch = Batch.objects.get(pk=batch_id)
+    assert batch.status == BatchStatus.CANCELLED
+    assert batch.images.filter(status=ImageStatus.CANCELLED).count() == 300
