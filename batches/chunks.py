@@ -297,12 +297,13 @@ class ChunkRun:
         """Record how an attempt ended and charge what it ran, once. The conditional UPDATE lets
         exactly one of a webhook, a poll, a cancel or a redelivered task win; the others change
         nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)"""
-        cost = pricing.actual_cost(panel.params, job.execution_time_ms or 0)
+        cost = budget_services.billable_cost(panel, job.execution_time_ms)
         with transaction.atomic():
             won = (
                 ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id)
                 .exclude(status__in=IMAGE_TERMINAL)
                 .update(
+                    cost=F("cost") + cost,
                     hold=Decimal("0"),
                     delay_ms=job.delay_time_ms,
                     execution_ms=job.execution_time_ms,

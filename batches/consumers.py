@@ -60,8 +60,10 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
             if snapshot:
                 await self.send_json(snapshot)
 
-    async def batch_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["event"])
+    async def batch_events(self, message: dict[str, Any]) -> None:
+        """Events arrive in bundles (events.py); each goes to the client as its own message."""
+        for event in message["events"]:
+            await self.send_json(event)
 
 
 # --- the htmx pages' consumer ----------------------------------------------------------------
@@ -136,8 +138,11 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
                 events.group_name(self.batch_id), self.channel_name
             )
 
-    async def batch_event(self, message: dict[str, Any]) -> None:
-        event = message["event"]
+    async def batch_events(self, message: dict[str, Any]) -> None:
+        for event in message["events"]:
+            await self.forward(event)
+
+    async def forward(self, event: dict[str, Any]) -> None:
         if event.get("type") == "image.updated":
             # Rendered from the event itself: no query per image.
             await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))

@@ -77,35 +77,49 @@ class _Sender:
         ready.wait()
 
     async def _drain(self) -> None:
+        """Send what is queued, group by group: everything that piled up for one batch goes
+        out as one channel-layer message (a backlog costs one Redis round trip per batch, not
+        one per event), after dropping updates superseded by a newer one for the same image."""
         assert self._queue is not None
         layer = get_channel_layer()
         while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            group, message = item
-            for attempt in (1, 2):
-                try:
-                    await layer.group_send(group, message)
-                    break
-                except Exception:  # a lost event costs a client a refresh, never the batch
-                    # After a Redis restart the first use of a pooled connection fails; the
-                    # second attempt reconnects.
-                    if attempt == 2:
-                        logger.exception("could not push %s to %s", message.get("type"), group)
-                    await asyncio.sleep(0.1)
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            events = [item for item in items if item is not None]
+            by_group: dict[str, list[dict[str, Any]]] = {}
+            for group, event in events:
+                by_group.setdefault(group, []).append(event)
+            for group, group_events in by_group.items():
+                await self._send_group(layer, group, latest_only(group_events))
             with self._idle:
-                self._pending -= 1
+                self._pending -= len(events)
                 self._idle.notify_all()
+            if None in items:
+                return
 
-    def send(self, group: str, message: dict[str, Any]) -> None:
+    @staticmethod
+    async def _send_group(layer: Any, group: str, events: list[dict[str, Any]]) -> None:
+        message = {"type": "batch.events", "events": events}
+        for attempt in (1, 2):
+            try:
+                await layer.group_send(group, message)
+                return
+            except Exception:  # a lost event costs a client a refresh, never the batch
+                # After a Redis restart the first use of a pooled connection fails; the
+                # second attempt reconnects.
+                if attempt == 2:
+                    logger.exception("could not push %s events to %s", len(events), group)
+                await asyncio.sleep(0.1)
+
+    def send(self, group: str, event: dict[str, Any]) -> None:
         with self._lock:
             if self._loop is None:
                 self._start()
             self._pending += 1
         assert self._loop is not None
         assert self._queue is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, event))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued has been sent (tests, management commands)."""
@@ -116,9 +130,22 @@ class _Sender:
 _sender = _Sender()
 
 
+def latest_only(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop events a later one in the list supersedes (an image's older update, an older batch
+    update): a client would discard them as stale anyway. Order is kept."""
+
+    def key(event: dict[str, Any]) -> tuple[str, Any]:
+        if event.get("type") == "image.updated":
+            return ("image", event["image"]["id"])
+        return (str(event.get("type")), None)
+
+    last = {key(event): position for position, event in enumerate(events)}
+    return [event for position, event in enumerate(events) if last[key(event)] == position]
+
+
 def send_event(batch_id: int, event: dict[str, Any]) -> None:
     """Hand an event to the sender thread (call after the change it reports is committed)."""
-    _sender.send(group_name(batch_id), {"type": "batch.event", "event": event})
+    _sender.send(group_name(batch_id), event)
 
 
 def flush_events(timeout: float = 5.0) -> bool:
@@ -147,9 +174,7 @@ def _send_image_updated(image_id: int) -> None:
     image = ImageJob.objects.select_related("batch").filter(pk=image_id).first()
     if image is None:  # deleted meanwhile
         return
-    seq = image.batch.next_seq()
-    ImageJob.objects.filter(pk=image_id).update(seq=seq)
-    image.seq = seq
+    seq = image.take_next_seq()
     event = {
         "type": "image.updated",
         "seq": seq,

@@ -167,6 +167,20 @@ class ImageJob(models.Model):
     def is_terminal(self) -> bool:
         return self.status in IMAGE_TERMINAL
 
+    def take_next_seq(self) -> int:
+        """Take the batch's next event number and stamp it on this image, in one statement."""
+        batch_table, image_table = Batch._meta.db_table, self._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH next AS (UPDATE {batch_table} SET seq = seq + 1 WHERE id = %s "
+                f"RETURNING seq) UPDATE {image_table} SET seq = (SELECT seq FROM next) "
+                f"WHERE id = %s RETURNING seq",
+                [self.batch_id, self.pk],
+            )
+            row = cursor.fetchone()
+        self.seq = row[0]
+        return self.seq
+
     @property
     def panel_number(self) -> int:
         return self.index + 1

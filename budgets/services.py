@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from batches.models import Batch, ImageJob
+from budgets import pricing
 from budgets.models import Budget, LedgerEntry, month_start, next_month_start
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     """Set aside an attempt's maximum cost within the batch's reservation, extending the
     reservation from the budget when the estimate is used up. False when the budget has no
     room left for it (the caller then waits for running attempts, or stops)."""
+    # The common case, the reservation has room: one conditional UPDATE, no lock held.
+    if Batch.objects.filter(pk=batch_id, held__lte=F("reserved") - max_cost).update(
+        held=F("held") + max_cost
+    ):
+        return True
     with transaction.atomic():
         batch = (
             Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
@@ -128,17 +134,22 @@ def release_hold(batch_id: int, max_cost: Decimal) -> None:
     Batch.objects.filter(pk=batch_id).update(held=F("held") - max_cost)
 
 
+def billable_cost(image: ImageJob, execution_ms: int | None) -> Decimal:
+    """What an attempt costs: its executionTime at the GPU price, never more than its hold.
+    RunPod stops an attempt at its executionTimeout, which bounds the hold; a larger bill would
+    mean a clock difference of a few ms."""
+    cost = pricing.actual_cost(image.params, execution_ms or 0)
+    if cost > image.hold:
+        logger.warning("image %s billed %s over its hold %s", image.pk, cost, image.hold)
+        return image.hold
+    return cost
+
+
 def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) -> bool:
-    """Charge what RunPod billed for one attempt, once: a second call for the same attempt
-    (redelivered task, webhook and poll racing) finds the ledger row and changes nothing.
-    Call inside the transaction that records the attempt's outcome."""
-    if cost > hold:
-        # RunPod stops an attempt at its executionTimeout, which bounds the hold; a larger bill
-        # would mean a clock difference of a few ms. Never charge past what was held.
-        logger.warning(
-            "image %s attempt %s billed %s over its hold %s", image.pk, attempt, cost, hold
-        )
-        cost = hold
+    """Charge what RunPod billed for one attempt (at most its hold), once: a second call for
+    the same attempt (redelivered task, webhook and poll racing) finds the ledger row and
+    changes nothing. Call inside the transaction that records the attempt's outcome and adds
+    the cost to the image row."""
     budget = Budget.objects.only("id").get(user__batches__id=image.batch_id)
     try:
         with transaction.atomic():
@@ -161,7 +172,6 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
     Budget.objects.filter(pk=budget.pk).update(
         spent=F("spent") + cost, reserved=F("reserved") - cost
     )
-    ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
     return True
 
 

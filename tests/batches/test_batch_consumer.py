@@ -121,14 +121,19 @@ async def test_a_snapshot_comes_first_then_events_in_seq_order() -> None:
         return ids
 
     ids = await change_images()
-    received = [await communicator.receive_json_from(timeout=5) for _ in range(5)]
+    received = []
+    while not received or received[-1]["type"] != "batch.updated":
+        received.append(await communicator.receive_json_from(timeout=5))
 
-    assert [event["type"] for event in received] == ["image.updated"] * 4 + ["batch.updated"]
+    # Each image changed twice; under a backlog the sender may drop the older of the two (a
+    # client would discard it as stale), never the newer, and never reorders.
+    images = [event for event in received if event["type"] == "image.updated"]
+    assert 2 <= len(images) <= 4
     seqs = [event["seq"] for event in received]
     assert seqs == sorted(seqs)
     assert seqs[0] > snapshot["seq"]
-    assert [event["image"]["id"] for event in received[:4]] == ids * 2
-    assert received[0]["image"]["status"] == "running"
-    assert [event["counts"]["running"] for event in received[:4]] == [1, 2, 2, 2]
-    assert received[4]["status"] == "failed"
+    assert {event["image"]["id"] for event in images} == set(ids)
+    assert all(event["image"]["status"] == "running" for event in images)
+    assert images[-1]["counts"]["running"] == 2
+    assert received[-1]["status"] == "failed"
     await communicator.disconnect()

@@ -180,7 +180,8 @@ class Watcher:
                 except TimeoutError:
                     await self.resync()
                     continue
-                self.apply(message.get("event", {}))
+                for event in message.get("events", []):
+                    self.apply(event)
                 if self.status in _TERMINAL:
                     # The event says so; the database is the truth (and has the final cost).
                     await self.resync()
