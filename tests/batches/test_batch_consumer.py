@@ -121,7 +121,7 @@ async def test_a_snapshot_comes_first_then_events_in_seq_order() -> None:
         return ids
 
     ids = await change_images()
-    received = []
+    received: list[dict[str, Any]] = []
     while not received or received[-1]["type"] != "batch.updated":
         received.append(await communicator.receive_json_from(timeout=5))
 
