@@ -30,6 +30,7 @@ from batches.models import (
     ImageJob,
     ImageStatus,
 )
+from batches.runpod import TERMINAL_STATUSES
 from budgets import pricing
 from budgets import services as budget_services
 
@@ -318,6 +319,13 @@ def receive_webhook(
     if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
         return False
     flow.deliver_result(batch_id, chunk_no, image_id, attempt, payload["id"], payload)
+    # The GPU is free the moment the job ends: give its slot to waiting work now rather than
+    # after the chunk has stored the image. Only for the image's current attempt, so a late
+    # duplicate webhook cannot free the slot of a newer one.
+    if payload.get("status") in TERMINAL_STATUSES and (
+        ImageJob.objects.filter(pk=image_id, attempts=attempt).exists()
+    ):
+        flow.release_slot(image_id)
     return True
 
 

@@ -219,6 +219,7 @@ def test_a_submit_while_redis_is_down_is_kept_and_enqueued_by_the_sweeper(
     assert not flow.chunk_is_owned(batch.pk, 0)
 
     monkeypatch.undo()  # Redis is back
-    assert services.sweep_batches() == {"resumed_chunks": 2, "finalized": 0}
+    # (When integration tests have started the stack, its beat may sweep first: either will do.)
+    services.sweep_batches()
     assert flow.chunk_is_owned(batch.pk, 0)
     assert flow.chunk_is_owned(batch.pk, 1)

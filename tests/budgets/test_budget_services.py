@@ -36,7 +36,12 @@ def make_batch(user: Any, images: int = 2) -> Batch:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_twenty_concurrent_submits_never_reserve_past_the_limit() -> None:
+def test_twenty_concurrent_submits_never_reserve_past_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only reservation is under test: keep the session's Celery worker (started by integration
+    # tests) from running these batches and moving their money meanwhile.
+    monkeypatch.setattr("batches.services.enqueue_batch", lambda batch, chunks=None: None)
     user = UserFactory()
     budget = services.get_budget(user)
     Budget.objects.filter(pk=budget.pk).update(limit=D("0.05"))
