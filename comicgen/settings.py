@@ -125,7 +125,9 @@ COMICGEN_SERVE_STATIC = env_bool("COMICGEN_SERVE_STATIC", True)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 500, "expiry": 30},
+        # A watcher that falls behind (a busy web process) gets its events late rather than
+        # not at all: messages wait up to two minutes before the layer drops them.
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 120},
     }
 }
 
