@@ -43,4 +43,8 @@ start_redis "$DATA/redis" "$COMICGEN_REDIS_PORT"
 "$PY" manage.py ensure_demo_users --url "http://$COMICGEN_WEB_HOST:$COMICGEN_WEB_PORT"
 echo "    Stop everything with Ctrl-C. Data stays in $DATA for the next run." >&2
 
-PATH="$VENV/bin:$PATH" "$VENV/bin/honcho" -f "$ROOT/Procfile" start
+code=0
+PATH="$VENV/bin:$PATH" "$VENV/bin/honcho" -f "$ROOT/Procfile" start || code=$?
+# Ctrl-C (130) is the normal way to stop.
+[ "$code" -eq 130 ] && code=0
+exit "$code"

@@ -96,7 +96,9 @@ start_postgres() {
 
 stop_postgres() {
     local dir="$1" bin; bin="$(pg_bindir)" || return 0
-    [ -f "$dir/data/postmaster.pid" ] && as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1
+    [ -f "$dir/data/postmaster.pid" ] || return 0
+    as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >"$dir/stop.log" 2>&1 \
+        || echo "could not stop PostgreSQL in $dir (see $dir/stop.log)" >&2
     return 0
 }
 
