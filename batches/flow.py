@@ -17,7 +17,6 @@ import functools
 import hashlib
 import hmac
 import json
-import time
 from typing import Any
 
 import redis
@@ -125,12 +124,6 @@ def refresh_slots(image_ids: list[int]) -> None:
 
 def release_slot(image_id: int) -> None:
     get_redis().zrem(SLOTS_KEY, str(image_id))
-
-
-def slots_in_use() -> int:
-    client = get_redis()
-    client.zremrangebyscore(SLOTS_KEY, "-inf", time.time())
-    return int(client.zcard(SLOTS_KEY))
 
 
 # --- chunk leases and queue markers ----------------------------------------------------------

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,11 +144,11 @@ def _replayed_batch(user: Any, key: str, fingerprint: str) -> Batch | None:
     return existing
 
 
-def chunk_numbers(batch: Batch, images: Any = None) -> list[int]:
-    """The chunks holding the given images (default: every non-terminal image)."""
-    if images is None:
-        images = batch.images.exclude(status__in=IMAGE_TERMINAL)
-    indexes = images.values_list("index", flat=True)
+def chunk_numbers(batch: Batch, indexes: Iterable[int] | None = None) -> list[int]:
+    """The chunks holding the images at these panel indexes (default: every unfinished one)."""
+    if indexes is None:
+        unfinished = batch.images.exclude(status__in=IMAGE_TERMINAL)
+        indexes = unfinished.values_list("index", flat=True)
     return sorted({index // batch.chunk_size for index in indexes})
 
 
@@ -274,7 +275,8 @@ def retry_batch(batch: Batch) -> int:
         Batch.objects.filter(pk=batch.pk).update(
             estimated_cost=F("estimated_cost") + estimate.total
         )
-        ImageJob.objects.filter(pk__in=[image.pk for image in images]).update(
+        image_ids = [image.pk for image in images]
+        ImageJob.objects.filter(pk__in=image_ids).update(
             status=ImageStatus.PENDING,
             attempts=0,
             error="",
@@ -282,10 +284,9 @@ def retry_batch(batch: Batch) -> int:
             next_attempt_at=None,
             finished_at=None,
         )
-        image_ids = [image.pk for image in images]
         transaction.on_commit(lambda: announce_images(batch, image_ids))
         events.push_batch_updated(batch.pk)
-        chunks = sorted({image.index // batch.chunk_size for image in images})
+        chunks = chunk_numbers(batch, [image.index for image in images])
         transaction.on_commit(lambda: enqueue_batch(batch, chunks), robust=True)
     return len(images)
 
