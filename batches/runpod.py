@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +49,19 @@ class RunPodError(Exception):
 class TransientRunPodError(RunPodError):
     """The call may succeed if repeated: 429, 5xx, timeouts, connection errors, garbled bodies.
 
-    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one. For ``run()``
-    this error is ambiguous: after a read timeout or a 5xx the job may exist anyway.
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
+    ``ambiguous`` says whether the request may have reached RunPod and been acted on: true after a
+    read timeout, a dropped connection, a 5xx or a garbled 2xx body; false when the connection
+    was never made or RunPod refused the call (429). For ``run()`` an ambiguous failure means a
+    paid job may exist although no id came back.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, ambiguous: bool = True
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
 
 class PermanentRunPodError(RunPodError):
@@ -134,6 +141,14 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _never_connected(error: requests.ConnectionError) -> bool:
+    """True when the TCP connection was never made (refused, no route, DNS): nothing was sent.
+    A connection dropped after the request went out (RemoteDisconnected, reset) is ambiguous."""
+    reason = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the real cause
+    return isinstance(reason, NewConnectionError)
 
 
 class RunPodClient:
@@ -313,18 +328,29 @@ class RunPodClient:
                 headers={"Authorization": f"Bearer {self._api_key}"},
                 timeout=self.timeout,
             )
+        except requests.ConnectTimeout as exc:
+            # Never connected: the request cannot have reached RunPod.
+            raise TransientRunPodError(
+                f"{what} could not connect ({type(exc).__name__})", ambiguous=False
+            ) from None
         except requests.Timeout as exc:
             raise TransientRunPodError(f"{what} timed out ({type(exc).__name__})") from None
         except requests.ConnectionError as exc:
-            raise TransientRunPodError(f"{what} could not connect ({type(exc).__name__})") from None
+            raise TransientRunPodError(
+                f"{what} could not connect ({type(exc).__name__})",
+                ambiguous=not _never_connected(exc),
+            ) from None
         except requests.RequestException as exc:
             raise TransientRunPodError(f"{what} failed ({type(exc).__name__})") from None
 
         code = response.status_code
         if code == 429 or code >= 500:
+            # A 429 is RunPod's rate limiter refusing the call before it acts on it; a 5xx can
+            # come after the job was created.
             raise TransientRunPodError(
                 f"{what} answered HTTP {code}: {self._snippet(response)}",
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                ambiguous=code != 429,
             )
         if code >= 400:
             error_class = JobNotFound if code == 404 and job_id else PermanentRunPodError
