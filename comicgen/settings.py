@@ -186,6 +186,13 @@ RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 1.0, minimum=0.05)
 RUNPOD_WEBHOOK_POLL_INTERVAL = env_float("RUNPOD_WEBHOOK_POLL_INTERVAL", 10.0, minimum=0.05)
 RUNPOD_EXECUTION_TIMEOUT_MS = env_int("RUNPOD_EXECUTION_TIMEOUT_MS", 600_000, minimum=1000)
 RUNPOD_TTL_MS = env_int("RUNPOD_TTL_MS", 3_600_000, minimum=60_000)
+# A worker may answer with an image URL instead of base64 (worker-sdxl uploads to a bucket when
+# one is configured). Such a URL is fetched only from these hosts (a name matches itself and its
+# subdomains), over https, without following redirects, up to this many bytes: anything else in
+# a job's output is refused, so a compromised or misconfigured worker cannot make comicgen fetch
+# from the internal network.
+RUNPOD_OUTPUT_URL_HOSTS = env_list("RUNPOD_OUTPUT_URL_HOSTS", ["runpod.io", "runpod.ai"])
+RUNPOD_OUTPUT_MAX_BYTES = env_int("RUNPOD_OUTPUT_MAX_BYTES", 32 * 1024 * 1024, minimum=1024)
 # Where RunPod can reach this app for webhooks (e.g. https://comicgen.example.com). Empty means
 # no webhooks: chunks follow their jobs by /status polling alone.
 COMICGEN_PUBLIC_URL = env_str("COMICGEN_PUBLIC_URL", "").rstrip("/")

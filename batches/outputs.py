@@ -1,0 +1,121 @@
+"""The PNG inside a finished RunPod job's output, taken only once it has been checked.
+
+A job's output comes from outside (the worker, RunPod, or anyone who can reach the webhook with
+a valid token), so nothing in it is trusted: its shape is checked, a URL is fetched only from
+the allowed hosts without redirects and with a size cap, and the bytes must decode as a PNG of
+sane size, with Pillow's decompression-bomb guard turned into an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from PIL import Image
+
+# The largest panel comicgen asks for is 2048 x 2048; a bigger image is not one of ours.
+MAX_SIDE = 4096
+DOWNLOAD_TIMEOUT = (3.05, 30)
+
+
+class BadOutput(ValueError):
+    """The output holds no usable image; the message says why, for the panel's error."""
+
+
+def png_from_output(output: Any) -> bytes:
+    """The checked PNG bytes of a worker-sdxl output `{"images": [data URI, base64 or URL]}`."""
+    if not isinstance(output, dict):
+        raise BadOutput(f"output is {type(output).__name__}, not an object")
+    images = output.get("images")
+    if not isinstance(images, list) or not images:
+        raise BadOutput("output has no list of images")
+    first = images[0]
+    if not isinstance(first, str) or not first:
+        raise BadOutput("the first image is not a string")
+    if first.startswith(("http://", "https://")):
+        data = fetch_image_url(first)
+    else:
+        data = decode_base64_image(first)
+    check_png(data)
+    return data
+
+
+def decode_base64_image(value: str) -> bytes:
+    if value.startswith("data:"):
+        header, comma, encoded = value.partition(",")
+        if not comma or ";base64" not in header:
+            raise BadOutput("a data: URI without base64 content")
+    else:
+        encoded = value
+    # base64 is 4/3 of the bytes: refuse an oversized string before decoding it.
+    if len(encoded) > settings.RUNPOD_OUTPUT_MAX_BYTES * 4 // 3 + 4:
+        raise BadOutput("the image is larger than RUNPOD_OUTPUT_MAX_BYTES")
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise BadOutput(f"bad base64: {error}") from None
+
+
+def url_allowed(url: str) -> bool:
+    """https on a host in RUNPOD_OUTPUT_URL_HOSTS (or a subdomain of one), default port."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "https" or not host or port not in (None, 443) or parts.username:
+        return False
+    allowed = [name.lower().strip(".") for name in settings.RUNPOD_OUTPUT_URL_HOSTS]
+    return any(host == name or host.endswith(f".{name}") for name in allowed if name)
+
+
+def fetch_image_url(url: str) -> bytes:
+    """Download an output image from an allowed host: no redirects, at most the size cap."""
+    if not url_allowed(url):
+        host = urlsplit(url).hostname if "://" in url else None
+        raise BadOutput(f"image URL on a host that is not allowed ({host or 'no host'})")
+    limit = settings.RUNPOD_OUTPUT_MAX_BYTES
+    try:
+        with requests.get(
+            url, timeout=DOWNLOAD_TIMEOUT, stream=True, allow_redirects=False
+        ) as response:
+            if response.is_redirect or response.status_code != 200:
+                raise BadOutput(f"image URL answered HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise BadOutput("the image is larger than RUNPOD_OUTPUT_MAX_BYTES")
+            body = bytearray()
+            for chunk in response.iter_content(chunk_size=65536):
+                body += chunk
+                if len(body) > limit:
+                    raise BadOutput("the image is larger than RUNPOD_OUTPUT_MAX_BYTES")
+    except requests.RequestException as error:
+        raise BadOutput(f"image URL could not be fetched ({type(error).__name__})") from None
+    return bytes(body)
+
+
+def check_png(data: bytes) -> None:
+    """Refuse anything but a whole, sane PNG, before it is stored or shown to anyone."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise BadOutput("not a PNG")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width > MAX_SIDE or height > MAX_SIDE:
+                    raise BadOutput(f"the image is {width} x {height}, larger than expected")
+                image.verify()
+    except BadOutput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadOutput("the image is a decompression bomb") from None
+    except Exception as error:  # Pillow raises many kinds for a damaged file
+        raise BadOutput(f"the PNG is damaged ({type(error).__name__})") from None
