@@ -13,7 +13,6 @@ written the moment /run returns it: a resumed chunk polls the known job instead 
 
 from __future__ import annotations
 
-import base64
 import logging
 import random
 import threading
@@ -24,7 +23,6 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import requests
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -32,9 +30,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, services
+from batches import events, flow, outputs, services
 from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
 from batches.runpod import (
+    CANCELLED,
     COMPLETED,
     IN_PROGRESS,
     JobNotFound,
@@ -56,6 +55,9 @@ CALL_RETRY_MAX = 10.0
 SLOT_RETRY_SECONDS = 0.1
 # How long a chunk sleeps at most between passes (also bounds how late it sees a cancel).
 MAX_WAIT_SECONDS = 2.0
+# No RunPod job runs for a day (its executionTimeout is at most RUNPOD_EXECUTION_TIMEOUT_MS):
+# a larger delayTime or executionTime is garbage, not a figure to store or charge.
+MAX_REPORTED_MS = 24 * 3600 * 1000
 
 
 def runpod_client() -> RunPodClient:
@@ -105,6 +107,8 @@ class ChunkRun:
     last_checked: dict[str, float] = field(default_factory=dict)
     call_failures: int = 0
     waiting_for_slot: bool = False
+    # Jobs this task already asked RunPod to cancel: later passes only ask their /status.
+    cancel_sent: set[str] = field(default_factory=set)
 
     def run(self) -> dict[str, Any]:
         batch = Batch.objects.filter(pk=self.batch_id).first()
@@ -128,7 +132,10 @@ class ChunkRun:
             if not open_images:
                 break
             in_flight = [image for image in open_images if image.runpod_job_id]
-            flow.refresh_slots([image.pk for image in in_flight])
+            # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
+            flow.refresh_slots(
+                [image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT]
+            )
             if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
                 self.cancel(open_images)
                 flow.wait_for_wake(self.batch_id, self.chunk_no, SLOT_RETRY_SECONDS)
@@ -149,54 +156,82 @@ class ChunkRun:
             if image.status == ImageStatus.SUBMITTED:
                 self.adopt_or_resubmit(image)
             elif image.next_attempt_at is None or image.next_attempt_at <= now:
-                self.submit(image, reclaim=False)
+                self.submit(image)
             if self.waiting_for_slot:
                 return
 
     def adopt_or_resubmit(self, image: ImageJob) -> None:
-        """An image claimed for an attempt with no job id recorded: its task died while /run
-        was answering, so RunPod may or may not run that job. Its webhook names the image and
-        attempt: adopt the job when it reports. Resubmit only when none has come within the
-        grace period (or webhooks are off and nothing could ever tell us)."""
+        """An attempt with no job id recorded: its /run answer was lost (the task died while
+        RunPod answered, or the answer was a timeout or 5xx that may have come after RunPod
+        took the job), so a paid job may be running. Its webhook names the image and attempt:
+        adopt the job when it reports. With no report after the longest the job could take
+        (queueing grace plus its execution timeout, and RunPod retries a webhook for 20 s more),
+        the job never existed: the attempt ends uncharged and the image goes on. With webhooks
+        off nothing could ever tell, so the attempt ends at once, charged at its maximum."""
         job_id = flow.job_for_attempt(image.pk, image.attempts)
         if job_id:
             adopted = ImageJob.objects.filter(
-                pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id=""
-            ).update(runpod_job_id=job_id)
+                pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id="",
+                attempts=image.attempts,
+            ).update(runpod_job_id=job_id)  # fmt: skip
             if adopted:
                 logger.info("image %s: adopted job %s after a lost /run answer", image.pk, job_id)
+                image.runpod_job_id = job_id
+            return
+        if not settings.COMICGEN_PUBLIC_URL:
+            self.unconfirmed(image, may_have_run=True)
             return
         waited = (timezone.now() - (image.submitted_at or timezone.now())).total_seconds()
-        if settings.COMICGEN_PUBLIC_URL and waited < settings.COMICGEN_ORPHAN_GRACE_SECONDS:
-            return
-        self.submit(image, reclaim=True)
+        grace = settings.COMICGEN_ORPHAN_GRACE_SECONDS + (
+            pricing.attempt_timeout_ms(image.params) / 1000
+        )
+        if waited >= grace:
+            self.unconfirmed(image, may_have_run=False)
 
-    def submit(self, image: ImageJob, *, reclaim: bool) -> None:
+    def unconfirmed(self, image: ImageJob, *, may_have_run: bool) -> None:
+        """End an attempt whose job id was never learned, and let the image go on at once with
+        a new one. It does not count against the image's attempt limit: the image did nothing
+        wrong. A job that may have run is charged the most it could cost (RunPod bills it and
+        nothing will tell us for how long); one proven absent is charged nothing."""
+        if may_have_run:
+            job = JobStatus("", "LOST")
+            reason = "RunPod's answer to /run was lost; charged the attempt's maximum"
+        else:
+            job = JobStatus("", "ABSENT", execution_time_ms=0)
+            reason = "RunPod's answer to /run was lost and the job never reported"
+        if self.end_attempt(
+            image, job, status=ImageStatus.RETRYING, error=reason, next_attempt_at=timezone.now(),
+            attempts_before_retry=F("attempts_before_retry") + 1,
+        ):  # fmt: skip
+            logger.warning("image %s attempt %s: %s", image.pk, image.attempts, reason)
+
+    def submit(self, image: ImageJob) -> None:
         if not flow.acquire_slot(image.pk, self.priority, self.waiter):
             self.waiting_for_slot = True
             return
         previous_status = image.status
-        if not reclaim:
-            max_cost = pricing.attempt_max_cost(image.params)
-            if not budget_services.hold_for_attempt(self.batch_id, max_cost):
-                flow.release_slot(image.pk)
-                self.out_of_budget(image)
-                return
-            claimed = ImageJob.objects.filter(
-                pk=image.pk, status=image.status, runpod_job_id=""
-            ).update(
-                status=ImageStatus.SUBMITTED,
-                attempts=F("attempts") + 1,
-                hold=max_cost,
-                submitted_at=timezone.now(),
-                next_attempt_at=None,
-            )
-            if not claimed:
-                budget_services.release_hold(self.batch_id, max_cost)
-                flow.release_slot(image.pk)
-                return
-            image.attempts += 1
-            image.hold = max_cost
+        max_cost = pricing.attempt_max_cost(image.params)
+        if not budget_services.hold_for_attempt(self.batch_id, max_cost):
+            flow.release_slot(image.pk)
+            self.out_of_budget(image)
+            return
+        claimed = ImageJob.objects.filter(
+            pk=image.pk, status=image.status, runpod_job_id="", attempts=image.attempts
+        ).update(
+            status=ImageStatus.SUBMITTED,
+            attempts=F("attempts") + 1,
+            hold=max_cost,
+            submitted_at=timezone.now(),
+            next_attempt_at=None,
+        )
+        if not claimed:
+            budget_services.release_hold(self.batch_id, max_cost)
+            flow.release_slot(image.pk)
+            return
+        image.attempts += 1
+        image.hold = max_cost
+        image.status = ImageStatus.SUBMITTED
+        image.submitted_at = timezone.now()
         try:
             job = runpod_client().run(
                 image.runpod_input(self.batch),
@@ -207,30 +242,55 @@ class ChunkRun:
                 ttl_ms=settings.RUNPOD_TTL_MS,
             )
         except TransientRunPodError as error:
-            # Retry the call, not the image: give the attempt and its hold back.
-            self.call_failures += 1
-            backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
-            delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
-            if not reclaim:
-                ImageJob.objects.filter(pk=image.pk, runpod_job_id="").update(
-                    status=previous_status,
-                    attempts=F("attempts") - 1,
-                    hold=Decimal("0"),
-                    next_attempt_at=timezone.now() + timedelta(seconds=delay),
-                )
-                budget_services.release_hold(self.batch_id, image.hold)
-            flow.release_slot(image.pk)
-            logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
+            self.run_call_failed(image, error, previous_status)
             return
         except PermanentRunPodError as error:
+            # RunPod refused the request outright (4xx): no job exists, nothing is billed.
             flow.release_slot(image.pk)
             self.finish(image, ImageStatus.FAILED, error=f"RunPod refused the job: {error}")
             return
         self.call_failures = 0
-        ImageJob.objects.filter(pk=image.pk).update(runpod_job_id=job.id)
+        if not ImageJob.objects.filter(
+            pk=image.pk, attempts=image.attempts, runpod_job_id=""
+        ).update(runpod_job_id=job.id):
+            # The attempt moved on meanwhile (its webhook was adopted first): nothing to record.
+            return
         image.runpod_job_id = job.id
         self.last_checked[job.id] = time.monotonic()
         events.push_image_updated(image.pk)
+
+    def run_call_failed(
+        self, image: ImageJob, error: TransientRunPodError, previous_status: str
+    ) -> None:
+        """A transient /run failure retries the call, not the image. When the call surely never
+        reached RunPod (refused connection, 429), the attempt is given back with its hold. When
+        it may have (timeout, 5xx, dropped connection), a paid job may exist: the attempt stays
+        submitted, holding its slot and budget, until its webhook lets us adopt the job."""
+        self.call_failures += 1
+        backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
+        delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
+        if error.ambiguous:
+            logger.warning(
+                "image %s attempt %s: /run answer lost (%s); waiting for its webhook",
+                image.pk, image.attempts, error,
+            )  # fmt: skip
+            if not settings.COMICGEN_PUBLIC_URL:
+                self.unconfirmed(image, may_have_run=True)
+            return
+        with transaction.atomic():
+            given_back = ImageJob.objects.filter(
+                pk=image.pk, attempts=image.attempts, runpod_job_id="",
+                status=ImageStatus.SUBMITTED,
+            ).update(
+                status=previous_status,
+                attempts=F("attempts") - 1,
+                hold=Decimal("0"),
+                next_attempt_at=timezone.now() + timedelta(seconds=delay),
+            )  # fmt: skip
+            if given_back:
+                budget_services.release_hold(self.batch_id, image.hold)
+        flow.release_slot(image.pk)
+        logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
 
     def out_of_budget(self, image: ImageJob) -> None:
         """No room left for another attempt. While other attempts run, their holds may come
@@ -255,21 +315,40 @@ class ChunkRun:
         now = time.monotonic()
         for job_id, image in by_job.items():
             payload = results.get(job_id)
-            if payload is not None:
-                self.handle(image, JobStatus.from_json(payload))
+            if payload is None and now - self.last_checked.get(job_id, 0) < interval:
                 continue
-            if now - self.last_checked.get(job_id, 0) < interval:
-                continue
-            self.last_checked[job_id] = now
             try:
-                status = runpod_client().status(job_id)
-            except JobNotFound:
-                self.lost(image, "RunPod no longer knows this job (expired or purged).")
-                continue
-            except TransientRunPodError as error:
-                logger.info("image %s: /status failed (%s); next pass", image.pk, error)
-                continue
-            self.handle(image, status)
+                if payload is not None:
+                    self.handle(image, JobStatus.from_json(payload))
+                else:
+                    self.poll(image)
+            except Exception as error:
+                # One odd answer must not stop the chunk: fail this attempt, go on with the rest.
+                logger.exception("image %s job %s: could not handle RunPod's answer", image.pk,
+                                 job_id)  # fmt: skip
+                self.unusable_answer(image, job_id, payload, error)
+
+    def poll(self, image: ImageJob) -> None:
+        job_id = image.runpod_job_id
+        self.last_checked[job_id] = time.monotonic()
+        try:
+            status = runpod_client().status(job_id)
+        except JobNotFound:
+            self.lost(image, "RunPod no longer knows this job (expired or purged).")
+            return
+        except TransientRunPodError as error:
+            logger.info("image %s: /status failed (%s); next pass", image.pk, error)
+            return
+        self.handle(image, status)
+
+    def unusable_answer(self, image: ImageJob, job_id: str, payload: Any, error: Exception) -> None:
+        """End an attempt whose answer could not be handled, charged what it says it ran."""
+        execution_ms = None
+        if isinstance(payload, dict):
+            execution_ms = sane_execution_ms(payload.get("executionTime"))
+        job = JobStatus(job_id, "FAILED", None, None, None, execution_ms)
+        reason = f"RunPod's answer could not be used ({type(error).__name__}: {error})"
+        self.attempt_failed(image, job, reason[:500])
 
     def handle(self, image: ImageJob, job: JobStatus) -> None:
         if job.id != image.runpod_job_id:
@@ -284,8 +363,8 @@ class ChunkRun:
         self.last_checked.pop(job.id, None)
         if job.status == COMPLETED:
             try:
-                png = decode_output(job.output)
-            except ValueError as error:
+                png = outputs.png_from_output(job.output)
+            except outputs.BadOutput as error:
                 self.attempt_failed(image, job, f"RunPod returned no usable image: {error}")
                 return
             self.completed(image, job, png)
@@ -296,22 +375,36 @@ class ChunkRun:
     def end_attempt(self, panel: ImageJob, job: JobStatus, **fields: Any) -> bool:
         """Record how an attempt ended and charge what it ran, once. The conditional UPDATE lets
         exactly one of a webhook, a poll, a cancel or a redelivered task win; the others change
-        nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)"""
-        cost = budget_services.billable_cost(panel, job.execution_time_ms)
+        nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)
+
+        The charge is RunPod's executionTime at the GPU price. When RunPod reported none for a
+        job that may have run (its result vanished, its /run answer was lost), the attempt is
+        charged the most it could have cost, so the ledger never shows less than RunPod bills;
+        a job cancelled before it started reports none and ran nothing."""
+        execution_ms = sane_execution_ms(job.execution_time_ms)
+        if execution_ms is None and job.status != CANCELLED:
+            billed_ms = pricing.attempt_max_billed_ms(panel.params)
+            cost, note = panel.hold, "worst case: RunPod reported no executionTime"
+        else:
+            billed_ms = execution_ms or 0
+            cost, note = budget_services.billable_cost(panel, billed_ms), ""
         with transaction.atomic():
             won = (
-                ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id)
+                ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id, attempts=panel.attempts)
                 .exclude(status__in=IMAGE_TERMINAL)
                 .update(
                     cost=F("cost") + cost,
                     hold=Decimal("0"),
-                    delay_ms=job.delay_time_ms,
-                    execution_ms=job.execution_time_ms,
+                    delay_ms=sane_execution_ms(job.delay_time_ms),
+                    execution_ms=execution_ms,
                     **fields,
                 )
             )
             if won:
-                budget_services.charge_attempt(panel, panel.attempts, cost, panel.hold)
+                budget_services.charge_attempt(
+                    panel, panel.attempts, cost, panel.hold, job_id=job.id, billed_ms=billed_ms,
+                    note=note,
+                )  # fmt: skip
                 events.push_image_updated(panel.pk)
         flow.release_slot(panel.pk)
         return bool(won)
@@ -331,33 +424,31 @@ class ChunkRun:
     def attempt_failed(self, image: ImageJob, job: JobStatus, reason: str) -> None:
         """Charge what the attempt ran, then retry after a backoff or give up."""
         now = timezone.now()
-        if image.attempts >= settings.COMICGEN_MAX_ATTEMPTS:
-            reason = f"{reason} (gave up after {image.attempts} attempts)"
+        if image.attempts_this_round >= settings.COMICGEN_MAX_ATTEMPTS:
+            reason = f"{reason} (gave up after {image.attempts_this_round} attempts)"
             outcome = {"status": ImageStatus.FAILED, "finished_at": now}
         else:
-            delay = timedelta(seconds=retry_delay(image.attempts))
+            delay = timedelta(seconds=retry_delay(image.attempts_this_round))
             outcome = {"status": ImageStatus.RETRYING, "next_attempt_at": now + delay}
         if self.end_attempt(image, job, runpod_job_id="", error=reason, **outcome):
             logger.info("image %s attempt %s failed: %s", image.pk, image.attempts, reason)
 
     def lost(self, image: ImageJob, reason: str) -> None:
-        """The job vanished before we saw its end: nothing was billed that we can know of;
-        count it as a failed attempt so it is retried within the attempt limit."""
-        self.attempt_failed(
-            image, JobStatus(image.runpod_job_id, "LOST", None, reason, None, None), reason
-        )
+        """The job vanished before we saw its end (its result expired, or RunPod purged it): it
+        may have run, and nothing tells how long, so the attempt is charged at its maximum and
+        the image retried within the attempt limit."""
+        self.attempt_failed(image, JobStatus(image.runpod_job_id, "LOST"), reason)
 
     def finish(self, image: ImageJob, status: str, *, error: str) -> None:
         """End an image that holds no RunPod job (refused, cancelled before it ran)."""
         with transaction.atomic():
             won = (
-                ImageJob.objects.filter(pk=image.pk)
+                ImageJob.objects.filter(pk=image.pk, runpod_job_id="", attempts=image.attempts)
                 .exclude(status__in=IMAGE_TERMINAL)
                 .update(
                     status=status,
                     error=error,
                     finished_at=timezone.now(),
-                    runpod_job_id="",
                     hold=Decimal("0"),
                 )
             )
@@ -369,25 +460,41 @@ class ChunkRun:
     # --- cancelling --------------------------------------------------------------------------
 
     def cancel(self, images: list[ImageJob]) -> None:
+        """Cancel every open image. Jobs on RunPod are cancelled there, then asked for their
+        /status: a job that had started ran on a GPU and is charged the time it ran (/cancel
+        answers only id and status). One that finished first keeps its panel."""
         reason = Batch.objects.values_list("cancel_reason", flat=True).get(pk=self.batch_id)
+        reason = reason or "Cancelled."
         for image in images:
+            if image.status == ImageStatus.SUBMITTED and not image.runpod_job_id:
+                # Its /run answer was lost: it ends once its job is adopted or given up on.
+                self.adopt_or_resubmit(image)
+                continue
             if not image.runpod_job_id:
-                self.finish(image, ImageStatus.CANCELLED, error=reason or "Cancelled.")
+                self.finish(image, ImageStatus.CANCELLED, error=reason)
                 continue
             try:
-                job = runpod_client().cancel(image.runpod_job_id)
+                if image.runpod_job_id not in self.cancel_sent:
+                    runpod_client().cancel(image.runpod_job_id)
+                    self.cancel_sent.add(image.runpod_job_id)
+                job = runpod_client().status(image.runpod_job_id)
             except JobNotFound:
-                job = JobStatus(image.runpod_job_id, "CANCELLED", None, None, None, None)
+                self.lost(image, reason)
+                continue
             except TransientRunPodError as error:
                 logger.info("image %s: /cancel failed (%s); next pass", image.pk, error)
                 continue
-            if job.status == COMPLETED:
-                self.handle(image, job)  # it finished first: keep the panel
-                continue
-            self.end_attempt(
-                image, job, status=ImageStatus.CANCELLED, error=reason or "Cancelled.",
-                runpod_job_id="", finished_at=timezone.now(),
-            )  # fmt: skip
+            try:
+                if job.status == COMPLETED:
+                    self.handle(image, job)  # it finished first: keep the panel
+                elif job.is_terminal:
+                    self.end_attempt(
+                        image, job, status=ImageStatus.CANCELLED, error=reason,
+                        runpod_job_id="", finished_at=timezone.now(),
+                    )  # fmt: skip
+            except Exception as error:
+                logger.exception("image %s: could not record its cancel", image.pk)
+                self.unusable_answer(image, image.runpod_job_id, None, error)
 
     # --- waiting -----------------------------------------------------------------------------
 
@@ -406,23 +513,9 @@ class ChunkRun:
         return max(0.02, min(due))
 
 
-def decode_output(output: Any) -> bytes:
-    """The PNG from a worker-sdxl output: a data URI or base64 string, or a URL to fetch."""
-    if not isinstance(output, dict) or not output.get("images"):
-        raise ValueError("output has no images")
-    first = output["images"][0]
-    if not isinstance(first, str):
-        raise ValueError("image is not a string")
-    if first.startswith(("http://", "https://")):
-        response = requests.get(first, timeout=(3.05, 30))
-        response.raise_for_status()
-        data = response.content
-    else:
-        encoded = first.split(",", 1)[1] if first.startswith("data:") else first
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except ValueError as error:
-            raise ValueError(f"bad base64: {error}") from None
-    if not data.startswith(b"\x89PNG"):
-        raise ValueError("not a PNG")
-    return data
+def sane_execution_ms(value: Any) -> int | None:
+    """A RunPod millisecond figure we can trust to store and charge, or None: negative,
+    non-integer or absurd values (over a day) are treated as not reported."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_REPORTED_MS else None

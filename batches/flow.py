@@ -22,8 +22,13 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from batches.models import IMAGE_IN_FLIGHT, ImageJob
+
 PREFIX = "comicgen"
 SLOTS_KEY = f"{PREFIX}:inflight"
+# Present while SLOTS_KEY is known to count every job in flight. A Redis restarted empty loses
+# both; the next acquire then rebuilds the set from PostgreSQL before it counts anything.
+SLOTS_BUILT_KEY = f"{PREFIX}:inflight:built"
 WAITING_KEYS = {"high": f"{PREFIX}:waiting:high", "normal": f"{PREFIX}:waiting:normal"}
 WAITER_TTL_SECONDS = 3
 RESULT_TTL_SECONDS = 1800  # RunPod keeps results 30 minutes; so do we
@@ -39,6 +44,7 @@ local lease = tonumber(ARGV[3])
 local priority = ARGV[4]
 local waiter = ARGV[5]
 local waiter_ttl = tonumber(ARGV[6])
+if redis.call('EXISTS', KEYS[4]) == 0 then return -1 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -62,6 +68,17 @@ end
 if priority == 'high' then redis.call('ZADD', KEYS[2], now + waiter_ttl, waiter) end
 if priority == 'normal' then redis.call('ZADD', KEYS[3], now + waiter_ttl, waiter) end
 return 0
+"""
+
+# Set the in-flight jobs found in PostgreSQL, unless another process rebuilt the set first.
+_REBUILD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'NX', now + lease, ARGV[i]) end
+redis.call('SET', KEYS[2], '1')
+return 1
 """
 
 _REFRESH = """
@@ -103,7 +120,7 @@ def _script(source: str) -> Any:
 
 def acquire_slot(image_id: int, priority: str, waiter: str) -> bool:
     """Take one of the RUNPOD_MAX_IN_FLIGHT slots for an image's RunPod job."""
-    keys = [SLOTS_KEY, WAITING_KEYS["high"], WAITING_KEYS["normal"]]
+    keys = [SLOTS_KEY, WAITING_KEYS["high"], WAITING_KEYS["normal"], SLOTS_BUILT_KEY]
     args = [
         settings.RUNPOD_MAX_IN_FLIGHT,
         str(image_id),
@@ -112,7 +129,20 @@ def acquire_slot(image_id: int, priority: str, waiter: str) -> bool:
         waiter,
         WAITER_TTL_SECONDS,
     ]
-    return bool(_script(_ACQUIRE)(keys=keys, args=args))
+    taken = _script(_ACQUIRE)(keys=keys, args=args)
+    if taken == -1:
+        rebuild_slots()
+        taken = _script(_ACQUIRE)(keys=keys, args=args)
+    return taken == 1
+
+
+def rebuild_slots() -> bool:
+    """Count again every job PostgreSQL says is in flight (after Redis lost the set), so the
+    limit still holds for jobs that were running when Redis restarted. False when another
+    process had rebuilt it first."""
+    in_flight = ImageJob.objects.filter(status__in=IMAGE_IN_FLIGHT).values_list("pk", flat=True)
+    args = [settings.COMICGEN_SLOT_LEASE_SECONDS, *map(str, in_flight)]
+    return bool(_script(_REBUILD)(keys=[SLOTS_KEY, SLOTS_BUILT_KEY], args=args))
 
 
 def refresh_slots(image_ids: list[int]) -> None:

@@ -133,7 +133,12 @@ class ImageJob(models.Model):
     status = models.CharField(
         max_length=16, choices=ImageStatus.choices, default=ImageStatus.PENDING, db_index=True
     )
+    # Every RunPod attempt ever made for this panel. Never reset: each attempt has its own
+    # webhook URL and its own ledger charge, so a number is never reused.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # `attempts` when the owner last asked for a retry: each retry grants a fresh
+    # COMICGEN_MAX_ATTEMPTS on top of what was already spent.
+    attempts_before_retry = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
     runpod_job_id = models.CharField(max_length=100, blank=True, db_index=True)
     image = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
@@ -180,6 +185,11 @@ class ImageJob(models.Model):
             row = cursor.fetchone()
         self.seq = row[0]
         return self.seq
+
+    @property
+    def attempts_this_round(self) -> int:
+        """Attempts since the owner's last retry (or since submit), for the attempt limit."""
+        return self.attempts - self.attempts_before_retry
 
     @property
     def panel_number(self) -> int:

@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from celery import chord, group
@@ -276,9 +277,12 @@ def retry_batch(batch: Batch) -> int:
             estimated_cost=F("estimated_cost") + estimate.total
         )
         image_ids = [image.pk for image in images]
+        # Attempt numbers go on from where they were: each names one RunPod job, one webhook
+        # URL and one ledger charge, so a retried image must never reuse one.
         ImageJob.objects.filter(pk__in=image_ids).update(
             status=ImageStatus.PENDING,
-            attempts=0,
+            attempts_before_retry=F("attempts"),
+            hold=Decimal("0"),
             error="",
             runpod_job_id="",
             next_attempt_at=None,

@@ -90,6 +90,11 @@ class LedgerEntry(models.Model):
         "batches.ImageJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="ledger"
     )
     attempt = models.PositiveSmallIntegerField(null=True, blank=True)
+    # For a charge: the RunPod job it pays for ("" when the job's id was never learned, e.g. a
+    # /run whose answer was lost) and the execution milliseconds charged, so the ledger can be
+    # held against RunPod's bill job by job.
+    runpod_job_id = models.CharField(max_length=100, blank=True, default="")
+    billed_ms = models.PositiveBigIntegerField(null=True, blank=True)
     note = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -102,6 +107,12 @@ class LedgerEntry(models.Model):
                 fields=["image", "attempt"],
                 condition=Q(kind="charge"),
                 name="ledger_one_charge_per_attempt",
+            ),
+            # ... and one per RunPod job, whichever attempt a late webhook claims it for.
+            models.UniqueConstraint(
+                fields=["runpod_job_id"],
+                condition=Q(kind="charge") & ~Q(runpod_job_id=""),
+                name="ledger_one_charge_per_runpod_job",
             ),
         ]
 

@@ -2,7 +2,8 @@
 an expected number of seconds per image as a function of its size and steps.
 
 A RunPod attempt is billed for its executionTime; every attempt is also bounded by the
-executionTimeout comicgen sets on it, so its cost can never exceed `attempt_max_cost`.
+executionTimeout comicgen sets on it, so its cost can never exceed `attempt_max_cost` (the
+timeout plus a small margin for what RunPod bills past it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ RETRY_ALLOWANCE = Decimal("0.25")
 # An attempt may run this many times its expected duration before RunPod times it out.
 ATTEMPT_TIMEOUT_FACTOR = 4
 MIN_ATTEMPT_TIMEOUT_SECONDS = 20.0
+# RunPod stops a job at its executionTimeout, but the executionTime it bills can come out a
+# little past it (the worker's stop is not instant). An attempt's hold covers this much more.
+TIMEOUT_OVERRUN_MS = 5000
 MONEY = Decimal("0.000001")
 
 
@@ -90,9 +94,15 @@ def attempt_timeout_ms(params: dict[str, Any]) -> int:
     return min(math.ceil(timeout * 1000), settings.RUNPOD_EXECUTION_TIMEOUT_MS)
 
 
+def attempt_max_billed_ms(params: dict[str, Any]) -> int:
+    """The most RunPod can bill for one attempt: its executionTimeout plus the overrun margin.
+    Also what an attempt is charged when its job's outcome can never be learned."""
+    return attempt_timeout_ms(params) + TIMEOUT_OVERRUN_MS
+
+
 def attempt_max_cost(params: dict[str, Any]) -> Decimal:
-    model = catalogue()[params["model"]]
-    return _money(Decimal(attempt_timeout_ms(params)) / 1000 * model.price_per_second)
+    """What an attempt holds on the budget while it runs: the most RunPod can bill for it."""
+    return actual_cost(params, attempt_max_billed_ms(params))
 
 
 def actual_cost(params: dict[str, Any], execution_ms: int) -> Decimal:

@@ -134,22 +134,64 @@ def release_hold(batch_id: int, max_cost: Decimal) -> None:
     Batch.objects.filter(pk=batch_id).update(held=F("held") - max_cost)
 
 
-def billable_cost(image: ImageJob, execution_ms: int | None) -> Decimal:
-    """What an attempt costs: its executionTime at the GPU price, never more than its hold.
-    RunPod stops an attempt at its executionTimeout, which bounds the hold; a larger bill would
-    mean a clock difference of a few ms."""
-    cost = pricing.actual_cost(image.params, execution_ms or 0)
-    if cost > image.hold:
-        logger.warning("image %s billed %s over its hold %s", image.pk, cost, image.hold)
-        return image.hold
-    return cost
+def billable_cost(image: ImageJob, execution_ms: int) -> Decimal:
+    """What an attempt costs: its executionTime at the GPU price. Never capped at the hold: the
+    ledger must never show less than RunPod bills (charge_attempt covers an overrun)."""
+    return pricing.actual_cost(image.params, execution_ms)
 
 
-def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) -> bool:
-    """Charge what RunPod billed for one attempt (at most its hold), once: a second call for
-    the same attempt (redelivered task, webhook and poll racing) finds the ledger row and
-    changes nothing. Call inside the transaction that records the attempt's outcome and adds
-    the cost to the image row."""
+def _cover_overrun(batch_id: int, extra: Decimal) -> bool:
+    """Make room in a batch's reservation for `extra` beyond an attempt's hold (RunPod billed a
+    little past the executionTimeout), extending it from the budget when needed. Batch row is
+    locked before Budget row, the order every money path here uses."""
+    batch = Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
+    shortfall = extra - (batch.reserved - batch.held)
+    if shortfall <= ZERO:
+        return True
+    budget = Budget.objects.only("id").get(user_id=batch.user_id)
+    if not _take_from_budget(budget.pk, shortfall):
+        return False
+    Batch.objects.filter(pk=batch_id).update(reserved=F("reserved") + shortfall)
+    LedgerEntry.objects.create(
+        budget=budget,
+        batch_id=batch_id,
+        kind=LedgerEntry.Kind.RESERVE,
+        amount=shortfall,
+        note="reservation extended: RunPod billed an attempt past its timeout",
+    )
+    return True
+
+
+def charge_attempt(
+    image: ImageJob,
+    attempt: int,
+    cost: Decimal,
+    hold: Decimal,
+    *,
+    job_id: str = "",
+    billed_ms: int | None = None,
+    note: str = "",
+) -> bool:
+    """Charge what RunPod billed for one attempt, once, and free its hold.
+
+    The ledger's unique keys (one charge per image attempt, one per RunPod job) make a second
+    call for the same attempt or job (a redelivered task, a webhook and a poll racing) change
+    nothing and return False. Call inside the transaction that records the attempt's outcome
+    and adds the cost to the image row. A cost above the hold (RunPod ran past the timeout) is
+    charged in full when the budget has room for the difference; only when it has none is the
+    charge held to the hold, and that is logged as an error, since the limit may never be
+    passed either.
+    """
+    if cost > hold:
+        with transaction.atomic():
+            covered = _cover_overrun(image.batch_id, cost - hold)
+        if not covered:
+            logger.error(
+                "image %s attempt %s job %s: RunPod billed %s, over its hold %s, and the budget "
+                "has no room for the difference; charged the hold",
+                image.pk, attempt, job_id or "-", cost, hold,
+            )  # fmt: skip
+            cost = hold
     budget = Budget.objects.only("id").get(user__batches__id=image.batch_id)
     try:
         with transaction.atomic():
@@ -160,9 +202,12 @@ def charge_attempt(image: ImageJob, attempt: int, cost: Decimal, hold: Decimal) 
                 attempt=attempt,
                 kind=LedgerEntry.Kind.CHARGE,
                 amount=cost,
+                runpod_job_id=job_id,
+                billed_ms=billed_ms,
+                note=note[:300],
             )
     except IntegrityError:
-        logger.info("image %s attempt %s already charged", image.pk, attempt)
+        logger.info("image %s attempt %s (job %s) already charged", image.pk, attempt, job_id)
         return False
     Batch.objects.filter(pk=image.batch_id).update(
         reserved=F("reserved") - cost, held=F("held") - hold, actual_cost=F("actual_cost") + cost

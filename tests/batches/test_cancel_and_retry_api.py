@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from batches.models import Batch, BatchStatus, ImageStatus
-from budgets.models import Budget
+from budgets.books import check_books
+from budgets.models import Budget, LedgerEntry
 from tests.batches.test_pipeline import finished, submit
 from tests.conftest import wait_for
 
@@ -59,7 +60,13 @@ def test_retry_requeues_only_the_failed_images(live: Any, api: Any) -> None:
     assert batch.status == BatchStatus.COMPLETED
     after = {image.prompt: image for image in batch.images.all()}
     assert after["stubborn [fail:3]"].status == ImageStatus.COMPLETED
-    assert after["stubborn [fail:3]"].attempts == 1  # a fresh set of attempts
+    stubborn = after["stubborn [fail:3]"]
+    # A fresh set of attempts, numbered on from the first three: each attempt is charged once.
+    assert (stubborn.attempts, stubborn.attempts_this_round) == (4, 1)
+    charged = LedgerEntry.objects.filter(image=stubborn, kind="charge")
+    assert sorted(charged.values_list("attempt", flat=True)) == [1, 2, 3, 4]
+    assert stubborn.cost == sum(charged.values_list("amount", flat=True)) > 0
+    assert check_books() == []
     for prompt in ("good one", "good two"):
         assert (after[prompt].attempts, after[prompt].image.name) == before[prompt]
     assert live.emulator.stats()["runs_per_input"]["duplicates"] == 0
