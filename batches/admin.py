@@ -12,7 +12,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
-from batches import fragments, services
+from batches import fragments, panels, services
 from batches.models import Batch, ImageJob
 from batches.views import counts_of, with_counts
 from budgets.services import BudgetExceeded
@@ -32,9 +32,10 @@ class ImageJobInline(admin.TabularInline):
 
     @admin.display(description="Image")
     def thumbnail(self, image: ImageJob) -> str:
-        if not image.image:
+        url = panels.panel_url(image)
+        if url is None:
             return "—"
-        return format_html('<img src="{}" alt="" style="height:48px">', image.image.url)
+        return format_html('<img src="{}" alt="" style="height:48px">', url)
 
 
 @admin.register(Batch)

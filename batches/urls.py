@@ -14,4 +14,6 @@ urlpatterns: list[URLPattern] = [
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch-cancel-action"),
     path("batches/<int:batch_id>/retry/", views.batch_retry, name="batch-retry-action"),
     path("batches/<int:batch_id>/panels/<int:index>/", views.panel_detail, name="panel-detail"),
+    # A panel's PNG, private (batches/panels.py); `image_url` is this path, signed.
+    path("panels/<int:image_id>.png", views.panel_file, name="panel-file"),
 ]

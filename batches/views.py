@@ -1,4 +1,4 @@
-"""The authors' pages: dashboard, new batch, batch progress, one panel.
+"""The authors' pages: dashboard, new batch, batch progress, one panel; and panel files.
 
 Thin, as the API views are: scope to the user, call one service, render. With htmx, a view
 answers with the named fragment of its page template (`page.html#fragment`) instead of the
@@ -11,9 +11,11 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AnonymousUser
 from django.core.paginator import Paginator
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
 from django.urls import reverse
@@ -21,8 +23,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+from rest_framework.views import APIView
 
-from batches import fragments, services
+from batches import fragments, panels, services
 from batches.forms import BatchForm
 from batches.models import IMAGE_TERMINAL, Batch, ImageStatus
 from budgets.services import BudgetExceeded, get_budget
@@ -165,8 +170,48 @@ def panel_detail(request: HttpRequest, batch_id: int, index: int) -> HttpRespons
         "next_index": index + 1 if index + 1 < total else None,
         "total": total,
         "is_terminal": image.status in IMAGE_TERMINAL,
+        "image_url": panels.panel_url(image),
     }
     return render(request, "batches/panel_detail.html", context)
+
+
+def panel_file(request: HttpRequest, image_id: int) -> HttpResponseBase:
+    """A panel's PNG, for its batch's owner and staff (session or API token) or for anyone with
+    a valid signed link; batches.panels holds the rules, including which wins when a request
+    carries both. Refusals are JSON `{"code", "detail"}`."""
+    if request.method not in ("GET", "HEAD"):
+        response = _refusal(405, "method_not_allowed", "Panel files are read with GET.")
+        response["Allow"] = "GET, HEAD"
+        return response
+    token = request.GET.get(panels.SIGNATURE_PARAM)
+    try:
+        user = _caller(request)
+    except AuthenticationFailed as error:
+        if token is None:
+            response = _refusal(401, "authentication_failed", str(error.detail))
+            response["WWW-Authenticate"] = "Token"
+            return response
+        user = AnonymousUser()  # a signed link stands on its own, whatever else was sent
+    try:
+        image, cacheable = panels.find_panel(user, image_id, token)
+        return panels.file_response(image, cacheable=cacheable)
+    except panels.PanelRefused as refusal:
+        response = _refusal(refusal.status, refusal.code, refusal.detail)
+        if refusal.status == 401:
+            response["WWW-Authenticate"] = "Token"
+        return response
+
+
+def _caller(request: HttpRequest) -> Any:
+    """Who is asking: the session's user, or an API client by the API's own authentication
+    classes (`Authorization: Token <key>`), so the file view accepts what the API accepts."""
+    return Request(request, authenticators=APIView().get_authenticators()).user
+
+
+def _refusal(status: int, code: str, detail: str) -> JsonResponse:
+    response = JsonResponse({"code": code, "detail": detail}, status=status)
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @login_required

@@ -113,11 +113,30 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / ".local" / "staticfiles")))
+# Panels are private: no route serves MEDIA_ROOT (MEDIA_URL leads nowhere). batches.panels
+# serves each file at /panels/<id>.png after checking access, with these knobs:
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / ".local" / "media")))
-# Images are served by Django itself when this is on (dev stack, single-host deployments);
-# behind a real web server, turn it off and serve MEDIA_ROOT there.
-COMICGEN_SERVE_MEDIA = env_bool("COMICGEN_SERVE_MEDIA", True)
+# How long a signed image_url (?sig=...) works without a login, in seconds.
+COMICGEN_PANEL_URL_MAX_AGE = env_int(
+    "COMICGEN_PANEL_URL_MAX_AGE", 3600, minimum=60, maximum=7 * 24 * 3600
+)
+# Who sends the bytes once access is checked: empty, Django streams the file (dev stack, daphne
+# alone); `X-Accel-Redirect`, nginx, from an `internal` location at COMICGEN_SENDFILE_PREFIX
+# aliased to MEDIA_ROOT; `X-Sendfile`, Apache's mod_xsendfile (or lighttpd), by file path.
+_SENDFILE_HEADERS = {"": "", "x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
+_sendfile = env_str("COMICGEN_SENDFILE_HEADER", "")
+if _sendfile.lower() not in _SENDFILE_HEADERS:
+    raise ImproperlyConfigured(
+        f"COMICGEN_SENDFILE_HEADER={_sendfile!r}: expected empty, X-Accel-Redirect or X-Sendfile"
+    )
+COMICGEN_SENDFILE_HEADER = _SENDFILE_HEADERS[_sendfile.lower()]
+COMICGEN_SENDFILE_PREFIX = env_str("COMICGEN_SENDFILE_PREFIX", "/protected-media/")
+if not (COMICGEN_SENDFILE_PREFIX.startswith("/") and COMICGEN_SENDFILE_PREFIX.endswith("/")):
+    raise ImproperlyConfigured(
+        f"COMICGEN_SENDFILE_PREFIX={COMICGEN_SENDFILE_PREFIX!r}: expected a path such as "
+        "/protected-media/ (starting and ending with /)"
+    )
 # Static files (CSS, htmx) likewise: daphne serves no files of its own, so asgi.py wraps the
 # app in Django's static handler when this is on. Behind a real web server, turn it off.
 COMICGEN_SERVE_STATIC = env_bool("COMICGEN_SERVE_STATIC", True)

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path, re_path
-from django.views.static import serve
+from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from comicgen.views import HealthView
@@ -25,8 +23,5 @@ urlpatterns = [
     path("", include("batches.urls")),
 ]
 
-if settings.COMICGEN_SERVE_MEDIA:
-    prefix = settings.MEDIA_URL.lstrip("/")
-    urlpatterns += [
-        re_path(rf"^{prefix}(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}),
-    ]
+# No route serves MEDIA_ROOT: panels are private, served one by one after an access check
+# (batches.panels, /panels/<id>.png).

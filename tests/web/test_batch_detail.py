@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -81,7 +82,9 @@ def test_a_finished_batch_offers_retry_and_download(
     assert f'action="/batches/{batch.pk}/retry/"' in html
     assert "Retry 1 failed panel" in html
     assert f'href="/api/v1/batches/{batch.pk}/download/"' in html
-    assert '<img src="/media/panels/x.png" loading="lazy"' in html
+    done = batch.images.get(index=0)
+    assert re.search(rf'<img src="/panels/{done.pk}\.png\?sig=[^"]+" loading="lazy"', html)
+    assert "/media/" not in html  # panels are private: no public file URL
     assert "0.0012" in html
     assert "every 3s" not in html  # a finished batch is not polled
 
@@ -124,7 +127,8 @@ def test_the_panel_page_shows_the_full_image_and_its_details(
     html = author_client.get(f"/batches/{batch.pk}/panels/1/").content.decode()
 
     assert "Panel 2" in html
-    assert '<img src="/media/panels/y.png"' in html
+    assert re.search(rf'<img src="/panels/{image.pk}\.png\?sig=[^"]+"', html)
+    assert "/media/" not in html
     assert str(image.seed) in html
     assert f'href="/batches/{batch.pk}/panels/0/"' in html  # previous
     assert author_client.get(f"/batches/{batch.pk}/panels/2/").status_code == 404

@@ -120,7 +120,7 @@ def test_the_owner_gets_a_snapshot_then_a_tile_per_image_event(user: Any) -> Non
     assert tile.lstrip().startswith(f'<article id="tile-{image.pk}" class="tile tile--completed"')
     assert f'data-seq="{image.seq}"' in tile
     assert 'hx-swap-oob="true"' in tile
-    assert '<img src="/media/panels/done.png" loading="lazy"' in tile
+    assert re.search(rf'<img src="/panels/{image.pk}\.png\?sig=[^"]+" loading="lazy"', tile)
     assert 'id="batch-progress"' in header
     assert '<span class="dot dot--completed"></span>1 completed' in header
     # The header's cancel form carries a CSRF token derived from the browser's cookie.
