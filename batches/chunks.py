@@ -30,7 +30,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, outputs, services
+from batches import events, flow, outputs, panels, services
 from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
 from batches.runpod import (
     CANCELLED,
@@ -117,33 +117,40 @@ class ChunkRun:
         if batch.is_terminal:
             return {"chunk": self.chunk_no, "skipped": batch.status}
         services.mark_batch_running(self.batch_id)
+        self.load(batch)
+        while True:
+            if not self.lease.renew():
+                logger.warning("batch %s chunk %s lost its lease", self.batch_id, self.chunk_no)
+                return {"chunk": self.chunk_no, "stopped": "lease lost"}
+            wait = self.run_pass()
+            if wait is None:
+                break
+            flow.wait_for_wake(self.batch_id, self.chunk_no, wait)
+        return {"chunk": self.chunk_no, "done": True}
+
+    def load(self, batch: Batch) -> None:
+        self.batch = batch
         self.priority = batch.priority
         self.waiter = f"{self.batch_id}:{self.chunk_no}"
         first = self.chunk_no * batch.chunk_size
         self.images = ImageJob.objects.filter(
             batch_id=self.batch_id, index__gte=first, index__lt=first + batch.chunk_size
         )
-        self.batch = batch
-        while True:
-            if not self.lease.renew():
-                logger.warning("batch %s chunk %s lost its lease", self.batch_id, self.chunk_no)
-                return {"chunk": self.chunk_no, "stopped": "lease lost"}
-            open_images = list(self.images.exclude(status__in=IMAGE_TERMINAL))
-            if not open_images:
-                break
-            in_flight = [image for image in open_images if image.runpod_job_id]
-            # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
-            flow.refresh_slots(
-                [image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT]
-            )
-            if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
-                self.cancel(open_images)
-                flow.wait_for_wake(self.batch_id, self.chunk_no, SLOT_RETRY_SECONDS)
-                continue
-            self.submit_due(open_images)
-            self.collect(in_flight)
-            flow.wait_for_wake(self.batch_id, self.chunk_no, self.wait_time())
-        return {"chunk": self.chunk_no, "done": True}
+
+    def run_pass(self) -> float | None:
+        """One pass of the loop. Returns how long to wait before the next, or None when every
+        image of the chunk has finished."""
+        open_images = list(self.images.exclude(status__in=IMAGE_TERMINAL))
+        if not open_images:
+            return None
+        # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
+        flow.refresh_slots([image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT])
+        if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
+            self.cancel(open_images)
+            return SLOT_RETRY_SECONDS
+        self.submit_due(open_images)
+        self.collect([image for image in open_images if image.runpod_job_id])
+        return self.wait_time()
 
     # --- submitting --------------------------------------------------------------------------
 
@@ -410,10 +417,8 @@ class ChunkRun:
         return bool(won)
 
     def completed(self, image: ImageJob, job: JobStatus, png: bytes) -> None:
-        name = default_storage.save(
-            f"panels/{self.batch_id}/panel-{image.index + 1:03d}-{image.pk}-a{image.attempts}.png",
-            ContentFile(png),
-        )
+        # An unguessable name: panel files are private (served by batches.panels).
+        name = default_storage.save(panels.panel_storage_name(), ContentFile(png))
         won = self.end_attempt(
             image, job, status=ImageStatus.COMPLETED, image=name, error="",
             finished_at=timezone.now(),
