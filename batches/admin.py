@@ -1,13 +1,23 @@
 """Staff views of batches: a list with progress, live progress on the change page, and the
-same cancel / retry workflows the authors have (batches.services)."""
+same cancel / retry workflows the authors have (batches.services).
+
+Money and state belong to the services, so the admin edits neither: a batch is created only by
+the submit service (priced and reserved), its images and costs are read-only, and only a
+finished batch can be deleted (an unfinished one still holds a reservation and RunPod jobs).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.utils import unquote
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
@@ -15,7 +25,53 @@ from django.utils.html import format_html
 from batches import fragments, panels, services
 from batches.models import Batch, ImageJob
 from batches.views import counts_of, with_counts
+from budgets import services as budget_services
 from budgets.services import BudgetExceeded
+
+logger = logging.getLogger(__name__)
+
+
+def delete_refusal(batch: Batch) -> str | None:
+    """Why a batch may not be deleted now, or None when it may."""
+    if batch.is_terminal:
+        return None
+    return (
+        f"Batch #{batch.pk} is {batch.get_status_display().lower()}: it still holds a "
+        "reservation on its owner's budget and may have jobs on RunPod. Cancel it first "
+        "(Cancel on its page, or the action “Cancel selected batches”); once it has finished "
+        "it can be deleted."
+    )
+
+
+def delete_finished_batches(batches: Iterable[Batch], note: str) -> int:
+    """Delete finished batches, releasing anything still reserved for them first, and remove
+    their panel files once the deletion is committed. Call inside a transaction holding the
+    rows (select_for_update), so no retry reopens a batch between the check and the delete.
+
+    The ledger keeps its rows (their batch and image become NULL), so the books still add up.
+    """
+    finished = [batch for batch in batches if batch.is_terminal]
+    if not finished:
+        return 0
+    ids = [batch.pk for batch in finished]
+    for batch in finished:
+        # Normally zero once a batch has finished; never let a deletion lock money away.
+        budget_services.release_batch(batch, note=f"batch #{batch.pk} deleted by staff: {note}")
+    file_names = list(
+        ImageJob.objects.filter(batch_id__in=ids).exclude(image="").values_list("image", flat=True)
+    )
+    Batch.objects.filter(pk__in=ids).delete()
+    storage = ImageJob._meta.get_field("image").storage
+    transaction.on_commit(lambda: _delete_files(storage, file_names))
+    return len(finished)
+
+
+def _delete_files(storage: Any, names: list[str]) -> None:
+    for name in names:
+        try:
+            storage.delete(name)
+        except OSError:  # a file already gone or unreadable must not stop the others
+            logger.warning("could not delete panel file %s", name, exc_info=True)
 
 
 class ImageJobInline(admin.TabularInline):
@@ -47,27 +103,32 @@ class BatchAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     list_per_page = 50
+    # Only the title is editable. The rest is the request as it was priced and reserved, or
+    # money and scheduling state that belong to the services (staff use the actions).
     readonly_fields = (
         "user",
         "status",
+        "priority",
+        "style",
+        "negative_prompt",
+        "params",
         "estimated_cost",
         "actual_cost",
         "reserved",
+        "held",
         "currency",
         "idempotency_key",
         "request_hash",
+        "chunk_size",
         "seq",
         "created_at",
         "started_at",
         "finished_at",
-        "cancel_reason",
-        # Money and scheduling state belong to the services; staff change them through actions.
-        "held",
-        "chunk_size",
         "cancel_requested_at",
+        "cancel_reason",
     )
     inlines = [ImageJobInline]
-    actions = ["cancel_selected", "retry_failed"]
+    actions = ["cancel_selected", "retry_failed", "delete_selected"]
     change_form_template = "admin/batches/batch/change_form.html"
 
     class Media:
@@ -76,6 +137,75 @@ class BatchAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Batch]:
         # Counts per status in the list's own query, for the progress column.
         return with_counts(super().get_queryset(request))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A raw form would skip pricing and the budget reservation: batches come only from the
+        # submit service (the authors' form, the API, `manage.py generate`).
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Hides the Delete link of an unfinished batch; delete_view says why to a direct request.
+        if obj is not None and not obj.is_terminal:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[Any, int], set[str], list[Any]]:
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # Panels go with their batch: ImageJobAdmin refuses deleting one panel on its own only.
+        perms_needed.discard(str(ImageJob._meta.verbose_name))
+        return deleted, model_count, perms_needed, protected
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        batch = self.get_object(request, unquote(object_id))
+        if batch is None:
+            return super().delete_view(request, object_id, extra_context)
+        with transaction.atomic():
+            # The row stays locked through the delete, so a retry cannot reopen it meanwhile.
+            locked = Batch.objects.select_for_update().get(pk=batch.pk)
+            reason = delete_refusal(locked)
+            if reason:
+                self.message_user(request, f"Not deleted. {reason}", messages.ERROR)
+                return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
+            return super().delete_view(request, object_id, extra_context)
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        delete_finished_batches(
+            [Batch.objects.select_for_update().get(pk=obj.pk)], str(request.user)
+        )
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        locked = Batch.objects.select_for_update().filter(pk__in=queryset.values("pk"))
+        delete_finished_batches(locked.order_by("pk"), str(request.user))
+
+    @admin.action(description="Delete selected batches (finished ones)", permissions=["delete"])
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[Batch]) -> Any:
+        """Django's delete action (confirmation page, then delete) for the finished batches
+        only; the unfinished ones are named and left alone."""
+        with transaction.atomic():
+            ids = list(queryset.values_list("pk", flat=True))
+            locked = list(Batch.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+            unfinished = [batch for batch in locked if not batch.is_terminal]
+            if unfinished:
+                names = ", ".join(
+                    f"#{batch.pk} ({batch.get_status_display().lower()})" for batch in unfinished
+                )
+                self.message_user(
+                    request,
+                    f"Not deleted, still unfinished: {names}. An unfinished batch holds a "
+                    "reservation and may have jobs on RunPod: cancel it first, then delete it "
+                    "once it has finished.",
+                    messages.WARNING,
+                )
+            finished = Batch.objects.filter(
+                pk__in=[batch.pk for batch in locked if batch.is_terminal]
+            )
+            if not finished.exists():
+                return None
+            return django_delete_selected(self, request, finished)
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, batch: Batch) -> str:
@@ -99,11 +229,16 @@ class BatchAdmin(admin.ModelAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        batch = self.get_object(request, object_id)
+        batch = self.get_object(request, unquote(object_id))
         if batch is not None:
             here = reverse("admin:batches_batch_change", args=[batch.pk])
             live = fragments.page_context(fragments.load_batch(batch.pk), next_url=here)
-            extra_context = {**(extra_context or {}), "live": live, "live_next": here}
+            extra_context = {
+                **(extra_context or {}),
+                "live": live,
+                "live_next": here,
+                "delete_refusal": delete_refusal(batch),
+            }
         return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.action(description="Cancel selected batches")
@@ -154,5 +289,15 @@ class ImageJobAdmin(admin.ModelAdmin):
     list_filter = ("status",)
     search_fields = ("prompt", "runpod_job_id", "batch__title")
     list_select_related = ("batch",)
-    raw_id_fields = ("batch",)
-    readonly_fields = ("seq", "created_at", "submitted_at", "finished_at", "updated_at")
+
+    # View only. An image's status, attempts, job id, file, cost and hold are written by the
+    # chunk loop together with the ledger; an edit here would make the books disagree. Images
+    # are created with their batch by the submit service and deleted with their batch.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

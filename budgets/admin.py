@@ -1,3 +1,7 @@
+"""Staff views of budgets and the ledger. Money moves only through budgets.services (ledger
+rows and conditional UPDATEs): the admin shows it, and changes a limit or a period only through
+the actions below. Nothing here edits an amount or deletes a ledger row."""
+
 from __future__ import annotations
 
 from decimal import Decimal
@@ -22,6 +26,12 @@ class LedgerEntryInline(admin.TabularInline):
     ordering = ("-created_at",)
     max_num = 0
     show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[LedgerEntry]:
         return super().get_queryset(request).select_related("batch", "image")
@@ -62,6 +72,10 @@ class BudgetAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # created with the default limit on a user's first use
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a budget would take its ledger with it (and any open reservation).
+        return False
 
     @admin.display(description="Remaining")
     def remaining(self, budget: Budget) -> str:

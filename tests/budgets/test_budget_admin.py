@@ -1,4 +1,5 @@
-"""Staff raise a limit or start a new period from the admin; the ledger records both."""
+"""Staff raise a limit or start a new period from the admin; the ledger records both. Money
+moves only through those actions: budgets are never deleted, amounts never edited by hand."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from budgets import services
 from budgets.models import Budget, LedgerEntry
 from budgets.services import get_budget
 from tests.factories import UserFactory
@@ -77,3 +79,77 @@ def test_start_new_period_action_resets_spent(staff_client: Client, user: Any) -
     budget.refresh_from_db()
     assert budget.spent == 0
     assert LedgerEntry.objects.filter(budget=budget, kind="period_reset").count() == 1
+
+
+def test_a_budget_cannot_be_deleted(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    services.set_limit(budget, Decimal("30"), "raise")
+
+    page = staff_client.get(f"{URL}{budget.pk}/delete/")
+    action = staff_client.post(
+        URL, {"action": "delete_selected", "_selected_action": [budget.pk], "post": "yes"}
+    )
+
+    assert page.status_code == 403
+    assert action.status_code in (200, 302)  # "no action selected": the action is not offered
+    assert Budget.objects.filter(pk=budget.pk).exists()
+    assert LedgerEntry.objects.filter(budget=budget).count() == 1
+    assert "delete_selected" not in staff_client.get(URL).content.decode()
+
+
+def test_posting_the_budget_change_form_changes_no_money(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    Budget.objects.filter(pk=budget.pk).update(spent=Decimal("2"), reserved=Decimal("1"))
+    before: dict[str, Any] = dict(Budget.objects.values().get(pk=budget.pk))
+
+    response = staff_client.post(
+        f"{URL}{budget.pk}/change/",
+        {
+            "limit": "1000",
+            "spent": "0",
+            "reserved": "0",
+            "currency": "EUR",
+            "period_start": "2000-01-01",
+            "period_end": "2100-01-01",
+            "entries-TOTAL_FORMS": "1",
+            "entries-INITIAL_FORMS": "0",
+            "entries-MIN_NUM_FORMS": "0",
+            "entries-MAX_NUM_FORMS": "0",
+            "entries-0-kind": "charge",
+            "entries-0-amount": "-5",
+        },
+    )
+
+    assert response.status_code in (200, 302)
+    after: dict[str, Any] = dict(Budget.objects.values().get(pk=budget.pk))
+    assert {key: after[key] for key in after if key != "updated_at"} == {
+        key: before[key] for key in before if key != "updated_at"
+    }
+    assert not LedgerEntry.objects.filter(budget=budget).exists()
+
+
+def test_ledger_entries_are_view_only(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    services.set_limit(budget, Decimal("30"), "raise")
+    entry = LedgerEntry.objects.get(budget=budget)
+    url = f"/admin/budgets/ledgerentry/{entry.pk}/change/"
+
+    page = staff_client.get(url)
+    change = staff_client.post(url, {"kind": "charge", "amount": "99", "budget": budget.pk})
+    delete = staff_client.post(f"/admin/budgets/ledgerentry/{entry.pk}/delete/", {"post": "yes"})
+
+    assert page.status_code == 200
+    assert (change.status_code, delete.status_code) == (403, 403)
+    entry.refresh_from_db()
+    assert (entry.kind, entry.amount) == ("limit_change", Decimal("30"))
+    assert staff_client.get("/admin/budgets/ledgerentry/add/").status_code == 403
+
+
+def test_the_budget_change_page_renders_for_staff(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    services.set_limit(budget, Decimal("30"), "raise")
+
+    page = staff_client.get(f"{URL}{budget.pk}/change/")
+
+    assert page.status_code == 200
+    assert "raise" in page.content.decode()  # the ledger inline
