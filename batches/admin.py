@@ -301,3 +301,14 @@ class ImageJobAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    # The stored file name is not a URL anyone can open: link the panel through its signed URL.
+    exclude = ("image",)
+    readonly_fields = ("panel_file",)
+
+    @admin.display(description="Panel file")
+    def panel_file(self, image: ImageJob) -> str:
+        url = panels.panel_url(image)
+        if url is None:
+            return "—"
+        return format_html('<a href="{}"><img src="{}" alt="" style="height:96px"></a>', url, url)

@@ -1,0 +1,412 @@
+"""The chunk loop charges every RunPod job it may have started exactly once, and one bad answer
+fails only its own attempt. RunPod is faked at the HTTP boundary (`responses`); PostgreSQL and
+Redis are real. Each test drives the loop pass by pass and ends with the books check."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import responses
+from django.utils import timezone
+from PIL import Image
+
+from batches import chunks, flow, services
+from batches.models import Batch, ImageJob, ImageStatus
+from budgets import pricing
+from budgets.books import check_books
+from budgets.models import LedgerEntry
+
+BASE = "https://runpod.test/v2/ep"
+PARAMS = {"model": "sdxl", "width": 512, "height": 512, "steps": 20, "guidance": 7.0}
+
+
+def png_data_uri() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+class FakeRunPod:
+    """RunPod's /run, /status and /cancel for one endpoint. `outcome(job_id, input)` gives the
+    /status answer of a job; `run_failures` makes the next /run calls fail with that HTTP status
+    (after creating the job, as a real timeout after RunPod accepted it does)."""
+
+    def __init__(self, mock: responses.RequestsMock) -> None:
+        self.ids = itertools.count(1)
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.run_failures: list[int] = []
+        self.cancelled: list[str] = []
+        self.outcome: Answer = lambda job_id, job_input: completed(job_id)
+        self.cancel_outcome: Answer = lambda job_id, job_input: {
+            "id": job_id,
+            "status": "CANCELLED",
+        }
+        mock.add_callback(responses.POST, f"{BASE}/run", self.on_run)
+        mock.add_callback(responses.GET, re.compile(rf"{BASE}/status/.+"), self.on_status)
+        mock.add_callback(responses.POST, re.compile(rf"{BASE}/cancel/.+"), self.on_cancel)
+
+    def on_run(self, request: Any) -> tuple[int, dict[str, str], str]:
+        job_id = f"job-{next(self.ids)}"
+        self.jobs[job_id] = json.loads(request.body)["input"]
+        if self.run_failures:
+            return self.run_failures.pop(0), {}, "upstream error"
+        return 200, {}, json.dumps({"id": job_id, "status": "IN_QUEUE"})
+
+    def on_status(self, request: Any) -> tuple[int, dict[str, str], str]:
+        job_id = request.url.rsplit("/", 1)[1]
+        if job_id not in self.jobs:
+            return 404, {}, "not found"
+        answer = self.outcome(job_id, self.jobs[job_id])
+        if answer.get("status") == "GONE":
+            return 404, {}, "job expired"
+        return 200, {}, json.dumps(answer)
+
+    def on_cancel(self, request: Any) -> tuple[int, dict[str, str], str]:
+        job_id = request.url.rsplit("/", 1)[1]
+        self.cancelled.append(job_id)
+        self.outcome = self.cancel_outcome
+        return 200, {}, json.dumps({"id": job_id, "status": "CANCELLED"})
+
+
+def completed(job_id: str, execution_ms: int = 1200, output: Any = None) -> dict[str, Any]:
+    if output is None:
+        output = {"images": [png_data_uri()], "seed": 1}
+    return {
+        "id": job_id,
+        "status": "COMPLETED",
+        "output": output,
+        "delayTime": 40,
+        "executionTime": execution_ms,
+    }
+
+
+@pytest.fixture
+def runpod(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPod]:
+    settings.RUNPOD_BASE_URL = "https://runpod.test/v2"
+    settings.RUNPOD_ENDPOINT_ID = "ep"
+    settings.RUNPOD_API_KEY = "key"
+    settings.COMICGEN_PUBLIC_URL = ""
+    settings.RUNPOD_POLL_INTERVAL = 0.05
+    settings.COMICGEN_RETRY_BASE_DELAY = 0
+    settings.COMICGEN_MAX_ATTEMPTS = 3
+    settings.RUNPOD_MAX_IN_FLIGHT = 50
+    # Only this test's loop runs the batch: no chord is sent to the session's Celery worker.
+    monkeypatch.setattr("batches.services.enqueue_batch", lambda batch, chunks=None: None)
+    chunks._clients.__dict__.clear()  # a client built for another test's RunPod URL
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_passthru("http+unix://")
+        yield FakeRunPod(mock)
+    chunks._clients.__dict__.clear()
+
+
+def submit(user: Any, prompts: list[str]) -> Batch:
+    images = [{"prompt": prompt, "seed": 7, "params": dict(PARAMS)} for prompt in prompts]
+    data = {"title": "money", "priority": "normal"}
+    return services.submit_batch(user, data, images).batch
+
+
+def chunk_of(batch: Batch) -> chunks.ChunkRun:
+    lease = flow.ChunkLease(batch.pk, 0, owner="test")
+    assert lease.acquire()
+    run = chunks.ChunkRun(batch.pk, 0, lease)
+    run.load(Batch.objects.get(pk=batch.pk))
+    return run
+
+
+def drive(run: chunks.ChunkRun, passes: int = 40) -> None:
+    """Run passes until the chunk is done (polls are due every pass: interval 0.05 s)."""
+    for _ in range(passes):
+        run.last_checked.clear()
+        if run.run_pass() is None:
+            return
+    raise AssertionError("the chunk did not finish")
+
+
+def assert_books(batch: Batch) -> None:
+    services.finalize_batch(batch.pk)
+    assert check_books() == []
+
+
+def charges(image: ImageJob) -> list[tuple[int, str, Decimal, int | None]]:
+    rows = LedgerEntry.objects.filter(image=image, kind="charge").order_by("attempt")
+    return list(rows.values_list("attempt", "runpod_job_id", "amount", "billed_ms"))
+
+
+def price(execution_ms: int) -> Decimal:
+    return pricing.actual_cost(PARAMS, execution_ms)
+
+
+MAX_MS = pricing.attempt_max_billed_ms(PARAMS)
+
+
+@pytest.mark.django_db
+def test_a_job_cancelled_while_running_is_charged_the_time_it_ran(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "IN_PROGRESS", "delayTime": 5}
+    runpod.cancel_outcome = lambda job_id, _: {
+        "id": job_id, "status": "CANCELLED", "delayTime": 5, "executionTime": 1500,
+    }  # fmt: skip
+    batch = submit(user, ["a long panel"])
+    run = chunk_of(batch)
+    run.run_pass()
+    run.last_checked.clear()
+    run.run_pass()
+    assert ImageJob.objects.get(batch=batch).status == ImageStatus.RUNNING
+
+    services.cancel_batch(batch)
+    drive(run)
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.CANCELLED
+    assert runpod.cancelled == ["job-1"]
+    assert charges(image) == [(1, "job-1", price(1500), 1500)]
+    assert image.cost == price(1500) > 0
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_cancelled_in_the_queue_is_charged_nothing(runpod: FakeRunPod, user: Any) -> None:
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "IN_QUEUE"}
+    batch = submit(user, ["never started"])
+    run = chunk_of(batch)
+    run.run_pass()
+
+    services.cancel_batch(batch)
+    drive(run)
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.CANCELLED
+    assert charges(image) == [(1, "job-1", Decimal("0"), 0)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_that_ran_past_its_timeout_is_charged_all_it_ran(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    overrun_ms = MAX_MS + 7000  # past the timeout and the hold's margin too
+    runpod.outcome = lambda job_id, _: {
+        "id": job_id, "status": "TIMED_OUT", "executionTime": overrun_ms, "delayTime": 1,
+    }  # fmt: skip
+    batch = submit(user, ["slow"])
+    run = chunk_of(batch)
+    run.run_pass()
+    runpod.outcome = lambda job_id, _: completed(job_id) if job_id != "job-1" else {
+        "id": job_id, "status": "TIMED_OUT", "executionTime": overrun_ms, "delayTime": 1,
+    }  # fmt: skip
+    drive(run)
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    first, second = charges(image)
+    assert first == (1, "job-1", price(overrun_ms), overrun_ms)
+    assert first[2] > pricing.attempt_max_cost(PARAMS)  # more than the attempt held
+    assert second == (2, "job-2", price(1200), 1200)
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_whose_result_vanished_is_charged_its_maximum_and_retried(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    runpod.outcome = lambda job_id, _: (
+        {"status": "GONE"} if job_id == "job-1" else completed(job_id)
+    )
+    batch = submit(user, ["expired"])
+    drive(chunk_of(batch))
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    assert charges(image) == [
+        (1, "job-1", pricing.attempt_max_cost(PARAMS), MAX_MS),
+        (2, "job-2", price(1200), 1200),
+    ]
+    assert_books(batch)
+
+
+ODD_OUTPUTS: dict[str, Any] = {
+    "images as a dict": {"images": {"0": "x"}},
+    "a data URI without a comma": {"images": ["data:image/png;base64"]},
+    "not base64": {"images": ["%%%not base64%%%"]},
+    "a PNG header and garbage": {"images": ["iVBORw0KGgoAAAAAAAAAAAAA"]},
+    "a URL on another host": {"images": ["https://169.254.169.254/latest/meta-data"]},
+    "a URL that fails": {"images": ["https://bucket.runpod.io/missing.png"]},
+    "an http URL": {"images": ["http://bucket.runpod.io/panel.png"]},
+    "output as a list": ["not", "an", "object"],
+    "output as a number": 12345678901234567890,
+}
+
+
+@pytest.mark.django_db
+def test_odd_outputs_fail_only_their_own_attempt_and_the_chunk_goes_on(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    prompts = list(ODD_OUTPUTS)
+    first_jobs: dict[str, str] = {}
+
+    def outcome(job_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
+        if job_id in first_jobs.values():
+            return completed(job_id, output=ODD_OUTPUTS.get(job_input["prompt"]))
+        return completed(job_id)
+
+    runpod.outcome = outcome
+    batch = submit(user, [*prompts, "a good one"])
+    run = chunk_of(batch)
+    run.run_pass()
+    first_jobs.update(ImageJob.objects.filter(batch=batch).values_list("prompt", "runpod_job_id"))
+    drive(run)
+
+    images = {image.prompt: image for image in ImageJob.objects.filter(batch=batch)}
+    assert all(image.status == ImageStatus.COMPLETED for image in images.values())
+    assert images["a good one"].attempts == 1
+    for prompt in prompts:
+        image = images[prompt]
+        assert image.attempts == 2, prompt
+        first, second = charges(image)
+        assert (first[0], first[1], second[0]) == (1, first_jobs[prompt], 2), prompt
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_an_absurd_execution_time_is_charged_as_the_attempts_maximum(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    runpod.outcome = lambda job_id, _: completed(job_id, execution_ms=10**20)
+    batch = submit(user, ["garbled timing"])
+    drive(chunk_of(batch))
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    assert image.execution_ms is None
+    assert charges(image) == [(1, "job-1", pricing.attempt_max_cost(PARAMS), MAX_MS)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_lost_run_answer_without_webhooks_is_charged_its_maximum_and_not_resent_blindly(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    runpod.run_failures = [500]
+    batch = submit(user, ["ambiguous"])
+    drive(chunk_of(batch))
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    # The lost job (job-1) may have run: the ledger carries its worst case; it does not count
+    # against the image's attempts.
+    assert charges(image) == [
+        (1, "", pricing.attempt_max_cost(PARAMS), MAX_MS),
+        (2, "job-2", price(1200), 1200),
+    ]
+    assert (image.attempts, image.attempts_this_round) == (2, 1)
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_lost_run_answer_with_webhooks_keeps_its_hold_and_adopts_the_job_from_its_webhook(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.run_failures = [502]
+    batch = submit(user, ["ambiguous"])
+    run = chunk_of(batch)
+    run.run_pass()
+    run.run_pass()
+
+    image = ImageJob.objects.get(batch=batch)
+    assert (image.status, image.runpod_job_id, image.attempts) == (ImageStatus.SUBMITTED, "", 1)
+    assert image.hold == pricing.attempt_max_cost(PARAMS)
+    assert Batch.objects.get(pk=batch.pk).held == image.hold
+    assert len(runpod.jobs) == 1  # not submitted again
+
+    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 900))
+    drive(run)
+
+    image.refresh_from_db()
+    assert image.status == ImageStatus.COMPLETED
+    assert len(runpod.jobs) == 1
+    assert charges(image) == [(1, "job-1", price(900), 900)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_lost_run_answer_never_confirmed_by_webhook_ends_uncharged_after_the_grace(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.run_failures = [504]
+    batch = submit(user, ["ambiguous"])
+    run = chunk_of(batch)
+    run.run_pass()
+    run.run_pass()
+    assert len(runpod.jobs) == 1
+
+    grace = settings.COMICGEN_ORPHAN_GRACE_SECONDS + pricing.attempt_timeout_ms(PARAMS) / 1000
+    ImageJob.objects.filter(batch=batch).update(
+        submitted_at=timezone.now() - timedelta(seconds=grace + 1)
+    )
+    drive(run)
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    assert charges(image) == [(1, "", Decimal("0"), 0), (2, "job-2", price(1200), 1200)]
+    assert image.attempts_this_round == 1
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_rate_limited_run_gives_the_attempt_and_its_hold_back(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    runpod.run_failures = [429]
+    batch = submit(user, ["throttled"])
+    run = chunk_of(batch)
+    run.run_pass()
+
+    image = ImageJob.objects.get(batch=batch)
+    assert (image.status, image.attempts, image.hold) == (ImageStatus.PENDING, 0, 0)
+    assert Batch.objects.get(pk=batch.pk).held == 0
+    ImageJob.objects.filter(pk=image.pk).update(next_attempt_at=None)
+    drive(run)
+
+    image.refresh_from_db()
+    assert image.status == ImageStatus.COMPLETED
+    # job-1 was refused by the rate limiter (never ran); job-2 is the only one charged.
+    assert charges(image) == [(1, "job-2", price(1200), 1200)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_retried_image_is_charged_for_every_new_attempt(runpod: FakeRunPod, user: Any) -> None:
+    runpod.outcome = lambda job_id, _: {
+        "id": job_id, "status": "FAILED", "error": "CUDA error", "executionTime": 300,
+    }  # fmt: skip
+    batch = submit(user, ["always fails"])
+    for _round in range(3):
+        drive(chunk_of(batch))
+        services.finalize_batch(batch.pk)
+        flow.ChunkLease(batch.pk, 0, owner="test").release()
+        assert check_books() == []
+        if _round < 2:
+            services.retry_batch(Batch.objects.get(pk=batch.pk))
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.FAILED
+    assert image.attempts == 9
+    assert [row[0] for row in charges(image)] == list(range(1, 10))
+    assert image.cost == 9 * price(300)
+    assert Batch.objects.get(pk=batch.pk).actual_cost == image.cost
