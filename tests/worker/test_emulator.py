@@ -527,3 +527,196 @@ def test_two_hundred_jobs_in_flight_and_hundreds_of_status_calls_per_second(
         f"max_in_flight {stats['max_in_flight']}; /status {rate:.0f} req/s"
     )
     assert rate > 150
+
+
+# -- the bill: what RunPod would charge ------------------------------------------------------
+
+
+def _billed(job: dict[str, Any]) -> int:
+    """A job's bill as its ``/status`` shows it: no ``executionTime`` means it never ran."""
+    return int(job.get("executionTime", 0))
+
+
+def test_billed_ms_is_the_sum_of_execution_times_over_every_way_a_job_ends(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0)
+    queued = api.run("never runs")
+    api.post(f"cancel/{queued}")
+    emulator.configure(workers=4)
+    completed = api.run("a quiet street")
+    failed = api.run("doomed [fail:always]")
+    cancelled = api.run("a long panel [slow:5]")
+    timed_out = api.run("an endless panel [slow:5]", policy={"executionTimeout": 200})
+    api.wait(cancelled, "IN_PROGRESS")
+    time.sleep(0.2)
+    api.post(f"cancel/{cancelled}")
+
+    ids = (queued, completed, failed, cancelled, timed_out)
+    jobs = {job_id: api.wait(job_id) for job_id in ids}
+    stats = emulator.stats()
+
+    assert [job["status"] for job in jobs.values()] == [
+        "CANCELLED",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMED_OUT",
+    ]
+    assert "executionTime" not in jobs[queued]
+    assert jobs[cancelled]["executionTime"] >= 200
+    assert 200 <= jobs[timed_out]["executionTime"] < 800
+    assert stats["billed_ms"] == sum(_billed(job) for job in jobs.values())
+    assert stats["billed_jobs"] == {
+        job_id: job["executionTime"] for job_id, job in jobs.items() if job_id != queued
+    }
+    assert stats["billed_count"] == 4 == stats["executions"]
+    assert emulator.billed_ms() == stats["billed_ms"]
+
+
+def test_jobs_cancelled_or_purged_in_queue_are_not_billed(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0)
+    cancelled = api.run("first")
+    purged = api.run("second")
+    api.post(f"cancel/{cancelled}")
+    api.post("purge-queue")
+    emulator.configure(workers=2)
+    time.sleep(0.2)
+
+    stats = emulator.stats()
+
+    assert {api.status(cancelled)["status"], api.status(purged)["status"]} == {"CANCELLED"}
+    assert (stats["billed_ms"], stats["billed_count"], stats["billed_jobs"]) == (0, 0, {})
+    assert stats["executions"] == 0
+
+
+def test_cancel_answers_id_and_status_and_status_then_shows_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("a long panel [slow:5]")
+    api.wait(job_id, "IN_PROGRESS")
+    time.sleep(0.3)
+
+    answer = api.post(f"cancel/{job_id}").json()
+    after = api.status(job_id)
+    time.sleep(0.2)
+
+    assert answer == {"id": job_id, "status": "CANCELLED"}
+    assert after["status"] == "CANCELLED"
+    assert 300 <= after["executionTime"] < 1500
+    assert "delayTime" in after
+    assert "output" not in after
+    assert api.status(job_id) == after  # the job stopped: its time no longer grows
+    stats = emulator.stats()
+    assert stats["billed_jobs"] == {job_id: after["executionTime"]}
+    assert stats["in_flight"] == 0
+    assert stats["workers"]["running"] == 0
+
+
+def test_cancelling_a_running_job_sends_its_webhook_with_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    job_id = api.run("a long panel [slow:5]", webhook=webhook_receiver.url)
+    api.wait(job_id, "IN_PROGRESS")
+    time.sleep(0.1)
+    api.post(f"cancel/{job_id}")
+
+    (payload,) = webhook_receiver.wait_for(1)
+
+    assert payload["id"] == job_id
+    assert payload["status"] == "CANCELLED"
+    assert payload["executionTime"] == api.status(job_id)["executionTime"] >= 100
+    assert payload["executionTime"] == emulator.billed_ms()
+
+
+def test_a_slow_job_past_its_execution_timeout_is_billed_about_the_timeout(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job = api.wait(api.run("[slow:3] the long night", policy={"executionTimeout": 300}))
+
+    assert job["status"] == "TIMED_OUT"
+    assert "execution timeout" in job["error"]
+    assert 300 <= job["executionTime"] < 900
+    assert emulator.stats()["billed_jobs"] == {job["id"]: job["executionTime"]}
+
+
+def test_slow_marker_sets_how_long_an_execution_takes(api: Api) -> None:
+    job = api.wait(api.run("a careful panel [slow:0.4]"))
+
+    assert job["status"] == "COMPLETED"
+    assert 400 <= job["executionTime"] < 1200
+
+
+def test_a_job_deleted_by_its_ttl_mid_run_is_billed_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("a long panel [slow:5]", policy={"ttl": 400})
+    running = api.wait(job_id, "IN_PROGRESS")
+
+    time.sleep(0.6)
+
+    assert api.get(f"status/{job_id}").status_code == 404
+    stats = emulator.stats()
+    assert stats["jobs"]["TTL_EXPIRED"] == 1
+    assert stats["billed_count"] == 1
+    # The ttl counts from submission: it ran from its start until then (timers may fire late).
+    ran_until_ttl = 400 - running["delayTime"]
+    assert ran_until_ttl - 1 <= stats["billed_jobs"][job_id] < ran_until_ttl + 150
+
+
+def test_a_retried_job_is_billed_for_each_execution_under_its_id(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("flaky [fail:1]")
+    first = api.wait(job_id)
+    api.post(f"retry/{job_id}")
+    second = api.wait(job_id)
+
+    stats = emulator.stats()
+
+    assert (first["status"], second["status"]) == ("FAILED", "COMPLETED")
+    assert stats["billed_count"] == 2
+    assert stats["billed_jobs"] == {job_id: first["executionTime"] + second["executionTime"]}
+    assert stats["billed_ms"] == first["executionTime"] + second["executionTime"]
+
+
+def test_reset_starts_a_new_bill_without_the_jobs_it_dropped(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    api.wait(api.run("billed before the reset"))
+    api.wait(api.run("running at the reset [slow:0.3]"), "IN_PROGRESS")
+
+    emulator.reset()
+    time.sleep(0.5)
+
+    stats = emulator.stats()
+    assert (stats["billed_ms"], stats["billed_count"], stats["billed_jobs"]) == (0, 0, {})
+    assert stats["in_flight"] == 0
+
+
+def test_blank_marker_completes_flat_images_for_the_first_n_attempts_whatever_the_seed(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    first = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 1, **SMALL}))
+    reseeded = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 2, **SMALL}))
+    third = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 3, **SMALL}))
+
+    def is_flat(job: dict[str, Any]) -> bool:
+        uri = job["output"]["images"][0]
+        image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert image.size == (128, 128)
+        return all(low == high for low, high in image.convert("RGB").getextrema())
+
+    assert [job["status"] for job in (first, reseeded, third)] == ["COMPLETED"] * 3
+    assert (first["output"]["seed"], reseeded["output"]["seed"]) == (1, 2)
+    assert [is_flat(job) for job in (first, reseeded, third)] == [True, True, False]
+    assert emulator.stats()["billed_count"] == 3  # a blank panel took GPU time all the same
+
+
+def test_blank_marker_still_refuses_a_bad_input(api: Api) -> None:
+    job = api.wait(api.run(input={"prompt": "[blank:1]", "width": 100, "height": 128}))
+
+    assert job["status"] == "FAILED"
+    assert "multiples of 8" in job["error"]

@@ -8,9 +8,11 @@ Fault injection and counters live under ``/_emulator/`` (loopback only, no auth)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import random
@@ -23,8 +25,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 
 from worker.emulator.config import ConfigError, EmulatorConfig
+from worker.handler import InputError, validate_input
 from worker.handler import handler as worker_handler
 
 logger = logging.getLogger("worker.emulator")
@@ -50,8 +54,15 @@ WEBHOOK_TIMEOUT_S = 10.0
 MAX_BODY_BYTES = 20 * 1024 * 1024
 # Bounds the per-input ledger: 20k-job benchmarks fit many times over in a few MB.
 MAX_TRACKED_INPUTS = 200_000
+# Bounds the per-job bill shown in stats (the totals stay exact): it is for tests, and a
+# benchmark's stats answer should stay a few MB at most.
+MAX_BILLED_JOBS = 50_000
 
 FAIL_MARKER = re.compile(r"\[fail:(\d+|always)\]", re.IGNORECASE)
+SLOW_MARKER = re.compile(r"\[slow:(\d+(?:\.\d*)?|\.\d+)\]", re.IGNORECASE)
+BLANK_MARKER = re.compile(r"\[blank:(\d+)\]", re.IGNORECASE)
+# A [blank:N] panel: one flat light grey, which comicgen must refuse as a blank image.
+BLANK_RGB = (236, 236, 236)
 
 # aiohttp resource name -> the operation name used in stats and rate limits.
 OPERATIONS = {
@@ -201,6 +212,21 @@ class Job:
         return data
 
 
+def blank_output(job: dict[str, Any]) -> dict[str, Any]:
+    """The handler's output shape with flat one-colour PNGs: a ``[blank:N]`` attempt.
+
+    Invalid input still fails as the real handler would, so a marker never hides a bad request.
+    """
+    try:
+        params = validate_input(job.get("input"))
+    except InputError as exc:
+        return {"error": str(exc)}
+    buffer = io.BytesIO()
+    Image.new("RGB", (params["width"], params["height"]), BLANK_RGB).save(buffer, "PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"images": [image] * params["num_images"], "seed": params["seed"]}
+
+
 class WorkerSlot:
     """A simulated GPU worker: ``idle``, ``initializing`` (cold start) or ``running``."""
 
@@ -243,7 +269,14 @@ class Emulator:
         self.job_counts: Counter[str] = Counter()
         self.webhooks: Counter[str] = Counter()
         self.ledger = InputLedger()
+        # [blank:N] counts attempts per input without its seed: a blank panel is retried with a
+        # new seed, and "the first N attempts" must still end.
+        self.blank_attempts = InputLedger()
         self.executions = 0
+        # What RunPod would bill: every execution's executionTime, whatever its end.
+        self.billed_ms = 0
+        self.billed_count = 0
+        self.billed_jobs: OrderedDict[str, int] = OrderedDict()
         self.in_flight = 0
         self.max_in_flight = 0
         self.rate_windows: dict[str, deque[float]] = {"run": deque(), "status": deque()}
@@ -507,7 +540,9 @@ class Emulator:
     def _finish(
         self, job: Job, status: str, *, output: Any = None, error: str | None = None
     ) -> None:
-        if job.status not in ACTIVE:
+        """End an active job once: its times, its bill, its counters, its webhook."""
+        # A job deleted by its ttl or by a reset has ended already: a late end changes nothing.
+        if job.status not in ACTIVE or self.jobs.get(job.id) is not job:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -516,7 +551,10 @@ class Emulator:
         job.output = output
         job.error = error
         if job.started_at is not None:
+            # Completed, failed, timed out or cancelled mid-run: the GPU ran, RunPod bills it.
+            # A job that ends before it started (cancelled in queue, purged) is not billed.
             job.execution_ms = _ms(now - job.started_at)
+            self._bill(job.id, job.execution_ms)
         self.job_counts[status] += 1
         if status == COMPLETED:
             self.ledger.succeeded(job.key)
@@ -532,6 +570,14 @@ class Emulator:
             self._webhook_tasks.add(task)
             task.add_done_callback(self._webhook_tasks.discard)
 
+    def _bill(self, job_id: str, execution_ms: int) -> None:
+        """Add one execution to the bill; a job rerun by ``/retry`` adds under the same id."""
+        self.billed_ms += execution_ms
+        self.billed_count += 1
+        self.billed_jobs[job_id] = self.billed_jobs.pop(job_id, 0) + execution_ms
+        if len(self.billed_jobs) > MAX_BILLED_JOBS:
+            self.billed_jobs.popitem(last=False)
+
     def _cancel_timers(self, job: Job) -> None:
         for handle in (job.ttl_handle, job.expiry_handle):
             if handle is not None:
@@ -546,6 +592,9 @@ class Emulator:
         if job.status in ACTIVE:
             self.in_flight -= 1
             self.job_counts["TTL_EXPIRED"] += 1
+            if job.started_at is not None:
+                # Deleted mid-run: no status will ever show it, but the GPU time was spent.
+                self._bill(job.id, _ms(asyncio.get_running_loop().time() - job.started_at))
             if job.task is not None:
                 job.task.cancel()
         job.done.set()
@@ -594,9 +643,14 @@ class Emulator:
             if self.slots.get(slot.id) is slot:
                 del self.slots[slot.id]
 
-    def _injected_failure(self, job: Job, attempt: int) -> str | None:
+    @staticmethod
+    def _prompt(job: Job) -> str | None:
         prompt = job.input.get("prompt") if isinstance(job.input, dict) else None
-        if isinstance(prompt, str):
+        return prompt if isinstance(prompt, str) else None
+
+    def _injected_failure(self, job: Job, attempt: int) -> str | None:
+        prompt = self._prompt(job)
+        if prompt is not None:
             marker = FAIL_MARKER.search(prompt)
             if marker:
                 limit = marker.group(1).lower()
@@ -605,6 +659,24 @@ class Emulator:
         if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
             return "injected failure (fail_rate)"
         return None
+
+    def _injected_blank(self, job: Job) -> bool:
+        """True when this execution is one of the first N of a ``[blank:N]`` prompt."""
+        prompt = self._prompt(job)
+        marker = BLANK_MARKER.search(prompt) if prompt is not None else None
+        if marker is None:
+            return False
+        unseeded = {key: value for key, value in job.input.items() if key != "seed"}
+        return self.blank_attempts.attempt(input_key(unseeded)) <= int(marker.group(1))
+
+    def _latency(self, job: Job) -> float:
+        """Seconds this execution takes: ``[slow:S]`` in the prompt, else the configured time."""
+        prompt = self._prompt(job)
+        marker = SLOW_MARKER.search(prompt) if prompt is not None else None
+        if marker is not None:
+            return float(marker.group(1))
+        config = self.config
+        return max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
 
     async def _execute(self, job: Job, slot: WorkerSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -615,11 +687,11 @@ class Emulator:
         job.worker_id = slot.id
         self.executions += 1
         failure = self._injected_failure(job, self.ledger.attempt(job.key))
-        config = self.config
-        latency = max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
+        blank = self._injected_blank(job)
+        latency = self._latency(job)
         try:
             result = await asyncio.wait_for(
-                self._work(job, latency, failure), job.execution_timeout_s
+                self._work(job, latency, failure, blank), job.execution_timeout_s
             )
         except TimeoutError:
             self._finish(job, TIMED_OUT, error="job exceeded its execution timeout")
@@ -629,14 +701,14 @@ class Emulator:
         else:
             self._finish(job, COMPLETED, output=result)
 
-    async def _work(self, job: Job, latency: float, failure: str | None) -> Any:
+    async def _work(self, job: Job, latency: float, failure: str | None, blank: bool) -> Any:
         await asyncio.sleep(latency)
         if failure:
             return {"error": failure}
         payload = {"id": job.id, "input": job.input}
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, worker_handler, payload
+                self.executor, blank_output if blank else worker_handler, payload
             )
         except Exception as exc:  # the handler's crash is the job's FAILED, as on RunPod
             logger.exception("handler raised for job %s", job.id)
@@ -726,6 +798,9 @@ class Emulator:
             "stored_jobs": len(self.jobs),
             "executions": self.executions,
             "runs_per_input": self.ledger.as_json(),
+            "billed_ms": self.billed_ms,
+            "billed_count": self.billed_count,
+            "billed_jobs": dict(self.billed_jobs),
             "webhooks": {
                 key: self.webhooks[key] for key in ("delivered", "failed", "dropped", "attempts")
             },
