@@ -189,7 +189,9 @@ class EmulatorProcess:
         return response.json()
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Change settings live (``workers=20, latency=0.5``); returns the whole config."""
+        """Change settings live (``workers=20, latency=0.5``, ``ambiguous_run_next=1``,
+        ``run_answer_delay=2.0``: any setting but host, port and render_threads); returns the
+        whole config. A refused setting raises ``EmulatorError`` with the emulator's reason."""
         return self._control("POST", "config", settings)
 
     def config(self) -> dict[str, Any]:

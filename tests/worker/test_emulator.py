@@ -6,6 +6,7 @@ import base64
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,7 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 
 from batches.runpod import JobNotFound, PermanentRunPodError, RunPodClient
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import EmulatorError, EmulatorProcess
 
 SMALL = {"width": 128, "height": 128}
 
@@ -720,3 +721,149 @@ def test_blank_marker_still_refuses_a_bad_input(api: Api) -> None:
 
     assert job["status"] == "FAILED"
     assert "multiples of 8" in job["error"]
+
+
+# -- ambiguous /run: RunPod accepted the job, the client never heard ---------------------------
+
+
+def _run_body(prompt: str, **body: Any) -> dict[str, Any]:
+    return {"input": {"prompt": prompt, "seed": 1, **SMALL}, **body}
+
+
+def test_an_ambiguous_run_answers_500_but_its_job_runs_is_billed_and_sends_its_webhook(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    emulator.configure(ambiguous_run_next=1, ambiguous_run_mode="500")
+
+    response = api.post("run", _run_body("lost answer", webhook=webhook_receiver.url))
+    (payload,) = webhook_receiver.wait_for(1)
+    stats = emulator.wait_until(lambda s: s["webhooks"]["delivered"] == 1)
+
+    assert response.status_code == 500
+    assert "id" not in response.json()
+    assert payload["status"] == "COMPLETED"
+    assert stats["ambiguous_jobs"] == [payload["id"]]
+    assert stats["jobs"]["submitted"] == stats["jobs"]["ambiguous"] == 1
+    assert stats["requests"]["run"] == {"500": 1}
+    assert stats["billed_jobs"] == {payload["id"]: payload["executionTime"]}
+    assert api.status(payload["id"])["status"] == "COMPLETED"
+    assert emulator.config()["ambiguous_run_next"] == 0
+
+
+def test_an_ambiguous_run_can_drop_the_connection_without_an_answer(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    emulator.configure(ambiguous_run_next=1, ambiguous_run_mode="drop")
+
+    with pytest.raises(requests.ConnectionError):
+        api.post("run", _run_body("dropped answer", webhook=webhook_receiver.url))
+    (payload,) = webhook_receiver.wait_for(1)
+    stats = emulator.stats()
+
+    assert payload["status"] == "COMPLETED"
+    assert stats["ambiguous_jobs"] == [payload["id"]]
+    assert stats["requests"]["run"] == {"dropped": 1}
+    assert stats["jobs"]["COMPLETED"] == 1
+    assert api.run("answered again") != payload["id"]  # the next /run answers as usual
+
+
+def test_ambiguous_run_next_makes_exactly_the_next_n_runs_ambiguous(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0, ambiguous_run_next=3, ambiguous_run_mode="500")
+
+    codes = [api.post("run", _run_body(f"panel {index}")).status_code for index in range(5)]
+    stats = emulator.stats()
+
+    assert codes == [500, 500, 500, 200, 200]
+    assert stats["jobs"]["submitted"] == 5
+    assert stats["jobs"]["ambiguous"] == 3
+    assert stats["in_queue"] == 5  # every one of them was created
+    assert emulator.config()["ambiguous_run_next"] == 0
+
+
+def test_ambiguous_run_rate_in_mixed_mode_fails_answers_both_ways(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    # No workers: only the ambiguity coins draw from the seeded generator, so this replays.
+    emulator.configure(workers=0, ambiguous_run_rate=1.0)
+    outcomes = []
+    for index in range(12):
+        try:
+            outcomes.append(str(api.post("run", _run_body(f"panel {index}")).status_code))
+        except requests.ConnectionError:
+            outcomes.append("dropped")
+
+    stats = emulator.stats()
+
+    assert set(outcomes) == {"500", "dropped"}
+    assert stats["requests"]["run"] == dict(Counter(outcomes))
+    assert stats["jobs"]["submitted"] == stats["jobs"]["ambiguous"] == 12
+    assert len(stats["ambiguous_jobs"]) == stats["in_queue"] == 12
+
+
+def test_http_errors_before_the_job_still_create_nothing_with_ambiguity_on(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(http_error_rate=1.0, ambiguous_run_next=1)
+
+    response = api.post("run", _run_body("refused"))
+
+    assert response.status_code == 500
+    stats = emulator.stats()
+    assert stats["jobs"]["submitted"] == 0
+    assert emulator.config()["ambiguous_run_next"] == 1  # the refused call used none
+
+
+# -- run_answer_delay: a client killed between RunPod accepting and recording -----------------
+
+
+def test_run_answer_delay_answers_late_with_the_job_already_created(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0, run_answer_delay=0.8)
+    answers: list[requests.Response] = []
+    started = time.monotonic()
+    caller = threading.Thread(target=lambda: answers.append(api.post("run", _run_body("late"))))
+    caller.start()
+
+    stats = emulator.wait_until(lambda s: s["jobs"]["submitted"] == 1)
+    caller.join(5)
+    answered_after = time.monotonic() - started
+
+    # Seen in stats while its /run had not answered yet: a client killed now lost its id.
+    assert stats["requests"].get("run") is None
+    assert stats["in_queue"] == 1
+    assert answered_after >= 0.8
+    (answer,) = answers
+    assert answer.json()["status"] == "IN_QUEUE"
+    assert api.status(answer.json()["id"])["status"] == "IN_QUEUE"
+
+
+def test_a_client_gone_during_the_answer_delay_leaves_its_job_running(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(run_answer_delay=0.4)
+
+    with pytest.raises(requests.ReadTimeout):
+        api.post("run", _run_body("orphan"), timeout=0.1)
+    stats = emulator.wait_until(lambda s: s["requests"].get("run") == {"dropped": 1})
+
+    assert stats["jobs"]["submitted"] == 1
+    (job_id,) = stats["billed_jobs"]  # it ran while its answer waited
+    assert api.status(job_id)["status"] == "COMPLETED"
+
+
+def test_new_settings_are_refused_with_their_reason(emulator: EmulatorProcess) -> None:
+    for bad in (
+        {"ambiguous_run_rate": 1.5},
+        {"ambiguous_run_mode": "sometimes"},
+        {"ambiguous_run_next": -1},
+        {"ambiguous_run_next": 1.5},
+        {"run_answer_delay": -0.1},
+    ):
+        with pytest.raises(EmulatorError, match=next(iter(bad))):
+            emulator.configure(**bad)
+
+    config = emulator.configure(ambiguous_run_mode=500, run_answer_delay=0)
+    assert (config["ambiguous_run_mode"], config["ambiguous_run_next"]) == ("500", 0)

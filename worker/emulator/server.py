@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -57,6 +58,7 @@ MAX_TRACKED_INPUTS = 200_000
 # Bounds the per-job bill shown in stats (the totals stay exact): it is for tests, and a
 # benchmark's stats answer should stay a few MB at most.
 MAX_BILLED_JOBS = 50_000
+MAX_AMBIGUOUS_JOBS = 1_000
 
 FAIL_MARKER = re.compile(r"\[fail:(\d+|always)\]", re.IGNORECASE)
 SLOW_MARKER = re.compile(r"\[slow:(\d+(?:\.\d*)?|\.\d+)\]", re.IGNORECASE)
@@ -277,6 +279,7 @@ class Emulator:
         self.billed_ms = 0
         self.billed_count = 0
         self.billed_jobs: OrderedDict[str, int] = OrderedDict()
+        self.ambiguous_jobs: deque[str] = deque(maxlen=MAX_AMBIGUOUS_JOBS)
         self.in_flight = 0
         self.max_in_flight = 0
         self.rate_windows: dict[str, deque[float]] = {"run": deque(), "status": deque()}
@@ -348,7 +351,10 @@ class Emulator:
             except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a huge body
                 self.requests[operation][str(exc.status)] += 1
                 raise
-        self.requests[operation][str(response.status)] += 1
+        transport = request.transport
+        # An ambiguous /run closed it, or the client went away while the answer was delayed.
+        answered = transport is not None and not transport.is_closing()
+        self.requests[operation][str(response.status) if answered else "dropped"] += 1
         return response
 
     def _guard(self, request: web.Request, operation: str) -> web.Response | None:
@@ -440,8 +446,37 @@ class Emulator:
         body = await self._read_run_body(request)
         if isinstance(body, web.Response):
             return body
+        ambiguous = self._ambiguous_answer()
+        # The job exists (queued, counted in stats) before any answer leaves: what the client
+        # does not hear about still runs, is billed and sends its webhook, as on RunPod.
         job = self._submit(body, sync=False)
-        return web.json_response({"id": job.id, "status": job.status})
+        answer = web.json_response({"id": job.id, "status": job.status})
+        if ambiguous:
+            self.job_counts["ambiguous"] += 1
+            self.ambiguous_jobs.append(job.id)
+        if self.config.run_answer_delay:
+            await asyncio.sleep(self.config.run_answer_delay)
+        if ambiguous == "500":
+            return _error(500, "injected HTTP 500 after the job was created (ambiguous run)")
+        if ambiguous == "drop" and request.transport is not None:
+            # Writing the answer to a closing transport fails quietly inside aiohttp: the
+            # client sees the connection end without a status line.
+            request.transport.close()
+        return answer
+
+    def _ambiguous_answer(self) -> str | None:
+        """``"500"`` or ``"drop"`` when this /run's answer must fail, else None."""
+        config = self.config
+        if config.ambiguous_run_next > 0:
+            # Counts down in the live config, so GET /_emulator/config shows what is left.
+            self.config = dataclasses.replace(
+                config, ambiguous_run_next=config.ambiguous_run_next - 1
+            )
+        elif not (config.ambiguous_run_rate and self.rng.random() < config.ambiguous_run_rate):
+            return None
+        if config.ambiguous_run_mode == "mixed":
+            return self.rng.choice(("500", "drop"))
+        return config.ambiguous_run_mode
 
     async def handle_runsync(self, request: web.Request) -> web.Response:
         body = await self._read_run_body(request)
@@ -786,6 +821,7 @@ class Emulator:
                 CANCELLED,
                 TIMED_OUT,
                 "TTL_EXPIRED",
+                "ambiguous",
             )
         }
         return {
@@ -801,6 +837,7 @@ class Emulator:
             "billed_ms": self.billed_ms,
             "billed_count": self.billed_count,
             "billed_jobs": dict(self.billed_jobs),
+            "ambiguous_jobs": list(self.ambiguous_jobs),
             "webhooks": {
                 key: self.webhooks[key] for key in ("delivered", "failed", "dropped", "attempts")
             },
