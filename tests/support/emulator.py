@@ -7,6 +7,7 @@ Independent of Django so any fixture can use it::
         ...
         emulator.configure(http_error_rate=0.3)
         assert emulator.stats()["runs_per_input"]["duplicates"] == 0
+        assert ledger_ms == emulator.billed_ms()
 """
 
 from __future__ import annotations
@@ -188,7 +189,9 @@ class EmulatorProcess:
         return response.json()
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Change settings live (``workers=20, latency=0.5``); returns the whole config."""
+        """Change settings live (``workers=20, latency=0.5``, ``ambiguous_run_next=1``,
+        ``run_answer_delay=2.0``: any setting but host, port and render_threads); returns the
+        whole config. A refused setting raises ``EmulatorError`` with the emulator's reason."""
         return self._control("POST", "config", settings)
 
     def config(self) -> dict[str, Any]:
@@ -197,6 +200,14 @@ class EmulatorProcess:
     def stats(self) -> dict[str, Any]:
         """``GET /_emulator/stats``: see ``worker.emulator`` for the shape."""
         return self._control("GET", "stats")
+
+    def billed_ms(self) -> int:
+        """The ``executionTime`` RunPod would bill since start or the last reset, in ms."""
+        return int(self.stats()["billed_ms"])
+
+    def billed_jobs(self) -> dict[str, int]:
+        """Job id -> billed ms (only jobs that ran; a job cancelled in queue is absent)."""
+        return dict(self.stats()["billed_jobs"])
 
     def reset(self, *, restore_config: bool = False) -> dict[str, Any]:
         """Forget jobs and counters; ``restore_config`` also restores the start-up settings."""

@@ -6,6 +6,7 @@ import base64
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,7 +17,7 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 
 from batches.runpod import JobNotFound, PermanentRunPodError, RunPodClient
-from tests.support.emulator import EmulatorProcess
+from tests.support.emulator import EmulatorError, EmulatorProcess
 
 SMALL = {"width": 128, "height": 128}
 
@@ -527,3 +528,342 @@ def test_two_hundred_jobs_in_flight_and_hundreds_of_status_calls_per_second(
         f"max_in_flight {stats['max_in_flight']}; /status {rate:.0f} req/s"
     )
     assert rate > 150
+
+
+# -- the bill: what RunPod would charge ------------------------------------------------------
+
+
+def _billed(job: dict[str, Any]) -> int:
+    """A job's bill as its ``/status`` shows it: no ``executionTime`` means it never ran."""
+    return int(job.get("executionTime", 0))
+
+
+def test_billed_ms_is_the_sum_of_execution_times_over_every_way_a_job_ends(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0)
+    queued = api.run("never runs")
+    api.post(f"cancel/{queued}")
+    emulator.configure(workers=4)
+    completed = api.run("a quiet street")
+    failed = api.run("doomed [fail:always]")
+    cancelled = api.run("a long panel [slow:5]")
+    timed_out = api.run("an endless panel [slow:5]", policy={"executionTimeout": 200})
+    api.wait(cancelled, "IN_PROGRESS")
+    time.sleep(0.2)
+    api.post(f"cancel/{cancelled}")
+
+    ids = (queued, completed, failed, cancelled, timed_out)
+    jobs = {job_id: api.wait(job_id) for job_id in ids}
+    stats = emulator.stats()
+
+    assert [job["status"] for job in jobs.values()] == [
+        "CANCELLED",
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMED_OUT",
+    ]
+    assert "executionTime" not in jobs[queued]
+    assert jobs[cancelled]["executionTime"] >= 200
+    assert 200 <= jobs[timed_out]["executionTime"] < 800
+    assert stats["billed_ms"] == sum(_billed(job) for job in jobs.values())
+    assert stats["billed_jobs"] == {
+        job_id: job["executionTime"] for job_id, job in jobs.items() if job_id != queued
+    }
+    assert stats["billed_count"] == 4 == stats["executions"]
+    assert emulator.billed_ms() == stats["billed_ms"]
+
+
+def test_jobs_cancelled_or_purged_in_queue_are_not_billed(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0)
+    cancelled = api.run("first")
+    purged = api.run("second")
+    api.post(f"cancel/{cancelled}")
+    api.post("purge-queue")
+    emulator.configure(workers=2)
+    time.sleep(0.2)
+
+    stats = emulator.stats()
+
+    assert {api.status(cancelled)["status"], api.status(purged)["status"]} == {"CANCELLED"}
+    assert (stats["billed_ms"], stats["billed_count"], stats["billed_jobs"]) == (0, 0, {})
+    assert stats["executions"] == 0
+
+
+def test_cancel_answers_id_and_status_and_status_then_shows_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("a long panel [slow:5]")
+    api.wait(job_id, "IN_PROGRESS")
+    time.sleep(0.3)
+
+    answer = api.post(f"cancel/{job_id}").json()
+    after = api.status(job_id)
+    time.sleep(0.2)
+
+    assert answer == {"id": job_id, "status": "CANCELLED"}
+    assert after["status"] == "CANCELLED"
+    assert 300 <= after["executionTime"] < 1500
+    assert "delayTime" in after
+    assert "output" not in after
+    assert api.status(job_id) == after  # the job stopped: its time no longer grows
+    stats = emulator.stats()
+    assert stats["billed_jobs"] == {job_id: after["executionTime"]}
+    assert stats["in_flight"] == 0
+    assert stats["workers"]["running"] == 0
+
+
+def test_cancelling_a_running_job_sends_its_webhook_with_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    job_id = api.run("a long panel [slow:5]", webhook=webhook_receiver.url)
+    api.wait(job_id, "IN_PROGRESS")
+    time.sleep(0.1)
+    api.post(f"cancel/{job_id}")
+
+    (payload,) = webhook_receiver.wait_for(1)
+
+    assert payload["id"] == job_id
+    assert payload["status"] == "CANCELLED"
+    assert payload["executionTime"] == api.status(job_id)["executionTime"] >= 100
+    assert payload["executionTime"] == emulator.billed_ms()
+
+
+def test_a_slow_job_past_its_execution_timeout_is_billed_about_the_timeout(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job = api.wait(api.run("[slow:3] the long night", policy={"executionTimeout": 300}))
+
+    assert job["status"] == "TIMED_OUT"
+    assert "execution timeout" in job["error"]
+    assert 300 <= job["executionTime"] < 900
+    assert emulator.stats()["billed_jobs"] == {job["id"]: job["executionTime"]}
+
+
+def test_slow_marker_sets_how_long_an_execution_takes(api: Api) -> None:
+    job = api.wait(api.run("a careful panel [slow:0.4]"))
+
+    assert job["status"] == "COMPLETED"
+    assert 400 <= job["executionTime"] < 1200
+
+
+def test_a_job_deleted_by_its_ttl_mid_run_is_billed_the_time_it_ran(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("a long panel [slow:5]", policy={"ttl": 400})
+    running = api.wait(job_id, "IN_PROGRESS")
+
+    time.sleep(0.6)
+
+    assert api.get(f"status/{job_id}").status_code == 404
+    stats = emulator.stats()
+    assert stats["jobs"]["TTL_EXPIRED"] == 1
+    assert stats["billed_count"] == 1
+    # The ttl counts from submission: it ran from its start until then (timers may fire late).
+    ran_until_ttl = 400 - running["delayTime"]
+    assert ran_until_ttl - 1 <= stats["billed_jobs"][job_id] < ran_until_ttl + 150
+
+
+def test_a_retried_job_is_billed_for_each_execution_under_its_id(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    job_id = api.run("flaky [fail:1]")
+    first = api.wait(job_id)
+    api.post(f"retry/{job_id}")
+    second = api.wait(job_id)
+
+    stats = emulator.stats()
+
+    assert (first["status"], second["status"]) == ("FAILED", "COMPLETED")
+    assert stats["billed_count"] == 2
+    assert stats["billed_jobs"] == {job_id: first["executionTime"] + second["executionTime"]}
+    assert stats["billed_ms"] == first["executionTime"] + second["executionTime"]
+
+
+def test_reset_starts_a_new_bill_without_the_jobs_it_dropped(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    api.wait(api.run("billed before the reset"))
+    api.wait(api.run("running at the reset [slow:0.3]"), "IN_PROGRESS")
+
+    emulator.reset()
+    time.sleep(0.5)
+
+    stats = emulator.stats()
+    assert (stats["billed_ms"], stats["billed_count"], stats["billed_jobs"]) == (0, 0, {})
+    assert stats["in_flight"] == 0
+
+
+def test_blank_marker_completes_flat_images_for_the_first_n_attempts_whatever_the_seed(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    first = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 1, **SMALL}))
+    reseeded = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 2, **SMALL}))
+    third = api.wait(api.run(input={"prompt": "an empty sky [blank:2]", "seed": 3, **SMALL}))
+
+    def is_flat(job: dict[str, Any]) -> bool:
+        uri = job["output"]["images"][0]
+        image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert image.size == (128, 128)
+        return all(low == high for low, high in image.convert("RGB").getextrema())
+
+    assert [job["status"] for job in (first, reseeded, third)] == ["COMPLETED"] * 3
+    assert (first["output"]["seed"], reseeded["output"]["seed"]) == (1, 2)
+    assert [is_flat(job) for job in (first, reseeded, third)] == [True, True, False]
+    assert emulator.stats()["billed_count"] == 3  # a blank panel took GPU time all the same
+
+
+def test_blank_marker_still_refuses_a_bad_input(api: Api) -> None:
+    job = api.wait(api.run(input={"prompt": "[blank:1]", "width": 100, "height": 128}))
+
+    assert job["status"] == "FAILED"
+    assert "multiples of 8" in job["error"]
+
+
+# -- ambiguous /run: RunPod accepted the job, the client never heard ---------------------------
+
+
+def _run_body(prompt: str, **body: Any) -> dict[str, Any]:
+    return {"input": {"prompt": prompt, "seed": 1, **SMALL}, **body}
+
+
+def test_an_ambiguous_run_answers_500_but_its_job_runs_is_billed_and_sends_its_webhook(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    emulator.configure(ambiguous_run_next=1, ambiguous_run_mode="500")
+
+    response = api.post("run", _run_body("lost answer", webhook=webhook_receiver.url))
+    (payload,) = webhook_receiver.wait_for(1)
+    stats = emulator.wait_until(lambda s: s["webhooks"]["delivered"] == 1)
+
+    assert response.status_code == 500
+    assert "id" not in response.json()
+    assert payload["status"] == "COMPLETED"
+    assert stats["ambiguous_jobs"] == [payload["id"]]
+    assert stats["jobs"]["submitted"] == stats["jobs"]["ambiguous"] == 1
+    assert stats["requests"]["run"] == {"500": 1}
+    assert stats["billed_jobs"] == {payload["id"]: payload["executionTime"]}
+    assert api.status(payload["id"])["status"] == "COMPLETED"
+    assert emulator.config()["ambiguous_run_next"] == 0
+
+
+def test_an_ambiguous_run_can_drop_the_connection_without_an_answer(
+    emulator: EmulatorProcess, api: Api, webhook_receiver: Any
+) -> None:
+    emulator.configure(ambiguous_run_next=1, ambiguous_run_mode="drop")
+
+    with pytest.raises(requests.ConnectionError):
+        api.post("run", _run_body("dropped answer", webhook=webhook_receiver.url))
+    (payload,) = webhook_receiver.wait_for(1)
+    stats = emulator.stats()
+
+    assert payload["status"] == "COMPLETED"
+    assert stats["ambiguous_jobs"] == [payload["id"]]
+    assert stats["requests"]["run"] == {"dropped": 1}
+    assert stats["jobs"]["COMPLETED"] == 1
+    assert api.run("answered again") != payload["id"]  # the next /run answers as usual
+
+
+def test_ambiguous_run_next_makes_exactly_the_next_n_runs_ambiguous(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0, ambiguous_run_next=3, ambiguous_run_mode="500")
+
+    codes = [api.post("run", _run_body(f"panel {index}")).status_code for index in range(5)]
+    stats = emulator.stats()
+
+    assert codes == [500, 500, 500, 200, 200]
+    assert stats["jobs"]["submitted"] == 5
+    assert stats["jobs"]["ambiguous"] == 3
+    assert stats["in_queue"] == 5  # every one of them was created
+    assert emulator.config()["ambiguous_run_next"] == 0
+
+
+def test_ambiguous_run_rate_in_mixed_mode_fails_answers_both_ways(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    # No workers: only the ambiguity coins draw from the seeded generator, so this replays.
+    emulator.configure(workers=0, ambiguous_run_rate=1.0)
+    outcomes = []
+    for index in range(12):
+        try:
+            outcomes.append(str(api.post("run", _run_body(f"panel {index}")).status_code))
+        except requests.ConnectionError:
+            outcomes.append("dropped")
+
+    stats = emulator.stats()
+
+    assert set(outcomes) == {"500", "dropped"}
+    assert stats["requests"]["run"] == dict(Counter(outcomes))
+    assert stats["jobs"]["submitted"] == stats["jobs"]["ambiguous"] == 12
+    assert len(stats["ambiguous_jobs"]) == stats["in_queue"] == 12
+
+
+def test_http_errors_before_the_job_still_create_nothing_with_ambiguity_on(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(http_error_rate=1.0, ambiguous_run_next=1)
+
+    response = api.post("run", _run_body("refused"))
+
+    assert response.status_code == 500
+    stats = emulator.stats()
+    assert stats["jobs"]["submitted"] == 0
+    assert emulator.config()["ambiguous_run_next"] == 1  # the refused call used none
+
+
+# -- run_answer_delay: a client killed between RunPod accepting and recording -----------------
+
+
+def test_run_answer_delay_answers_late_with_the_job_already_created(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(workers=0, run_answer_delay=0.8)
+    answers: list[requests.Response] = []
+    started = time.monotonic()
+    caller = threading.Thread(target=lambda: answers.append(api.post("run", _run_body("late"))))
+    caller.start()
+
+    stats = emulator.wait_until(lambda s: s["jobs"]["submitted"] == 1)
+    caller.join(5)
+    answered_after = time.monotonic() - started
+
+    # Seen in stats while its /run had not answered yet: a client killed now lost its id.
+    assert stats["requests"].get("run") is None
+    assert stats["in_queue"] == 1
+    assert answered_after >= 0.8
+    (answer,) = answers
+    assert answer.json()["status"] == "IN_QUEUE"
+    assert api.status(answer.json()["id"])["status"] == "IN_QUEUE"
+
+
+def test_a_client_gone_during_the_answer_delay_leaves_its_job_running(
+    emulator: EmulatorProcess, api: Api
+) -> None:
+    emulator.configure(run_answer_delay=0.4)
+
+    with pytest.raises(requests.ReadTimeout):
+        api.post("run", _run_body("orphan"), timeout=0.1)
+    stats = emulator.wait_until(lambda s: s["requests"].get("run") == {"dropped": 1})
+
+    assert stats["jobs"]["submitted"] == 1
+    (job_id,) = stats["billed_jobs"]  # it ran while its answer waited
+    assert api.status(job_id)["status"] == "COMPLETED"
+
+
+def test_new_settings_are_refused_with_their_reason(emulator: EmulatorProcess) -> None:
+    for bad in (
+        {"ambiguous_run_rate": 1.5},
+        {"ambiguous_run_mode": "sometimes"},
+        {"ambiguous_run_next": -1},
+        {"ambiguous_run_next": 1.5},
+        {"run_answer_delay": -0.1},
+    ):
+        with pytest.raises(EmulatorError, match=next(iter(bad))):
+            emulator.configure(**bad)
+
+    config = emulator.configure(ambiguous_run_mode=500, run_answer_delay=0)
+    assert (config["ambiguous_run_mode"], config["ambiguous_run_next"]) == ("500", 0)

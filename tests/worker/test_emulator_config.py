@@ -78,3 +78,69 @@ def test_the_process_shuts_down_cleanly_on_a_signal(sig: signal.Signals) -> None
 
     assert "/v2/comicgen-local" in banner
     assert "local-dev-key" in banner
+
+
+def test_the_money_fault_settings_default_off() -> None:
+    config = parse_args([], environ={})
+
+    assert (
+        config.ambiguous_run_rate,
+        config.ambiguous_run_mode,
+        config.ambiguous_run_next,
+        config.run_answer_delay,
+    ) == (0.0, "mixed", 0, 0.0)
+
+
+def test_the_money_fault_settings_come_from_flags_and_env_vars() -> None:
+    environ = {
+        "EMULATOR_AMBIGUOUS_RUN_MODE": "drop",
+        "EMULATOR_AMBIGUOUS_RUN_NEXT": "2",
+        "EMULATOR_RUN_ANSWER_DELAY": "1.5",
+    }
+
+    config = parse_args(
+        ["--ambiguous-run-rate", "0.25", "--ambiguous-run-mode", "500"], environ=environ
+    )
+
+    assert (
+        config.ambiguous_run_rate,
+        config.ambiguous_run_mode,
+        config.ambiguous_run_next,
+        config.run_answer_delay,
+    ) == (0.25, "500", 2, 1.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ambiguous_run_rate": 1.5}, "ambiguous_run_rate must be a fraction"),
+        ({"ambiguous_run_rate": -0.1}, "ambiguous_run_rate must be a fraction"),
+        ({"ambiguous_run_rate": "often"}, "ambiguous_run_rate: cannot use"),
+        ({"ambiguous_run_mode": "sometimes"}, "ambiguous_run_mode must be '500'"),
+        ({"ambiguous_run_mode": ""}, "ambiguous_run_mode must be '500'"),
+        ({"ambiguous_run_next": -1}, "ambiguous_run_next must be a count"),
+        ({"ambiguous_run_next": 2.5}, "ambiguous_run_next must be an integer"),
+        ({"ambiguous_run_next": True}, "ambiguous_run_next must be a number"),
+        ({"run_answer_delay": -1}, "run_answer_delay must be between 0 and 600"),
+        ({"run_answer_delay": 601}, "run_answer_delay must be between 0 and 600"),
+        ({"run_answer_delay": "nan"}, "run_answer_delay must be between 0 and 600"),
+    ],
+)
+def test_the_money_fault_settings_refuse_nonsense(change: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        EmulatorConfig().updated(change)
+
+
+def test_the_money_fault_settings_take_json_values() -> None:
+    config = EmulatorConfig().updated(
+        {"ambiguous_run_mode": 500, "ambiguous_run_next": 3.0, "run_answer_delay": 0}
+    )
+
+    assert (config.ambiguous_run_mode, config.ambiguous_run_next) == ("500", 3)
+
+
+def test_a_bad_money_fault_flag_stops_the_start(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--ambiguous-run-mode", "never"], environ={})
+
+    assert "ambiguous_run_mode" in capsys.readouterr().err

@@ -6,19 +6,52 @@ GPU workers, and a loopback-only control plane for tests and benchmarks:
 
 - ``GET|POST /_emulator/config``: read or change settings live (JSON keys = flag names with
   underscores; ``workers`` resizes the pool). Answers the full config.
-- ``GET /_emulator/stats``: ``requests`` (per operation, per HTTP status), ``jobs`` (cumulative:
-  ``submitted``, ``retried``, ``COMPLETED``, ``FAILED``, ``CANCELLED``, ``TIMED_OUT``,
-  ``TTL_EXPIRED``), ``in_queue``/``in_progress``/``in_flight`` now, ``max_in_flight`` seen,
-  ``stored_jobs``, ``executions`` (every execution a worker started, whatever its outcome),
-  ``runs_per_input`` (only executions that ended COMPLETED, keyed by the canonical JSON of the
-  input: ``distinct`` inputs completed, ``max`` completions of one input, ``duplicates`` = inputs
-  completed more than once, ``extra_runs`` = completions beyond the first), ``webhooks``
-  (``delivered``, ``failed`` after 3 tries, ``dropped``, ``attempts``), ``workers``.
+- ``GET /_emulator/stats``: ``requests`` (per operation, per HTTP status; ``dropped`` when the
+  connection closed before the answer: an ambiguous ``drop``, or a client gone while
+  ``run_answer_delay`` held the answer), ``jobs`` (cumulative: ``submitted`` as soon as a job is
+  created, ``retried``, ``COMPLETED``, ``FAILED``, ``CANCELLED``, ``TIMED_OUT``, ``TTL_EXPIRED``,
+  ``ambiguous`` = jobs created by a /run whose answer failed), ``in_queue``/``in_progress``/
+  ``in_flight`` now, ``max_in_flight`` seen, ``stored_jobs``, ``executions`` (every execution a
+  worker started, whatever its outcome), ``runs_per_input`` (only executions that ended
+  COMPLETED, keyed by the canonical JSON of the input: ``distinct`` inputs completed, ``max``
+  completions of one input, ``duplicates`` = inputs completed more than once, ``extra_runs`` =
+  completions beyond the first), ``webhooks`` (``delivered``, ``failed`` after 3 tries,
+  ``dropped``, ``attempts``), ``workers``, and the bill:
+
+  - ``billed_ms``: the sum of ``executionTime`` RunPod would bill, over every execution that
+    started: completed, failed (injected or a handler error), timed out (about the timeout),
+    cancelled while running (the time it ran, which ``/status`` then shows), deleted by its
+    ``policy.ttl`` mid-run (no status shows it any more; the time it ran). A job cancelled or
+    purged while IN_QUEUE never ran and adds 0. Each execution is billed once, when it ends.
+  - ``billed_count``: executions billed (a job rerun by ``/retry`` counts again);
+  - ``billed_jobs``: job id -> billed ms (a retried job's executions summed under its id), the
+    most recent 50,000 jobs; ``billed_ms`` and ``billed_count`` stay exact beyond that;
+  - ``ambiguous_jobs``: ids of the last 1,000 jobs whose /run answer failed.
+
+  A reset starts a new bill: jobs running at the reset are dropped unbilled.
 - ``POST /_emulator/reset``: forget jobs, queue and counters; ``{"restore_config": true}`` also
   restores the settings the process started with.
 
-A prompt containing ``[fail:N]`` fails the first N executions of that exact input;
-``[fail:always]`` fails every one.
+Every job that ends sends its webhook (RunPod's final status object), cancelled and purged ones
+included; a job deleted by its ``policy.ttl`` sends none.
+
+Ambiguous ``/run`` (``ambiguous_run_rate``, or ``ambiguous_run_next`` = N for exactly the next N
+calls, counting down to 0 in the live config): the job is created and runs, is billed and sends
+its webhook, but the answer is an HTTP 500 or a connection closed without a status line
+(``ambiguous_run_mode``: ``500``, ``drop`` or ``mixed``), as a timeout after RunPod accepted a job
+looks to a client. ``run_answer_delay`` holds every ``/run`` answer that many seconds after the job
+is created, so a test can kill a client between RunPod accepting a job and the client recording
+its id.
+
+Prompt markers (anywhere in ``input.prompt``):
+
+- ``[fail:N]`` fails the first N executions of that exact input (the seed included);
+  ``[fail:always]`` fails every one.
+- ``[blank:N]``: the first N executions of that input, counted without its seed (a blank panel
+  is retried with a new seed), complete with flat one-colour PNGs of the asked size.
+- ``[slow:S]``: every execution takes S seconds (a float) instead of ``latency``: with a small
+  ``policy.executionTimeout`` it ends TIMED_OUT, or it stays running long enough to be
+  cancelled mid-run.
 """
 
 from __future__ import annotations

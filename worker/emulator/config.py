@@ -14,6 +14,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# How an ambiguous /run fails its answer: HTTP 500, a closed connection, or either at random.
+AMBIGUOUS_RUN_MODES = ("500", "drop", "mixed")
+MAX_AMBIGUOUS_RUN_NEXT = 1_000_000
+# Longer than any client's read timeout already; a bigger value is a typo that hangs a test.
+MAX_RUN_ANSWER_DELAY_S = 600.0
+
 
 class ConfigError(ValueError):
     """A setting has a wrong type or is out of range."""
@@ -38,6 +44,10 @@ class EmulatorConfig:
     result_ttl: float = 1800.0
     webhook_retry_delay: float = 10.0
     drop_webhooks: float = 0.0
+    ambiguous_run_rate: float = 0.0
+    ambiguous_run_mode: str = "mixed"
+    ambiguous_run_next: int = 0
+    run_answer_delay: float = 0.0
     render_threads: int = 2
     seed: int | None = None
 
@@ -58,6 +68,26 @@ class EmulatorConfig:
             ("fail_rate", 0 <= self.fail_rate <= 1, "a fraction between 0 and 1"),
             ("http_error_rate", 0 <= self.http_error_rate <= 1, "a fraction between 0 and 1"),
             ("drop_webhooks", 0 <= self.drop_webhooks <= 1, "a fraction between 0 and 1"),
+            (
+                "ambiguous_run_rate",
+                0 <= self.ambiguous_run_rate <= 1,
+                "a fraction between 0 and 1",
+            ),
+            (
+                "ambiguous_run_mode",
+                self.ambiguous_run_mode in AMBIGUOUS_RUN_MODES,
+                " or ".join(repr(mode) for mode in AMBIGUOUS_RUN_MODES),
+            ),
+            (
+                "ambiguous_run_next",
+                0 <= self.ambiguous_run_next <= MAX_AMBIGUOUS_RUN_NEXT,
+                f"a count of /run calls between 0 and {MAX_AMBIGUOUS_RUN_NEXT}",
+            ),
+            (
+                "run_answer_delay",
+                0 <= self.run_answer_delay <= MAX_RUN_ANSWER_DELAY_S,
+                f"between 0 and {MAX_RUN_ANSWER_DELAY_S:g} seconds",
+            ),
             ("rate_limit_run", self.rate_limit_run >= 0, "requests per 10 s, 0 = off"),
             ("rate_limit_status", self.rate_limit_status >= 0, "requests per 10 s, 0 = off"),
             ("result_ttl", self.result_ttl > 0, "> 0 seconds"),
@@ -106,6 +136,10 @@ FIELD_TYPES: dict[str, Callable[[Any], Any]] = {
     "result_ttl": float,
     "webhook_retry_delay": float,
     "drop_webhooks": float,
+    "ambiguous_run_rate": float,
+    "ambiguous_run_mode": str,
+    "ambiguous_run_next": int,
+    "run_answer_delay": float,
     "render_threads": int,
     "seed": _optional_int,
 }
@@ -128,6 +162,21 @@ HELP = {
     "result_ttl": "seconds a finished job stays readable before /status answers 404",
     "webhook_retry_delay": "seconds between the 3 webhook delivery attempts",
     "drop_webhooks": "fraction of webhooks silently never sent",
+    "ambiguous_run_rate": (
+        "fraction of /run calls that create the job (it runs, is billed, its webhook is sent) "
+        "and then fail the answer, as a timeout after RunPod accepted does"
+    ),
+    "ambiguous_run_mode": (
+        "how an ambiguous /run fails: 500 (HTTP 500), drop (connection closed without an "
+        "answer) or mixed (either, at random)"
+    ),
+    "ambiguous_run_next": (
+        "the next N /run calls are ambiguous whatever the rate; counts down to 0 (for tests)"
+    ),
+    "run_answer_delay": (
+        "seconds /run waits after creating the job before answering (to kill a client "
+        "between RunPod accepting a job and the client recording its id)"
+    ),
     "render_threads": "threads running the real handler",
     "seed": "seed of the emulator's own random choices (jitter, fault coins)",
 }

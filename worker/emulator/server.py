@@ -8,9 +8,12 @@ Fault injection and counters live under ``/_emulator/`` (loopback only, no auth)
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
+import io
 import json
 import logging
 import random
@@ -23,8 +26,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 
 from worker.emulator.config import ConfigError, EmulatorConfig
+from worker.handler import InputError, validate_input
 from worker.handler import handler as worker_handler
 
 logger = logging.getLogger("worker.emulator")
@@ -50,8 +55,16 @@ WEBHOOK_TIMEOUT_S = 10.0
 MAX_BODY_BYTES = 20 * 1024 * 1024
 # Bounds the per-input ledger: 20k-job benchmarks fit many times over in a few MB.
 MAX_TRACKED_INPUTS = 200_000
+# Bounds the per-job bill shown in stats (the totals stay exact): it is for tests, and a
+# benchmark's stats answer should stay a few MB at most.
+MAX_BILLED_JOBS = 50_000
+MAX_AMBIGUOUS_JOBS = 1_000
 
 FAIL_MARKER = re.compile(r"\[fail:(\d+|always)\]", re.IGNORECASE)
+SLOW_MARKER = re.compile(r"\[slow:(\d+(?:\.\d*)?|\.\d+)\]", re.IGNORECASE)
+BLANK_MARKER = re.compile(r"\[blank:(\d+)\]", re.IGNORECASE)
+# A [blank:N] panel: one flat light grey, which comicgen must refuse as a blank image.
+BLANK_RGB = (236, 236, 236)
 
 # aiohttp resource name -> the operation name used in stats and rate limits.
 OPERATIONS = {
@@ -201,6 +214,21 @@ class Job:
         return data
 
 
+def blank_output(job: dict[str, Any]) -> dict[str, Any]:
+    """The handler's output shape with flat one-colour PNGs: a ``[blank:N]`` attempt.
+
+    Invalid input still fails as the real handler would, so a marker never hides a bad request.
+    """
+    try:
+        params = validate_input(job.get("input"))
+    except InputError as exc:
+        return {"error": str(exc)}
+    buffer = io.BytesIO()
+    Image.new("RGB", (params["width"], params["height"]), BLANK_RGB).save(buffer, "PNG")
+    image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"images": [image] * params["num_images"], "seed": params["seed"]}
+
+
 class WorkerSlot:
     """A simulated GPU worker: ``idle``, ``initializing`` (cold start) or ``running``."""
 
@@ -243,7 +271,15 @@ class Emulator:
         self.job_counts: Counter[str] = Counter()
         self.webhooks: Counter[str] = Counter()
         self.ledger = InputLedger()
+        # [blank:N] counts attempts per input without its seed: a blank panel is retried with a
+        # new seed, and "the first N attempts" must still end.
+        self.blank_attempts = InputLedger()
         self.executions = 0
+        # What RunPod would bill: every execution's executionTime, whatever its end.
+        self.billed_ms = 0
+        self.billed_count = 0
+        self.billed_jobs: OrderedDict[str, int] = OrderedDict()
+        self.ambiguous_jobs: deque[str] = deque(maxlen=MAX_AMBIGUOUS_JOBS)
         self.in_flight = 0
         self.max_in_flight = 0
         self.rate_windows: dict[str, deque[float]] = {"run": deque(), "status": deque()}
@@ -315,7 +351,10 @@ class Emulator:
             except web.HTTPException as exc:  # aiohttp's own, e.g. 413 for a huge body
                 self.requests[operation][str(exc.status)] += 1
                 raise
-        self.requests[operation][str(response.status)] += 1
+        transport = request.transport
+        # An ambiguous /run closed it, or the client went away while the answer was delayed.
+        answered = transport is not None and not transport.is_closing()
+        self.requests[operation][str(response.status) if answered else "dropped"] += 1
         return response
 
     def _guard(self, request: web.Request, operation: str) -> web.Response | None:
@@ -407,8 +446,37 @@ class Emulator:
         body = await self._read_run_body(request)
         if isinstance(body, web.Response):
             return body
+        ambiguous = self._ambiguous_answer()
+        # The job exists (queued, counted in stats) before any answer leaves: what the client
+        # does not hear about still runs, is billed and sends its webhook, as on RunPod.
         job = self._submit(body, sync=False)
-        return web.json_response({"id": job.id, "status": job.status})
+        answer = web.json_response({"id": job.id, "status": job.status})
+        if ambiguous:
+            self.job_counts["ambiguous"] += 1
+            self.ambiguous_jobs.append(job.id)
+        if self.config.run_answer_delay:
+            await asyncio.sleep(self.config.run_answer_delay)
+        if ambiguous == "500":
+            return _error(500, "injected HTTP 500 after the job was created (ambiguous run)")
+        if ambiguous == "drop" and request.transport is not None:
+            # Writing the answer to a closing transport fails quietly inside aiohttp: the
+            # client sees the connection end without a status line.
+            request.transport.close()
+        return answer
+
+    def _ambiguous_answer(self) -> str | None:
+        """``"500"`` or ``"drop"`` when this /run's answer must fail, else None."""
+        config = self.config
+        if config.ambiguous_run_next > 0:
+            # Counts down in the live config, so GET /_emulator/config shows what is left.
+            self.config = dataclasses.replace(
+                config, ambiguous_run_next=config.ambiguous_run_next - 1
+            )
+        elif not (config.ambiguous_run_rate and self.rng.random() < config.ambiguous_run_rate):
+            return None
+        if config.ambiguous_run_mode == "mixed":
+            return self.rng.choice(("500", "drop"))
+        return config.ambiguous_run_mode
 
     async def handle_runsync(self, request: web.Request) -> web.Response:
         body = await self._read_run_body(request)
@@ -507,7 +575,9 @@ class Emulator:
     def _finish(
         self, job: Job, status: str, *, output: Any = None, error: str | None = None
     ) -> None:
-        if job.status not in ACTIVE:
+        """End an active job once: its times, its bill, its counters, its webhook."""
+        # A job deleted by its ttl or by a reset has ended already: a late end changes nothing.
+        if job.status not in ACTIVE or self.jobs.get(job.id) is not job:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -516,7 +586,10 @@ class Emulator:
         job.output = output
         job.error = error
         if job.started_at is not None:
+            # Completed, failed, timed out or cancelled mid-run: the GPU ran, RunPod bills it.
+            # A job that ends before it started (cancelled in queue, purged) is not billed.
             job.execution_ms = _ms(now - job.started_at)
+            self._bill(job.id, job.execution_ms)
         self.job_counts[status] += 1
         if status == COMPLETED:
             self.ledger.succeeded(job.key)
@@ -532,6 +605,14 @@ class Emulator:
             self._webhook_tasks.add(task)
             task.add_done_callback(self._webhook_tasks.discard)
 
+    def _bill(self, job_id: str, execution_ms: int) -> None:
+        """Add one execution to the bill; a job rerun by ``/retry`` adds under the same id."""
+        self.billed_ms += execution_ms
+        self.billed_count += 1
+        self.billed_jobs[job_id] = self.billed_jobs.pop(job_id, 0) + execution_ms
+        if len(self.billed_jobs) > MAX_BILLED_JOBS:
+            self.billed_jobs.popitem(last=False)
+
     def _cancel_timers(self, job: Job) -> None:
         for handle in (job.ttl_handle, job.expiry_handle):
             if handle is not None:
@@ -546,6 +627,9 @@ class Emulator:
         if job.status in ACTIVE:
             self.in_flight -= 1
             self.job_counts["TTL_EXPIRED"] += 1
+            if job.started_at is not None:
+                # Deleted mid-run: no status will ever show it, but the GPU time was spent.
+                self._bill(job.id, _ms(asyncio.get_running_loop().time() - job.started_at))
             if job.task is not None:
                 job.task.cancel()
         job.done.set()
@@ -594,9 +678,14 @@ class Emulator:
             if self.slots.get(slot.id) is slot:
                 del self.slots[slot.id]
 
-    def _injected_failure(self, job: Job, attempt: int) -> str | None:
+    @staticmethod
+    def _prompt(job: Job) -> str | None:
         prompt = job.input.get("prompt") if isinstance(job.input, dict) else None
-        if isinstance(prompt, str):
+        return prompt if isinstance(prompt, str) else None
+
+    def _injected_failure(self, job: Job, attempt: int) -> str | None:
+        prompt = self._prompt(job)
+        if prompt is not None:
             marker = FAIL_MARKER.search(prompt)
             if marker:
                 limit = marker.group(1).lower()
@@ -605,6 +694,24 @@ class Emulator:
         if self.config.fail_rate and self.rng.random() < self.config.fail_rate:
             return "injected failure (fail_rate)"
         return None
+
+    def _injected_blank(self, job: Job) -> bool:
+        """True when this execution is one of the first N of a ``[blank:N]`` prompt."""
+        prompt = self._prompt(job)
+        marker = BLANK_MARKER.search(prompt) if prompt is not None else None
+        if marker is None:
+            return False
+        unseeded = {key: value for key, value in job.input.items() if key != "seed"}
+        return self.blank_attempts.attempt(input_key(unseeded)) <= int(marker.group(1))
+
+    def _latency(self, job: Job) -> float:
+        """Seconds this execution takes: ``[slow:S]`` in the prompt, else the configured time."""
+        prompt = self._prompt(job)
+        marker = SLOW_MARKER.search(prompt) if prompt is not None else None
+        if marker is not None:
+            return float(marker.group(1))
+        config = self.config
+        return max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
 
     async def _execute(self, job: Job, slot: WorkerSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -615,11 +722,11 @@ class Emulator:
         job.worker_id = slot.id
         self.executions += 1
         failure = self._injected_failure(job, self.ledger.attempt(job.key))
-        config = self.config
-        latency = max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
+        blank = self._injected_blank(job)
+        latency = self._latency(job)
         try:
             result = await asyncio.wait_for(
-                self._work(job, latency, failure), job.execution_timeout_s
+                self._work(job, latency, failure, blank), job.execution_timeout_s
             )
         except TimeoutError:
             self._finish(job, TIMED_OUT, error="job exceeded its execution timeout")
@@ -629,14 +736,14 @@ class Emulator:
         else:
             self._finish(job, COMPLETED, output=result)
 
-    async def _work(self, job: Job, latency: float, failure: str | None) -> Any:
+    async def _work(self, job: Job, latency: float, failure: str | None, blank: bool) -> Any:
         await asyncio.sleep(latency)
         if failure:
             return {"error": failure}
         payload = {"id": job.id, "input": job.input}
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, worker_handler, payload
+                self.executor, blank_output if blank else worker_handler, payload
             )
         except Exception as exc:  # the handler's crash is the job's FAILED, as on RunPod
             logger.exception("handler raised for job %s", job.id)
@@ -714,6 +821,7 @@ class Emulator:
                 CANCELLED,
                 TIMED_OUT,
                 "TTL_EXPIRED",
+                "ambiguous",
             )
         }
         return {
@@ -726,6 +834,10 @@ class Emulator:
             "stored_jobs": len(self.jobs),
             "executions": self.executions,
             "runs_per_input": self.ledger.as_json(),
+            "billed_ms": self.billed_ms,
+            "billed_count": self.billed_count,
+            "billed_jobs": dict(self.billed_jobs),
+            "ambiguous_jobs": list(self.ambiguous_jobs),
             "webhooks": {
                 key: self.webhooks[key] for key in ("delivered", "failed", "dropped", "attempts")
             },
