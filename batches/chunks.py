@@ -400,7 +400,6 @@ class ChunkRun:
                 ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id, attempts=panel.attempts)
                 .exclude(status__in=IMAGE_TERMINAL)
                 .update(
-                    cost=F("cost") + cost,
                     hold=Decimal("0"),
                     delay_ms=sane_execution_ms(job.delay_time_ms),
                     execution_ms=execution_ms,

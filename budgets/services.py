@@ -172,12 +172,13 @@ def charge_attempt(
     billed_ms: int | None = None,
     note: str = "",
 ) -> bool:
-    """Charge what RunPod billed for one attempt, once, and free its hold.
+    """Charge what RunPod billed for one attempt, once: the ledger row, the image's and the
+    batch's cost, the budget's spent, and free the attempt's hold from the batch.
 
     The ledger's unique keys (one charge per image attempt, one per RunPod job) make a second
     call for the same attempt or job (a redelivered task, a webhook and a poll racing) change
     nothing and return False. Call inside the transaction that records the attempt's outcome
-    and adds the cost to the image row. A cost above the hold (RunPod ran past the timeout) is
+    and clears the image's hold. A cost above the hold (RunPod ran past the timeout) is
     charged in full when the budget has room for the difference; only when it has none is the
     charge held to the hold, and that is logged as an error, since the limit may never be
     passed either.
@@ -209,6 +210,7 @@ def charge_attempt(
     except IntegrityError:
         logger.info("image %s attempt %s (job %s) already charged", image.pk, attempt, job_id)
         return False
+    ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
     Batch.objects.filter(pk=image.batch_id).update(
         reserved=F("reserved") - cost, held=F("held") - hold, actual_cost=F("actual_cost") + cost
     )

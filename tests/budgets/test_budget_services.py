@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from batches.models import Batch, ImageJob
 from budgets import services
+from budgets.books import check_books
 from budgets.models import Budget, LedgerEntry
 from tests.factories import UserFactory
 
@@ -159,3 +160,31 @@ def test_a_limit_cannot_go_below_what_is_spent_and_reserved(user: Any) -> None:
 
     budget.refresh_from_db()
     assert budget.limit == D("3")
+
+
+@pytest.mark.django_db
+def test_an_overrun_is_charged_in_full_while_the_budget_has_room_and_never_past_the_limit(
+    user: Any,
+) -> None:
+    batch = make_batch(user)
+    services.get_budget(user)
+    Budget.objects.filter(user=user).update(limit=D("0.010"))
+    services.reserve_for_batch(batch, D("0.004"))
+    first, second = batch.images.order_by("index")
+
+    # RunPod billed 0.001 past the hold: the budget has room, so all of it is charged.
+    assert services.hold_for_attempt(batch.pk, D("0.004"))
+    assert services.charge_attempt(first, 1, D("0.005"), D("0.004"), job_id="job-a")
+    # 0.002 past the hold with only 0.001 left under the limit: the limit wins, loudly.
+    assert services.hold_for_attempt(batch.pk, D("0.004"))
+    assert services.charge_attempt(second, 1, D("0.006"), D("0.004"), job_id="job-b")
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.cost, second.cost) == (D("0.005"), D("0.004"))
+    budget = Budget.objects.get(user=user)
+    assert budget.spent == D("0.009")
+    assert budget.spent + budget.reserved <= budget.limit
+    Batch.objects.filter(pk=batch.pk).update(status="completed")
+    services.release_batch(batch, "done")
+    assert check_books() == []

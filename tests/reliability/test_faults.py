@@ -54,7 +54,7 @@ def test_postgres_dropping_the_workers_connections_mid_batch_charges_nothing_twi
     assert terminated > 0
 
     batch = wait_for(lambda: finished(created["id"]), timeout=90)
-    assert_settled_once(batch, live.emulator.stats())
+    assert_settled_once(batch, live.emulator)
 
 
 def test_finalize_run_twice_on_a_finished_batch_changes_nothing(live: Any, api: Any) -> None:
@@ -100,7 +100,7 @@ def test_a_chunk_task_delivered_twice_concurrently_generates_nothing_twice(
 
     summaries = [result.get(timeout=90) for result in duplicates]
     batch = wait_for(lambda: finished(created["id"]), timeout=90)
-    assert_settled_once(batch, live.emulator.stats())
+    assert_settled_once(batch, live.emulator)
     assert all(image.attempts == 1 for image in batch.images.all())
     assert all(summary.get("skipped") or summary.get("done") for summary in summaries), summaries
     assert live.emulator.stats()["jobs"]["submitted"] == 20

@@ -14,12 +14,15 @@ from batches.models import Batch, BatchStatus, ImageStatus
 from budgets.models import Budget, LedgerEntry
 from tests.batches.test_pipeline import finished, submit
 from tests.conftest import wait_for
+from tests.support.books import assert_books_match_the_bill
+from tests.support.emulator import EmulatorProcess
 
 pytestmark = pytest.mark.integration
 
 
-def assert_settled_once(batch: Batch, stats: dict[str, Any]) -> None:
-    """Every panel stored, generated once, charged once; the budget adds up."""
+def assert_settled_once(batch: Batch, emulator: EmulatorProcess) -> None:
+    """Every panel stored, generated once, charged once; the books balance against the bill."""
+    stats = emulator.stats()
     assert batch.status == BatchStatus.COMPLETED
     assert batch.images.exclude(status=ImageStatus.COMPLETED).count() == 0
     assert stats["runs_per_input"]["duplicates"] == 0
@@ -30,6 +33,7 @@ def assert_settled_once(batch: Batch, stats: dict[str, Any]) -> None:
     assert budget.reserved == 0
     assert budget.spent == batch.actual_cost
     assert budget.spent <= budget.limit
+    assert_books_match_the_bill(emulator)
 
 
 def test_a_worker_killed_mid_chunk_resumes_without_generating_twice(live: Any, api: Any) -> None:
@@ -51,7 +55,7 @@ def test_a_worker_killed_mid_chunk_resumes_without_generating_twice(live: Any, a
         f"injected: SIGKILL with {in_flight} jobs in flight; batch finished "
         f"{time.monotonic() - killed_at:.1f}s after the kill"
     )
-    assert_settled_once(batch, live.emulator.stats())
+    assert_settled_once(batch, live.emulator)
     assert all(image.attempts == 1 for image in batch.images.all())
 
 
@@ -100,4 +104,4 @@ def test_a_redis_restart_mid_batch_loses_no_image(live: Any, api: Any) -> None:
         print(Batch.objects.get(pk=created["id"]).status_counts())
         print(f"worker log: {live.worker.log_path} exit code: {live.worker.process.poll()}")
         raise
-    assert_settled_once(batch, live.emulator.stats())
+    assert_settled_once(batch, live.emulator)

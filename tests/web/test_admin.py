@@ -98,7 +98,7 @@ def _finish_with_a_charge(batch: Batch, cost: Decimal = Decimal("0.0002")) -> Im
         assert budget_services.hold_for_attempt(batch.pk, hold)
         name = default_storage.save(f"panels/test/{image.pk}.png", ContentFile(b"\x89PNG"))
         ImageJob.objects.filter(pk=image.pk).update(
-            status=ImageStatus.COMPLETED, attempts=1, image=name, cost=cost
+            status=ImageStatus.COMPLETED, attempts=1, image=name
         )
         assert budget_services.charge_attempt(image, 1, cost, hold)
         first = first or image

@@ -35,11 +35,15 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"No such user: {', '.join(missing)}")
             user_ids = list(found.values())
-        # One snapshot of every table, so rows written meanwhile cannot disagree with each other.
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # One snapshot of every table, so rows written meanwhile cannot disagree with each other
+        # (unless the caller already runs inside a transaction: then it is that one's view).
+        if connection.in_atomic_block:
             problems = check_books(user_ids)
+        else:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                problems = check_books(user_ids)
         for problem in problems:
             self.stderr.write(problem)
         if problems:
