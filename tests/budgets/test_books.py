@@ -66,7 +66,7 @@ TAMPERING: dict[str, tuple[Callable[[Batch], Any], str]] = {
         "reserved 0.300000 but its batches reserve",
     ),
     "a charge removed from the ledger": (
-        lambda b: LedgerEntry.objects.filter(batch=b, kind="charge").first().delete(),  # type: ignore[union-attr]
+        lambda b: LedgerEntry.objects.filter(batch=b, kind="charge").first().delete(),
         "but the ledger charged",
     ),
 }
@@ -100,7 +100,7 @@ def test_a_new_period_counts_only_its_own_charges(user: Any) -> None:
 def test_check_books_for_one_user_ignores_the_others(user: Any) -> None:
     from tests.factories import UserFactory
 
-    other = UserFactory()
+    other: Any = UserFactory()
     settled_batch(other)
     Budget.objects.filter(user=other).update(spent=D("0.2"))
 
