@@ -11,7 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
-from django.core.exceptions import ImproperlyConfigured
 
 from comicgen.env import (
     env_bool,
@@ -20,6 +19,8 @@ from comicgen.env import (
     env_int,
     env_json,
     env_list,
+    env_rate,
+    env_secret_key,
     env_str,
     env_url,
 )
@@ -27,10 +28,16 @@ from comicgen.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-_DEV_SECRET = "dev-only-insecure-secret-key-change-me-0123456789abcdef"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
-if not DEBUG and SECRET_KEY == _DEV_SECRET and env_bool("COMICGEN_REQUIRE_SECRET_KEY", False):
-    raise ImproperlyConfigured("SECRET_KEY must be set in production (COMICGEN_REQUIRE_SECRET_KEY)")
+# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (batches.flow.webhook_token):
+# whoever knows it can forge a job's result. So there is no built-in key. It comes from the
+# SECRET_KEY variable, else from the file SECRET_KEY_FILE names (a Docker or Kubernetes secret),
+# else from .local/secret_key, a random key that `make dev` and `make test` write once per
+# checkout: that is how `python manage.py ...` in a checkout works with no environment set. With
+# DEBUG off, a missing, short (under 50 characters, as check --deploy asks) or placeholder key
+# stops the process here with a message saying how to set one.
+SECRET_KEY = env_secret_key(
+    "SECRET_KEY", default_file=BASE_DIR / ".local" / "secret_key", allow_weak=DEBUG
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -228,7 +235,15 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
+# HTTPS. Off by default so the dev stack and the tests run on plain http://127.0.0.1; a
+# deployment turns them on (docker-compose.yml does, and `manage.py check --deploy` is clean
+# with its settings). BEHIND_TLS_PROXY trusts the proxy's X-Forwarded-Proto: set it only when
+# the app is reachable through that proxy alone.
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
 )
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
