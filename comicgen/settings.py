@@ -164,7 +164,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "comicgen.errors.api_exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSON only, read with a byte cap, a nesting bound and a digit bound (comicgen/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["comicgen.parsers.BoundedJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -196,6 +197,12 @@ RUNPOD_TTL_MS = env_int("RUNPOD_TTL_MS", 3_600_000, minimum=60_000)
 # Where RunPod can reach this app for webhooks (e.g. https://comicgen.example.com). Empty means
 # no webhooks: chunks follow their jobs by /status polling alone.
 COMICGEN_PUBLIC_URL = env_str("COMICGEN_PUBLIC_URL", "").rstrip("/")
+# The largest webhook body read (only after its URL token matched). A job's output holds one
+# PNG as base64: the largest panel the API allows (2048 x 2048) as an incompressible RGB PNG is
+# 12.6 MB, 16.8 MB in base64; 20 MiB leaves room for the JSON around it.
+COMICGEN_WEBHOOK_MAX_BYTES = env_int(
+    "COMICGEN_WEBHOOK_MAX_BYTES", 20 * 1024 * 1024, minimum=64 * 1024
+)
 
 COMICGEN_CHUNK_SIZE = env_int("COMICGEN_CHUNK_SIZE", 10, minimum=1, maximum=500)
 COMICGEN_MAX_ATTEMPTS = env_int("COMICGEN_MAX_ATTEMPTS", 4, minimum=1, maximum=20)
