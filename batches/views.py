@@ -90,7 +90,7 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def batch_new(request: HttpRequest) -> HttpResponse:
-    form = BatchForm(request.POST or None)
+    form = BatchForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         assert form.serializer is not None
         try:
@@ -116,7 +116,7 @@ def batch_new(request: HttpRequest) -> HttpResponse:
 @require_POST
 def batch_estimate(request: HttpRequest) -> HttpResponse:
     """The live estimate beside the form, re-rendered as the author types."""
-    form = BatchForm(request.POST)
+    form = BatchForm(request.POST, user=request.user)
     form.is_valid()
     context = {"form": form, "budget": get_budget(request.user), **_estimate(request, form)}
     return render(request, "batches/batch_form.html#estimate", context)

@@ -180,7 +180,22 @@ SPECTACULAR_SETTINGS = {
     },
 }
 # Refuse oversized bodies before parsing them: 500 prompts of 2,000 characters fit in 2 MB.
+# Django applies it to forms and, through request.body, to the API's JSON parser.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024, minimum=1024)
+# Per user, on the calls that cost work (pricing, reserving, enqueueing): requests per
+# s/min/hour/day. Read at each request (batches/api/throttles.py), counted in the shared cache.
+COMICGEN_THROTTLE_SUBMIT = env_rate("COMICGEN_THROTTLE_SUBMIT", "30/min")
+COMICGEN_THROTTLE_ESTIMATE = env_rate("COMICGEN_THROTTLE_ESTIMATE", "120/min")
+
+# Throttle counters (and any other cache use) live in Redis so every web process shares them.
+# The prefix keeps them apart from Celery's and Channels' keys in the same database.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "comicgen:cache",
+    }
+}
 
 # RunPod Serverless. The defaults point at the local emulator of the dev stack.
 RUNPOD_BASE_URL = env_url(
