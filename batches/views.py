@@ -23,6 +23,7 @@ from django_htmx.http import HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from batches import fragments, services
+from batches.api.throttles import SubmitThrottle, refuse_if_throttled
 from batches.forms import BatchForm
 from batches.models import IMAGE_TERMINAL, Batch, ImageStatus
 from budgets.services import BudgetExceeded, get_budget
@@ -91,7 +92,12 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def batch_new(request: HttpRequest) -> HttpResponse:
     form = BatchForm(request.POST or None, user=request.user)
-    if request.method == "POST" and form.is_valid():
+    # The API's submit limit applies here too, or the form would be a way around it.
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and not refuse_if_throttled(SubmitThrottle, request, form)
+    ):
         assert form.serializer is not None
         try:
             submission = services.submit_batch(

@@ -5,6 +5,7 @@ the same count; over the limit the API answers 429 with Retry-After (comicgen/er
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import redis
@@ -53,3 +54,17 @@ class SubmitThrottle(SettingsRateThrottle):
 class EstimateThrottle(SettingsRateThrottle):
     scope = "estimate"
     rate_setting = "COMICGEN_THROTTLE_ESTIMATE"
+
+
+def refuse_if_throttled(
+    throttle_class: type[SettingsRateThrottle], request: Any, form: Any
+) -> bool:
+    """For the HTML pages that reach the same service (the new-batch form submits too): count
+    the request against the same per-user limit as the API, and when it is over, put the reason
+    on the form and answer True."""
+    throttle = throttle_class()
+    if throttle.allow_request(request, None):
+        return False
+    wait = max(1, math.ceil(throttle.wait()))
+    form.add_error(None, f"Too many requests of this kind; try again in {wait} s.")
+    return True

@@ -278,6 +278,15 @@ class TestHighPriority:
 
         assert client.post(URL, body(1, priority="high"), format="json").status_code == 202
 
+    def test_staff_find_the_permission_on_a_users_admin_page(self, user: Any) -> None:
+        from django.test import Client
+
+        admin = Client()
+        admin.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+        html = admin.get(f"/admin/auth/user/{user.pk}/change/").content.decode()
+
+        assert "Can submit high-priority batches" in html
+
     def test_bad_input_is_reported_before_the_priority(self, api: APIClient) -> None:
         response = api.post(URL, {"priority": "high", "images": []}, format="json")
 

@@ -283,3 +283,25 @@ def test_unicode_digits_are_not_read_as_a_seed() -> None:
 
     assert panel.seed is None
     assert panel.prompt == "٤٢ | a panel"
+
+
+def test_the_form_shares_the_apis_submit_limit(
+    author_client: Client, user: Any, settings: Any
+) -> None:
+    """Otherwise the form would be a way around the API's throttle."""
+    from rest_framework.test import APIClient
+
+    settings.COMICGEN_THROTTLE_SUBMIT = "2/min"
+    api = APIClient()
+    api.force_authenticate(user)
+    assert (
+        api.post("/api/v1/batches/", {"images": [{"prompt": "a"}]}, format="json").status_code
+        == 202
+    )
+    assert author_client.post("/batches/new/", form_data()).status_code == 302
+
+    refused = author_client.post("/batches/new/", form_data())
+
+    assert refused.status_code == 200
+    assert "Too many requests of this kind; try again in" in refused.content.decode()
+    assert Batch.objects.filter(user=user).count() == 2
