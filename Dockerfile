@@ -15,7 +15,10 @@ COPY manage.py Procfile ./
 COPY scripts ./scripts
 COPY templates ./templates
 COPY static ./static
-RUN STATIC_ROOT=/app/staticfiles python manage.py collectstatic --no-input -v 0
+# Settings refuse to load without a strong SECRET_KEY: collectstatic gets a throwaway one. The
+# image holds no key; each deployment sets its own at run time (docker-compose.yml requires it).
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    STATIC_ROOT=/app/staticfiles python manage.py collectstatic --no-input -v 0
 
 RUN useradd --system --uid 1000 comicgen && mkdir -p /data/media && chown comicgen /data/media
 USER comicgen

@@ -12,11 +12,17 @@ from django import forms
 
 from batches.api.serializers import DEFAULT_PARAMS, BatchSubmitSerializer
 from batches.models import Priority
+from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets import pricing
 
 SIDES = [512, 640, 768, 896, 1024]
-# `42 | prompt`: an explicit seed, so a panel can be reproduced exactly.
-SEEDED_LINE = re.compile(r"^\s*(-?\d+)\s*\|\s*(.*)$")
+# `42 | prompt`: an explicit seed, so a panel can be reproduced exactly. ASCII digits only
+# (`\d` would take other scripts' digits too).
+SEEDED_LINE = re.compile(r"^\s*(-?[0-9]+)\s*\|\s*(.*)$")
+# No valid seed has more digits than this (the largest is 4294967295). A longer one is read as
+# a number just as far out of range, so the line gets the usual range message; int() of a few
+# thousand digits would raise (and takes quadratic time before that).
+MAX_SEED_DIGITS = 20
 
 PANELS_HELP = (
     "One panel per line, in reading order. Blank lines and lines starting with # are skipped. "
@@ -41,10 +47,16 @@ def parse_panels(text: str) -> list[PanelLine]:
             continue
         match = SEEDED_LINE.match(line)
         if match:
-            panels.append(PanelLine(number, match.group(2).strip(), int(match.group(1))))
+            panels.append(PanelLine(number, match.group(2).strip(), _seed(match.group(1))))
         else:
             panels.append(PanelLine(number, line, None))
     return panels
+
+
+def _seed(digits: str) -> int:
+    significant = digits.lstrip("-").lstrip("0") or "0"
+    value = int(significant) if len(significant) <= MAX_SEED_DIGITS else 10**MAX_SEED_DIGITS
+    return -value if digits.startswith("-") else value
 
 
 def submit_body(
@@ -138,11 +150,23 @@ class BatchForm(forms.Form):
         ),
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["model"].widget.choices = [(name, name) for name in pricing.model_names()]
+        # High priority is offered, and accepted, only to those the API accepts it from.
+        self.may_use_high_priority = may_submit_high_priority(user)
+        if not self.may_use_high_priority:
+            self.fields["priority"].widget.choices = [
+                (value, label) for value, label in Priority.choices if value != Priority.HIGH
+            ]
         self.serializer: BatchSubmitSerializer | None = None
         self.panel_lines: list[PanelLine] = []
+
+    def clean_priority(self) -> str:
+        priority = str(self.cleaned_data.get("priority") or "")
+        if priority == Priority.HIGH and not self.may_use_high_priority:
+            raise forms.ValidationError(PRIORITY_NOT_ALLOWED, code="priority_not_allowed")
+        return priority
 
     def body(self) -> dict[str, Any]:
         data = self.cleaned_data

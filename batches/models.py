@@ -95,6 +95,7 @@ class Batch(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["user", "-created_at"], name="batch_user_created_idx")]
+        permissions = [("submit_high_priority", "Can submit high-priority batches")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.title}"

@@ -28,6 +28,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from batches import fragments, panels, services
+from batches.api.throttles import SubmitThrottle, refuse_if_throttled
 from batches.forms import BatchForm
 from batches.models import IMAGE_TERMINAL, Batch, ImageStatus
 from budgets.services import BudgetExceeded, get_budget
@@ -95,8 +96,13 @@ def dashboard(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 @require_http_methods(["GET", "POST"])
 def batch_new(request: HttpRequest) -> HttpResponse:
-    form = BatchForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    form = BatchForm(request.POST or None, user=request.user)
+    # The API's submit limit applies here too, or the form would be a way around it.
+    if (
+        request.method == "POST"
+        and form.is_valid()
+        and not refuse_if_throttled(SubmitThrottle, request, form)
+    ):
         assert form.serializer is not None
         try:
             submission = services.submit_batch(
@@ -121,7 +127,7 @@ def batch_new(request: HttpRequest) -> HttpResponse:
 @require_POST
 def batch_estimate(request: HttpRequest) -> HttpResponse:
     """The live estimate beside the form, re-rendered as the author types."""
-    form = BatchForm(request.POST)
+    form = BatchForm(request.POST, user=request.user)
     form.is_valid()
     context = {"form": form, "budget": get_budget(request.user), **_estimate(request, form)}
     return render(request, "batches/batch_form.html#estimate", context)

@@ -8,6 +8,7 @@ under `fields`.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
@@ -56,6 +57,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             "fields": exc.detail,
         }
         response.status_code = status.HTTP_400_BAD_REQUEST
+        return response
+    if isinstance(exc, exceptions.Throttled):
+        # Whole seconds, at least one (DRF leaves the header out for a wait under a second).
+        wait = max(1, math.ceil(getattr(exc, "wait", None) or 0))
+        response["Retry-After"] = str(wait)
+        response.data = {
+            "code": "throttled",
+            "detail": f"Too many requests of this kind; try again in {wait} s.",
+        }
         return response
     detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
     code = getattr(getattr(exc, "detail", None), "code", None) or getattr(

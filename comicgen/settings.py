@@ -20,6 +20,8 @@ from comicgen.env import (
     env_int,
     env_json,
     env_list,
+    env_rate,
+    env_secret_key,
     env_str,
     env_url,
 )
@@ -27,10 +29,16 @@ from comicgen.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-_DEV_SECRET = "dev-only-insecure-secret-key-change-me-0123456789abcdef"
-SECRET_KEY = env_str("SECRET_KEY", _DEV_SECRET)
-if not DEBUG and SECRET_KEY == _DEV_SECRET and env_bool("COMICGEN_REQUIRE_SECRET_KEY", False):
-    raise ImproperlyConfigured("SECRET_KEY must be set in production (COMICGEN_REQUIRE_SECRET_KEY)")
+# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (batches.flow.webhook_token):
+# whoever knows it can forge a job's result. So there is no built-in key. It comes from the
+# SECRET_KEY variable, else from the file SECRET_KEY_FILE names (a Docker or Kubernetes secret),
+# else from .local/secret_key, a random key that `make dev` and `make test` write once per
+# checkout: that is how `python manage.py ...` in a checkout works with no environment set. With
+# DEBUG off, a missing, short (under 50 characters, as check --deploy asks) or placeholder key
+# stops the process here with a message saying how to set one.
+SECRET_KEY = env_secret_key(
+    "SECRET_KEY", default_file=BASE_DIR / ".local" / "secret_key", allow_weak=DEBUG
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -176,7 +184,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "comicgen.errors.api_exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSON only, read with a byte cap, a nesting bound and a digit bound (comicgen/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["comicgen.parsers.BoundedJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -191,7 +200,22 @@ SPECTACULAR_SETTINGS = {
     },
 }
 # Refuse oversized bodies before parsing them: 500 prompts of 2,000 characters fit in 2 MB.
+# Django applies it to forms and, through request.body, to the API's JSON parser.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 1024, minimum=1024)
+# Per user, on the calls that cost work (pricing, reserving, enqueueing): requests per
+# s/min/hour/day. Read at each request (batches/api/throttles.py), counted in the shared cache.
+COMICGEN_THROTTLE_SUBMIT = env_rate("COMICGEN_THROTTLE_SUBMIT", "30/min")
+COMICGEN_THROTTLE_ESTIMATE = env_rate("COMICGEN_THROTTLE_ESTIMATE", "120/min")
+
+# Throttle counters (and any other cache use) live in Redis so every web process shares them.
+# The prefix keeps them apart from Celery's and Channels' keys in the same database.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "comicgen:cache",
+    }
+}
 
 # RunPod Serverless. The defaults point at the local emulator of the dev stack.
 RUNPOD_BASE_URL = env_url(
@@ -215,6 +239,12 @@ RUNPOD_OUTPUT_MAX_BYTES = env_int("RUNPOD_OUTPUT_MAX_BYTES", 32 * 1024 * 1024, m
 # Where RunPod can reach this app for webhooks (e.g. https://comicgen.example.com). Empty means
 # no webhooks: chunks follow their jobs by /status polling alone.
 COMICGEN_PUBLIC_URL = env_str("COMICGEN_PUBLIC_URL", "").rstrip("/")
+# The largest webhook body read (only after its URL token matched). A job's output holds one
+# PNG as base64: the largest panel the API allows (2048 x 2048) as an incompressible RGB PNG is
+# 12.6 MB, 16.8 MB in base64; 20 MiB leaves room for the JSON around it.
+COMICGEN_WEBHOOK_MAX_BYTES = env_int(
+    "COMICGEN_WEBHOOK_MAX_BYTES", 20 * 1024 * 1024, minimum=64 * 1024
+)
 
 COMICGEN_CHUNK_SIZE = env_int("COMICGEN_CHUNK_SIZE", 10, minimum=1, maximum=500)
 COMICGEN_MAX_ATTEMPTS = env_int("COMICGEN_MAX_ATTEMPTS", 4, minimum=1, maximum=20)
@@ -254,7 +284,15 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 
+# HTTPS. Off by default so the dev stack and the tests run on plain http://127.0.0.1; a
+# deployment turns them on (docker-compose.yml does, and `manage.py check --deploy` is clean
+# with its settings). BEHIND_TLS_PROXY trusts the proxy's X-Forwarded-Proto: set it only when
+# the app is reachable through that proxy alone.
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
 )
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)

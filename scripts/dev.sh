@@ -25,6 +25,7 @@ export PYTHONUNBUFFERED=1
 
 ensure_packages
 ensure_venv
+ensure_secret_key
 
 stop_all() {
     trap - EXIT INT TERM

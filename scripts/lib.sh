@@ -54,6 +54,17 @@ ensure_venv() {
     fi
 }
 
+# This checkout's Django SECRET_KEY: random, written once to .local/secret_key (readable by its
+# owner only), read by comicgen/settings.py when the SECRET_KEY variable is not set. It is what
+# lets `python manage.py ...` run here with no environment; `make clean` removes it.
+ensure_secret_key() {
+    local file="$ROOT/.local/secret_key"
+    [ -s "$file" ] && return 0
+    mkdir -p "$ROOT/.local"
+    (umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(50))' >"$file.tmp") \
+        && mv "$file.tmp" "$file" || die "could not write $file"
+}
+
 # PostgreSQL refuses to run as root: run it as the `postgres` system user (created by Debian's
 # package) or, failing that, a `comicgen` system user made for it.
 pg_user() {

@@ -7,6 +7,7 @@ cd "$ROOT"
 
 ensure_packages browser
 ensure_venv
+ensure_secret_key
 
 RUN_DIR="$(mktemp -d /tmp/comicgen-test.XXXXXX)"
 chmod 755 "$RUN_DIR"

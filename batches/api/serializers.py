@@ -23,6 +23,10 @@ MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE = 64, 2048
 
 
+# Unknown keys named in one error: a body of 100,000 of them gets a short answer.
+MAX_UNKNOWN_KEYS_REPORTED = 10
+
+
 class StrictSerializer(serializers.Serializer):
     """Refuses keys it does not know, so a typo ("widht") is an error, not silently ignored."""
 
@@ -30,9 +34,24 @@ class StrictSerializer(serializers.Serializer):
         if isinstance(data, dict):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
-                raise serializers.ValidationError(
-                    {key: ["Unknown field; allowed: " + ", ".join(self.fields)] for key in unknown}
-                )
+                message = "Unknown field; allowed: " + ", ".join(self.fields)
+                errors = {key: [message] for key in unknown[:MAX_UNKNOWN_KEYS_REPORTED]}
+                if len(unknown) > MAX_UNKNOWN_KEYS_REPORTED:
+                    errors["non_field_errors"] = [f"{len(unknown)} unknown fields in all."]
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
+class ImageListField(serializers.ListField):
+    """The batch's images, counted before each one is validated: a body of 500,000 tiny images
+    is refused in one step, not after half a million validations and as many error entries."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        limit = settings.COMICGEN_MAX_BATCH_IMAGES
+        if isinstance(data, list) and len(data) > limit:
+            raise serializers.ValidationError(
+                f"A batch holds at most {limit} images; split this one into several batches."
+            )
         return super().to_internal_value(data)
 
 
@@ -79,15 +98,7 @@ class BatchSubmitSerializer(StrictSerializer):
         max_length=1000, required=False, allow_blank=True, default=""
     )
     params = GenerationParamsSerializer(required=False)
-    images = serializers.ListField(child=ImageInputSerializer(), min_length=1)
-
-    def validate_images(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        limit = settings.COMICGEN_MAX_BATCH_IMAGES
-        if len(images) > limit:
-            raise serializers.ValidationError(
-                f"A batch holds at most {limit} images; split this one into several batches."
-            )
-        return images
+    images = ImageListField(child=ImageInputSerializer(), min_length=1)
 
     def resolved_images(self) -> list[dict[str, Any]]:
         """Each image with its effective params (defaults < batch params < image params)."""

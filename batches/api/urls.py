@@ -14,8 +14,10 @@ urlpatterns = [
     path(
         "batches/<int:batch_id>/download/", views.BatchDownloadView.as_view(), name="batch-download"
     ),
+    # Plain segments: the view checks the numbers itself, so a malformed or huge one gets the
+    # API's JSON 404 rather than the resolver's page.
     path(
-        "runpod/webhook/<int:batch_id>/<int:chunk_no>/<int:image_id>/<int:attempt>/<str:token>/",
+        "runpod/webhook/<str:batch_id>/<str:chunk_no>/<str:image_id>/<str:attempt>/<str:token>/",
         runpod_webhook,
         name="runpod-webhook",
     ),

@@ -23,7 +23,9 @@ from batches.api.serializers import (
     BatchSummarySerializer,
     EstimateSerializer,
 )
-from batches.models import Batch, ImageJob, ImageStatus
+from batches.api.throttles import EstimateThrottle, SubmitThrottle
+from batches.models import Batch, ImageJob, ImageStatus, Priority
+from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
 
@@ -47,6 +49,23 @@ def budget_exceeded_error(error: BudgetExceeded) -> ApiError:
     )
 
 
+def check_priority_allowed(request: Request, data: dict[str, Any]) -> None:
+    """403 `priority_not_allowed` for a high-priority body from a user not allowed it."""
+    if data.get("priority") == Priority.HIGH and not may_submit_high_priority(request.user):
+        raise ApiError("priority_not_allowed", PRIORITY_NOT_ALLOWED, status.HTTP_403_FORBIDDEN)
+
+
+def idempotency_key(request: Request) -> str:
+    """The Idempotency-Key header: printable ASCII (it is stored and compared as text; a NUL
+    byte, for one, would not store), at most 255 characters."""
+    key = request.headers.get("Idempotency-Key", "").strip()
+    if len(key) > 255:
+        raise ApiError("invalid", "Idempotency-Key is at most 255 characters.", 400)
+    if not (key.isascii() and key.isprintable()):
+        raise ApiError("invalid", "Idempotency-Key must be printable ASCII (e.g. a UUID).", 400)
+    return key
+
+
 def get_user_batch(request: Request, batch_id: int) -> Batch:
     """404 for another user's batch, as for a missing one (staff see all)."""
     return get_object_or_404(services.scoped_batches(request.user), pk=batch_id)
@@ -62,20 +81,31 @@ class BatchListView(ListAPIView):
 
     serializer_class = BatchSummarySerializer
 
+    def get_throttles(self) -> list[Any]:
+        # Listing is cheap; only submitting is limited.
+        return [SubmitThrottle()] if self.request.method == "POST" else []
+
     def get_queryset(self) -> Any:
         return services.scoped_batches(self.request.user).order_by("-created_at", "-id")
 
     @extend_schema(
         request=BatchSubmitSerializer,
         parameters=[IDEMPOTENCY_HEADER],
-        responses={202: BatchSerializer, 200: BatchSerializer, 400: dict, 402: dict, 422: dict},
+        responses={
+            202: BatchSerializer,
+            200: BatchSerializer,
+            400: dict,
+            402: dict,
+            403: dict,
+            422: dict,
+            429: dict,
+        },
     )
     def post(self, request: Request) -> Response:
+        key = idempotency_key(request)
         serializer = BatchSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key = request.headers.get("Idempotency-Key", "").strip()
-        if len(key) > 255:
-            raise ApiError("invalid", "Idempotency-Key is at most 255 characters.", 400)
+        check_priority_allowed(request, serializer.validated_data)
         try:
             submission = services.submit_batch(
                 request.user,
@@ -98,11 +128,17 @@ class BatchListView(ListAPIView):
 
 
 class EstimateView(APIView):
-    @extend_schema(request=BatchSubmitSerializer, responses={200: EstimateSerializer, 400: dict})
+    throttle_classes = [EstimateThrottle]
+
+    @extend_schema(
+        request=BatchSubmitSerializer,
+        responses={200: EstimateSerializer, 400: dict, 403: dict, 429: dict},
+    )
     def post(self, request: Request) -> Response:
-        """Price a batch body without submitting it."""
+        """Price a batch body without submitting it (refused as submit would refuse it)."""
         serializer = BatchSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        check_priority_allowed(request, serializer.validated_data)
         estimate = services.estimate_batch(request.user, serializer.resolved_images())
         return Response(EstimateSerializer(estimate).data)
 

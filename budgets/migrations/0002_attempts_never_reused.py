@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches", "0002_attempts_never_reused"),
+        ("batches", "0003_attempts_never_reused"),
         ("budgets", "0001_initial"),
     ]
 

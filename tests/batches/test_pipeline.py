@@ -129,7 +129,10 @@ def test_lost_webhooks_are_covered_by_status_polling(live: Any, api: Any) -> Non
     assert stats["requests"]["status"].get("200", 0) >= 2
 
 
-def test_a_high_priority_batch_overtakes_normal_work(live: Any, api: Any) -> None:
+def test_a_high_priority_batch_overtakes_normal_work(live: Any, api: Any, user: Any) -> None:
+    from django.contrib.auth.models import Permission
+
+    user.user_permissions.add(Permission.objects.get(codename="submit_high_priority"))
     live.emulator.configure(latency=0.3, workers=12)
     busy = submit(api, [f"background panel {n}" for n in range(80)])
     wait_for(lambda: Batch.objects.get(pk=busy["id"]).status == BatchStatus.RUNNING, timeout=30)

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from batches.models import Batch, ImageJob
@@ -22,11 +23,16 @@ def body(n: int = 2, **extra: Any) -> dict[str, Any]:
     return {"title": "Chapter 3", "images": [{"prompt": f"panel {i}"} for i in range(n)], **extra}
 
 
+def grant_high_priority(user: Any) -> None:
+    user.user_permissions.add(Permission.objects.get(codename="submit_high_priority"))
+
+
 @pytest.mark.django_db
 class TestSubmit:
     def test_it_creates_the_batch_and_its_images_and_answers_202(
         self, api: APIClient, user: Any
     ) -> None:
+        grant_high_priority(user)
         response = api.post(
             URL,
             {
@@ -223,3 +229,230 @@ def test_a_submit_while_redis_is_down_is_kept_and_enqueued_by_the_sweeper(
     services.sweep_batches()
     assert flow.chunk_is_owned(batch.pk, 0)
     assert flow.chunk_is_owned(batch.pk, 1)
+
+
+@pytest.mark.django_db
+class TestHighPriority:
+    """`priority: high` takes the next free GPU before everyone else's work: staff and the
+    users they grant `batches.submit_high_priority` only."""
+
+    def test_an_author_without_the_permission_gets_403_and_nothing_is_created(
+        self, api: APIClient, user: Any
+    ) -> None:
+        response = api.post(URL, body(2, priority="high"), format="json")
+
+        assert response.status_code == 403
+        data = response.json()
+        assert data["code"] == "priority_not_allowed"
+        assert "priority normal or low" in data["detail"]
+        assert not Batch.objects.exists()
+        assert get_budget(user).reserved == 0
+
+    @pytest.mark.parametrize("priority", ["normal", "low"])
+    def test_anyone_may_submit_normal_and_low(self, api: APIClient, priority: str) -> None:
+        response = api.post(URL, body(1, priority=priority), format="json")
+
+        assert response.status_code == 202
+        assert Batch.objects.get().priority == priority
+
+    def test_a_user_granted_the_permission_may_submit_high(self, api: APIClient, user: Any) -> None:
+        grant_high_priority(user)
+
+        response = api.post(URL, body(1, priority="high"), format="json")
+
+        assert response.status_code == 202
+        assert Batch.objects.get(user=user).priority == "high"
+
+    def test_a_permission_given_through_a_group_counts(self, api: APIClient, user: Any) -> None:
+        from django.contrib.auth.models import Group
+
+        editors = Group.objects.create(name="editors")
+        editors.permissions.add(Permission.objects.get(codename="submit_high_priority"))
+        user.groups.add(editors)
+
+        assert api.post(URL, body(1, priority="high"), format="json").status_code == 202
+
+    def test_staff_may_submit_high(self, db: Any) -> None:
+        client = APIClient()
+        client.force_authenticate(UserFactory(is_staff=True))
+
+        assert client.post(URL, body(1, priority="high"), format="json").status_code == 202
+
+    def test_staff_find_the_permission_on_a_users_admin_page(self, user: Any) -> None:
+        from django.test import Client
+
+        admin = Client()
+        admin.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+        html = admin.get(f"/admin/auth/user/{user.pk}/change/").content.decode()
+
+        assert "Can submit high-priority batches" in html
+
+    def test_bad_input_is_reported_before_the_priority(self, api: APIClient) -> None:
+        response = api.post(URL, {"priority": "high", "images": []}, format="json")
+
+        assert response.status_code == 400
+        assert "images" in response.json()["fields"]
+
+
+@pytest.mark.django_db
+class TestThrottle:
+    def test_submits_past_the_rate_get_429_with_retry_after(
+        self, api: APIClient, settings: Any
+    ) -> None:
+        settings.COMICGEN_THROTTLE_SUBMIT = "3/min"
+        answers = [api.post(URL, body(1), format="json") for _ in range(4)]
+
+        assert [response.status_code for response in answers] == [202, 202, 202, 429]
+        refused = answers[-1]
+        assert refused.json()["code"] == "throttled"
+        assert "try again in" in refused.json()["detail"]
+        assert 1 <= int(refused["Retry-After"]) <= 60
+        assert Batch.objects.count() == 3
+
+    def test_the_limit_is_per_user(self, api: APIClient, settings: Any) -> None:
+        settings.COMICGEN_THROTTLE_SUBMIT = "1/min"
+        other = APIClient()
+        other.force_authenticate(UserFactory())
+
+        assert api.post(URL, body(1), format="json").status_code == 202
+        assert api.post(URL, body(1), format="json").status_code == 429
+        assert other.post(URL, body(1), format="json").status_code == 202
+
+    def test_listing_batches_is_not_counted_as_submitting(
+        self, api: APIClient, settings: Any
+    ) -> None:
+        settings.COMICGEN_THROTTLE_SUBMIT = "1/min"
+        for _ in range(3):
+            assert api.get(URL).status_code == 200
+
+        assert api.post(URL, body(1), format="json").status_code == 202
+
+    def test_refused_submits_count_too(self, api: APIClient, settings: Any) -> None:
+        """Invalid bodies cost work too (and would let a client probe without limit)."""
+        settings.COMICGEN_THROTTLE_SUBMIT = "2/min"
+        api.post(URL, {"images": []}, format="json")
+        api.post(URL, {"images": []}, format="json")
+
+        assert api.post(URL, body(1), format="json").status_code == 429
+
+    def test_the_default_rate_does_not_stop_ordinary_use(self, api: APIClient) -> None:
+        for _ in range(10):
+            assert api.post(URL, body(1), format="json").status_code == 202
+
+    def test_a_submit_is_let_through_while_the_cache_is_down(
+        self, api: APIClient, settings: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import redis
+        from django.core.cache import cache
+
+        def down(*args: Any, **kwargs: Any) -> None:
+            raise redis.ConnectionError("Redis is restarting")
+
+        settings.COMICGEN_THROTTLE_SUBMIT = "1/min"
+        monkeypatch.setattr(cache, "get", down)
+
+        assert api.post(URL, body(1), format="json").status_code == 202
+        assert api.post(URL, body(1), format="json").status_code == 202
+
+
+@pytest.mark.django_db
+class TestHostileBodies:
+    """Whatever the body, a 4xx with {"code", "detail"}, and nothing created."""
+
+    @pytest.mark.parametrize(
+        ("raw", "status", "code"),
+        [
+            (b"[" * 100_000 + b"]" * 100_000, 400, "too_deeply_nested"),
+            (b'{"images": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "too_deeply_nested"),
+            (
+                b'{"images": [{"prompt": "a", "seed": ' + b"9" * 5000 + b"}]}",
+                400,
+                "number_too_long",
+            ),
+            (b'{"images": [{"prompt": "a", "seed": 1e999}]}', 400, "number_out_of_range"),
+            (b'{"images": [{"prompt": "a"}], "params": {"guidance": NaN}}', 400, "invalid_json"),
+            (b'{"images": [{"prompt": "\\ud800"}]}', 400, "invalid_json"),
+            (b'{"images": [{"prompt": "\xff"}]}', 400, "invalid_json"),
+            (b'{"title": "' + b"x" * 3_000_000 + b'"}', 413, "payload_too_large"),
+        ],
+    )
+    def test_a_hostile_json_body_is_refused(
+        self, api: APIClient, raw: bytes, status: int, code: str
+    ) -> None:
+        response = api.generic("POST", URL, raw, content_type="application/json")
+
+        assert response.status_code == status
+        data = response.json()
+        assert data["code"] == code
+        assert data["detail"]
+        assert not Batch.objects.exists()
+
+    @pytest.mark.parametrize(
+        ("payload", "field"),
+        [
+            ({"images": [{"prompt": "a"}] * 100_000}, "images"),  # counted before validated
+            ({"images": [{}] * 400_000}, "images"),
+            ({"images": [{"prompt": "a", "seed": "9" * 999}]}, "images"),
+            ({"images": [{"prompt": "a", "seed": "9" * 5000}]}, "images"),
+            ({"images": [{"prompt": "a", "seed": True}]}, "images"),
+            ({"images": [{"prompt": "a", "seed": 4.5}]}, "images"),
+            ({"images": [{"prompt": ["a"]}]}, "images"),
+            ({"images": [{"prompt": {"a": 1}}]}, "images"),
+            ({"images": [{"prompt": "x" * 1_000_000}]}, "images"),
+            ({"images": [{"prompt": "a"}], "params": {"guidance": "1e999"}}, "params"),
+            ({"images": [{"prompt": "a"}], "params": {"guidance": "nan"}}, "params"),
+            ({"images": [{"prompt": "a"}], "params": {"width": "9" * 5000}}, "params"),
+            ({"images": [{"prompt": "a"}], "params": {"steps": [25]}}, "params"),
+            ({"images": [{"prompt": "a"}], "params": "sdxl"}, "params"),
+            ({"images": [{"prompt": "a"}], "title": ["t"]}, "title"),
+            ({"images": [{"prompt": "a"}], "title": None}, "title"),
+            ({"images": [{"prompt": "a"}], "priority": ["high"]}, "priority"),
+            ({"images": [{"prompt": "a"}], "priority": {"high": 1}}, "priority"),
+            ({"images": {"0": {"prompt": "a"}}}, "images"),
+            ({"images": [{"prompt": "a"}], "style": "s" * 1_000_000}, "style"),
+        ],
+    )
+    def test_wrong_types_and_huge_values_are_field_errors(
+        self, api: APIClient, settings: Any, payload: dict[str, Any], field: str
+    ) -> None:
+        settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # test the fields, not the cap
+        response = api.post(URL, payload, format="json")
+
+        assert response.status_code == 400
+        data = response.json()
+        assert data["code"] == "invalid"
+        assert field in data["fields"]
+        assert len(response.content) < 10_000  # a short answer, not one entry per image
+        assert not Batch.objects.exists()
+
+    def test_a_hundred_thousand_unknown_keys_get_a_short_answer(self, api: APIClient) -> None:
+        payload = {"images": [{"prompt": "a"}], **{f"k{n}": 1 for n in range(100_000)}}
+
+        response = api.post(URL, payload, format="json")
+
+        assert response.status_code == 400
+        assert "100000 unknown fields" in str(response.json()["fields"])
+        assert len(response.content) < 10_000
+
+    @pytest.mark.parametrize("key", ["a\x00b", "naïve", "tab\there", "x" * 256])
+    def test_an_unprintable_or_long_idempotency_key_is_a_400(
+        self, api: APIClient, key: str
+    ) -> None:
+        response = api.post(URL, body(1), format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+        assert response.status_code == 400
+        assert "Idempotency-Key" in response.json()["detail"]
+        assert not Batch.objects.exists()
+
+    def test_a_body_longer_than_its_content_length_is_not_read_past_it(
+        self, api: APIClient, settings: Any
+    ) -> None:
+        settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+        raw = b'{"title": "' + b"x" * 5000 + b'", "images": [{"prompt": "a"}]}'
+
+        response = api.generic(
+            "POST", URL, raw, content_type="application/json", CONTENT_LENGTH="100"
+        )
+
+        assert 400 <= response.status_code < 500
+        assert not Batch.objects.exists()

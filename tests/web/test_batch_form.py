@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 
 from batches.forms import parse_panels
@@ -160,3 +161,147 @@ def test_seed_lines_are_parsed_and_comments_skipped() -> None:
         (4, "plain | with a bar", None),
         (5, "plain", None),
     ]
+
+
+# high priority: offered and accepted only where the API accepts it
+
+
+def test_an_author_is_not_offered_high_priority(author_client: Client) -> None:
+    html = author_client.get("/batches/new/").content.decode()
+
+    assert '<option value="normal"' in html
+    assert '<option value="low"' in html
+    assert '<option value="high"' not in html
+
+
+def test_a_forged_high_priority_post_is_refused_and_creates_nothing(
+    author_client: Client, user: Any
+) -> None:
+    response = author_client.post("/batches/new/", form_data(priority="high"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "High priority is reserved for staff" in html
+    assert not Batch.objects.exists()
+    assert get_budget(user).reserved == 0
+
+
+def test_staff_and_granted_authors_are_offered_high_priority_and_get_it(
+    staff_client: Client, staff_user: Any, user: Any
+) -> None:
+    assert '<option value="high"' in staff_client.get("/batches/new/").content.decode()
+    staff_client.post("/batches/new/", form_data(priority="high"))
+    assert Batch.objects.get(user=staff_user).priority == "high"
+
+    user.user_permissions.add(Permission.objects.get(codename="submit_high_priority"))
+    author = Client()
+    author.force_login(user)
+    assert '<option value="high"' in author.get("/batches/new/").content.decode()
+    author.post("/batches/new/", form_data(priority="high"))
+    assert Batch.objects.get(user=user).priority == "high"
+
+
+def test_the_live_estimate_refuses_a_forged_high_priority_too(author_client: Client) -> None:
+    html = author_client.post("/batches/new/estimate/", form_data(priority="high")).content.decode()
+
+    assert "Fix these to see the price" in html
+    assert "High priority is reserved for staff" in html
+
+
+# hostile values, field by field: always an answer with the reason, never a 500
+
+HUGE_DIGITS = "9" * 5000  # int() refuses more than 4,300 digits
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("title", "t" * 100_000, "no more than 200 characters"),
+        ("title", "nul\x00byte", "Null characters are not allowed."),
+        ("style", "s" * 100_000, "no more than 500 characters"),
+        ("negative_prompt", "n" * 100_000, "no more than 1000 characters"),
+        ("model", "m" * 100_000, "is not a valid choice"),
+        ("model", "../../etc/passwd", "is not a valid choice"),
+        ("width", HUGE_DIGITS, "Enter a whole number."),
+        ("width", "-" + "9" * 4000, "greater than or equal to 64"),
+        ("width", "1e3", "Enter a whole number."),
+        ("width", "NaN", "Enter a whole number."),
+        ("height", "9" * 4000, "less than or equal to 2048"),
+        ("height", "٥٠٠", "Must be a multiple of 8"),  # Arabic-Indic digits: 500
+        ("steps", HUGE_DIGITS, "Enter a whole number."),
+        ("steps", "0x10", "Enter a whole number."),
+        ("priority", "urgent", "is not a valid choice"),
+        ("priority", "p" * 100_000, "is not a valid choice"),
+        ("panels", f"{HUGE_DIGITS} | a panel", "Line 1 (seed): Ensure this value is less than"),
+        ("panels", f"-{HUGE_DIGITS} | a panel", "Line 1 (seed): Ensure this value is greater"),
+        ("panels", f"{'0' * 5000}7 | leading zeros", None),  # seed 7
+        ("panels", "x" * 100_000, "Line 1 (prompt): Ensure this field has no more than 2000"),
+        ("panels", "a\n" * 600, "at most 500 images"),
+        ("panels", "nul \x00 byte", "Null characters are not allowed."),
+        ("panels", "\n".join(["# only comments"] * 1000), "Write at least one panel prompt"),
+    ],
+)
+def test_a_hostile_value_in_any_field_is_reported_not_a_500(
+    author_client: Client, field: str, value: str, message: str | None
+) -> None:
+    for path in ("/batches/new/", "/batches/new/estimate/"):
+        response = author_client.post(path, form_data(**{field: value}))
+
+        assert response.status_code in (200, 302), (path, response.status_code)
+        if message is not None:
+            assert message in response.content.decode(), path
+    if message is not None:
+        assert not Batch.objects.exists()
+
+
+def test_a_seed_with_thousands_of_leading_zeros_is_read_as_its_value(
+    author_client: Client, user: Any
+) -> None:
+    author_client.post("/batches/new/", form_data(panels=f"{'0' * 5000}7 | a panel"))
+
+    assert Batch.objects.get(user=user).images.get().seed == 7
+
+
+def test_a_form_body_over_the_upload_limit_is_a_400(author_client: Client) -> None:
+    response = author_client.post("/batches/new/", form_data(panels="p\n" * 1_100_000))
+
+    assert response.status_code == 400
+    assert not Batch.objects.exists()
+
+
+def test_many_extra_fields_are_a_400(author_client: Client) -> None:
+    extra = {f"extra{n}": "x" for n in range(2000)}
+
+    response = author_client.post("/batches/new/", {**form_data(), **extra})
+
+    assert response.status_code == 400
+    assert not Batch.objects.exists()
+
+
+def test_unicode_digits_are_not_read_as_a_seed() -> None:
+    (panel,) = parse_panels("٤٢ | a panel")
+
+    assert panel.seed is None
+    assert panel.prompt == "٤٢ | a panel"
+
+
+def test_the_form_shares_the_apis_submit_limit(
+    author_client: Client, user: Any, settings: Any
+) -> None:
+    """Otherwise the form would be a way around the API's throttle."""
+    from rest_framework.test import APIClient
+
+    settings.COMICGEN_THROTTLE_SUBMIT = "2/min"
+    api = APIClient()
+    api.force_authenticate(user)
+    assert (
+        api.post("/api/v1/batches/", {"images": [{"prompt": "a"}]}, format="json").status_code
+        == 202
+    )
+    assert author_client.post("/batches/new/", form_data()).status_code == 302
+
+    refused = author_client.post("/batches/new/", form_data())
+
+    assert refused.status_code == 200
+    assert "Too many requests of this kind; try again in" in refused.content.decode()
+    assert Batch.objects.filter(user=user).count() == 2

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches", "0001_initial"),
+        ("batches", "0002_submit_high_priority_permission"),
     ]
 
     operations = [

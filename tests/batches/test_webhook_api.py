@@ -1,0 +1,307 @@
+"""POST /api/v1/runpod/webhook/<batch>/<chunk>/<image>/<attempt>/<token>/: RunPod's report of a
+finished job. Unsigned, so open to anyone: the token is checked before the body is read, the
+body is capped and parsed with bounds, and anything malformed is a 4xx, never a 500."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from django.test import Client, RequestFactory
+
+from batches import flow, services
+from batches.models import Batch, ImageJob
+from batches.webhooks import runpod_webhook
+from tests.factories import UserFactory
+
+BATCH, CHUNK, IMAGE, ATTEMPT = 7, 0, 70, 1
+
+
+def url(batch: Any = BATCH, chunk: Any = CHUNK, image: Any = IMAGE, attempt: Any = ATTEMPT,
+        token: str | None = None) -> str:  # fmt: skip
+    if token is None:
+        token = flow.webhook_token(int(batch), int(chunk), int(image), int(attempt))
+    return f"/api/v1/runpod/webhook/{batch}/{chunk}/{image}/{attempt}/{token}/"
+
+
+def job_status(**overrides: Any) -> dict[str, Any]:
+    return {
+        "id": "6a1c39f2-4b7e-4c1f-9d55-0e2a7f3b9c11-u1",
+        "status": "COMPLETED",
+        "delayTime": 120,
+        "executionTime": 900,
+        "output": {"images": ["data:image/png;base64,iVBORw0KGgo="], "seed": 42},
+        **overrides,
+    }
+
+
+@pytest.fixture
+def received(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """What reached services.receive_webhook (accepted as a known attempt)."""
+    calls: list[tuple[Any, ...]] = []
+
+    def receive(*args: Any) -> bool:
+        calls.append(args)
+        return True
+
+    monkeypatch.setattr(services, "receive_webhook", receive)
+    return calls
+
+
+class UnreadableBody(io.RawIOBase):
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise AssertionError("the body was read")
+
+    readline = read  # type: ignore[assignment]
+
+
+def post_unread(path: str, content_length: int) -> Any:
+    """Call the view on a request whose body must not be read."""
+    request = RequestFactory().post(path, data=b"{}", content_type="application/json")
+    request.META["CONTENT_LENGTH"] = str(content_length)
+    request._stream = UnreadableBody()  # type: ignore[assignment]
+    return runpod_webhook(request, *path_parts(path))
+
+
+def path_parts(path: str) -> list[str]:
+    """batch, chunk, image, attempt, token: as the URL resolver passes them."""
+    return path.strip("/").split("/")[-5:]
+
+
+def post_raw(client: Client, path: str, raw: bytes) -> Any:
+    return client.generic("POST", path, raw, content_type="application/json")
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.content[:500]
+    data = json.loads(response.content)
+    assert set(data) == {"code", "detail"}
+    assert data["detail"]
+    if code:
+        assert data["code"] == code
+    return data
+
+
+# the token
+
+
+def test_it_hands_a_valid_report_to_the_service_with_the_attempt_and_token(
+    client: Client, received: list[tuple[Any, ...]]
+) -> None:
+    payload = job_status()
+    response = client.post(url(), payload, content_type="application/json")
+
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    token = flow.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
+    assert received == [(BATCH, CHUNK, IMAGE, ATTEMPT, token, payload)]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "0" * 32,
+        "nope",
+        "é" * 32,  # compare_digest raises TypeError on a non-ASCII str
+        "%F0%9F%92%A5" * 8,  # an emoji, percent-encoded
+        "%00" * 32,
+        "x" * 5000,
+    ],
+)
+def test_it_refuses_a_forged_webhook_token(
+    client: Client, received: list[tuple[Any, ...]], token: str
+) -> None:
+    response = client.post(url(token=token), job_status(), content_type="application/json")
+
+    assert_error(response, 403, "forbidden")
+    assert received == []
+
+
+def test_a_token_is_good_for_its_own_attempt_only(
+    client: Client, received: list[tuple[Any, ...]]
+) -> None:
+    token = flow.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
+    for batch, chunk, image, attempt in [
+        (BATCH + 1, CHUNK, IMAGE, ATTEMPT),  # another (e.g. another user's) batch
+        (BATCH, CHUNK + 1, IMAGE, ATTEMPT),
+        (BATCH, CHUNK, IMAGE + 1, ATTEMPT),
+        (BATCH, CHUNK, IMAGE, ATTEMPT + 1),  # a newer attempt of the same image
+    ]:
+        response = client.post(
+            url(batch, chunk, image, attempt, token=token),
+            job_status(),
+            content_type="application/json",
+        )
+        assert_error(response, 403, "forbidden")
+    assert received == []
+
+
+def test_a_forged_token_is_refused_before_the_body_is_read(
+    received: list[tuple[Any, ...]],
+) -> None:
+    response = post_unread(url(token="f" * 32), content_length=60 * 1024 * 1024)
+
+    assert_error(response, 403, "forbidden")
+    assert received == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        url(batch="9" * 23, token="0" * 32),
+        url(batch="9" * 5000, token="0" * 32),  # int() of this many digits raises
+        url(image="99999999999999999999", token="0" * 32),
+        url(attempt="-1", token="0" * 32),
+        url(chunk="１", token="0" * 32),  # a full-width digit
+        url(batch="1e3", token="0" * 32),
+    ],
+)
+def test_odd_path_numbers_are_a_json_404(
+    client: Client, received: list[tuple[Any, ...]], path: str
+) -> None:
+    assert_error(client.post(path, job_status(), content_type="application/json"), 404)
+    assert received == []
+
+
+def test_it_takes_post_only(client: Client, received: list[tuple[Any, ...]]) -> None:
+    response = client.get(url())
+
+    assert_error(response, 405, "method_not_allowed")
+    assert response["Allow"] == "POST"
+    assert received == []
+
+
+# the body's size
+
+
+def test_an_oversized_content_length_is_refused_without_reading_the_body(
+    received: list[tuple[Any, ...]], settings: Any
+) -> None:
+    settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
+    response = post_unread(url(), content_length=64 * 1024 + 1)
+
+    assert_error(response, 413, "payload_too_large")
+    assert received == []
+
+
+def test_a_body_longer_than_declared_is_cut_at_the_cap(
+    received: list[tuple[Any, ...]], settings: Any
+) -> None:
+    """A chunked body declares no length: what arrives is counted."""
+    settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
+    request = RequestFactory().post(url(), data=b"{}", content_type="application/json")
+    del request.META["CONTENT_LENGTH"]
+    body = json.dumps(job_status(output={"images": ["A" * 200_000]})).encode()
+    request._stream = io.BytesIO(body)
+
+    response = runpod_webhook(request, *path_parts(url()))
+
+    assert_error(response, 413, "payload_too_large")
+    assert received == []
+
+
+def test_a_body_at_the_cap_is_accepted(
+    client: Client, received: list[tuple[Any, ...]], settings: Any
+) -> None:
+    settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
+    filler = json.dumps(job_status(output={"images": [""]}))
+    padding = 64 * 1024 - len(filler)
+    raw = json.dumps(job_status(output={"images": ["A" * padding]})).encode()
+    assert len(raw) == 64 * 1024
+
+    assert post_raw(client, url(), raw).status_code == 200
+    assert len(received) == 1
+
+
+def test_the_default_cap_holds_the_largest_panel_the_api_allows(settings: Any) -> None:
+    worst_png = 2048 * (2048 * 3 + 1)  # incompressible RGB rows, each with its filter byte
+    assert worst_png * 4 / 3 + 4096 < settings.COMICGEN_WEBHOOK_MAX_BYTES
+
+
+# the body's content
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "too_deeply_nested"),
+        (
+            b'{"id": "j", "status": "COMPLETED", "output": ' + b'{"a":' * 5000 + b"1" + b"}" * 5001,
+            "too_deeply_nested",
+        ),
+        (
+            b'{"id": "j", "status": "COMPLETED", "executionTime": ' + b"9" * 5000 + b"}",
+            "number_too_long",
+        ),
+        (b'{"id": "j", "status": "COMPLETED", "executionTime": 1e999}', "number_out_of_range"),
+        (b'{"id": "j", "status": "COMPLETED", "executionTime": NaN}', "invalid_json"),
+        (b'{"id": "j", "status": "COMPLETED", "error": "\xff\xfe"}', "invalid_json"),
+        (b'{"id": "j", "status": "COMPLETED", "error": "\\ud800"}', "invalid_json"),
+        (b"", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"null", "invalid_payload"),
+        (b"[]", "invalid_payload"),
+        (b'"COMPLETED"', "invalid_payload"),
+        (b"{}", "invalid_payload"),
+        (b'{"id": 12, "status": "COMPLETED"}', "invalid_payload"),
+        (b'{"id": "", "status": "COMPLETED"}', "invalid_payload"),
+        (b'{"id": "has space", "status": "COMPLETED"}', "invalid_payload"),
+        (b'{"id": "' + b"j" * 101 + b'", "status": "COMPLETED"}', "invalid_payload"),
+        (b'{"id": ["j"], "status": "COMPLETED"}', "invalid_payload"),
+        (b'{"id": "j"}', "invalid_payload"),
+        (b'{"id": "j", "status": "DONE"}', "invalid_payload"),
+        (b'{"id": "j", "status": ["COMPLETED"]}', "invalid_payload"),
+        (b'{"id": "j", "status": {"x": 1}}', "invalid_payload"),
+    ],
+)
+def test_a_malformed_body_with_a_good_token_is_a_400(
+    client: Client, received: list[tuple[Any, ...]], raw: bytes, code: str
+) -> None:
+    assert_error(post_raw(client, url(), raw), 400, code)
+    assert received == []
+
+
+def test_a_huge_string_or_array_within_the_cap_is_handed_on(
+    client: Client, received: list[tuple[Any, ...]]
+) -> None:
+    """Size alone is the cap's business; the chunk judges the output's content."""
+    raw = json.dumps(job_status(output={"images": ["x" * 1_000_000] + [0] * 100_000})).encode()
+
+    assert post_raw(client, url(), raw).status_code == 200
+    assert len(received) == 1
+
+
+@pytest.mark.parametrize("status", ["IN_QUEUE", "IN_PROGRESS", "FAILED", "CANCELLED", "TIMED_OUT"])
+def test_every_runpod_status_is_accepted(
+    client: Client, received: list[tuple[Any, ...]], status: str
+) -> None:
+    response = client.post(url(), job_status(status=status), content_type="application/json")
+
+    assert response.status_code == 200
+    assert received[0][5]["status"] == status
+
+
+@pytest.mark.django_db
+def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
+    client: Client,
+) -> None:
+    """Without the spy, on real PostgreSQL and Redis."""
+    batch = Batch.objects.create(user=UserFactory(), title="webhook", status="running")
+    image = ImageJob.objects.create(
+        batch=batch, index=0, prompt="p", seed=1, params={}, attempts=1, status="submitted"
+    )
+    good = url(batch.pk, 0, image.pk, 1)
+    forged = url(batch.pk, 0, image.pk, 1, token=flow.webhook_token(batch.pk, 0, image.pk, 2))
+    redis = flow.get_redis()
+
+    assert_error(client.post(forged, job_status(), content_type="application/json"), 403)
+    assert list(redis.scan_iter("comicgen:*")) == []
+
+    response = client.post(good, job_status(), content_type="application/json")
+    assert response.status_code == 200
+    assert response.json() == {"ok": True}
+    assert list(redis.scan_iter("comicgen:*")) != []
