@@ -255,6 +255,8 @@ class ChunkRun:
                             hold=max_cost,
                             submitted_at=timezone.now(),
                             next_attempt_at=None,
+                            # A job a webhook named for an earlier attempt is not this one's.
+                            webhook_job_id="",
                         )
                     )  # fmt: skip
                     if not claimed:  # another runner, or a cancel, moved the image first

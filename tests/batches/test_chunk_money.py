@@ -667,3 +667,26 @@ def test_an_odd_output_found_by_a_poll_is_charged_what_the_job_ran(
     assert image.status == ImageStatus.COMPLETED
     assert charges(image)[0] == (1, "job-1", price(1200), 1200)
     assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_a_webhook_named_for_an_earlier_attempt_is_never_adopted_for_a_later_one(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "FAILED", "executionTime": 80}
+    batch = submit(user, ["unlucky"])
+    run = chunk_of(batch)
+    run.run_pass()
+    # job-1's webhook came before its /run answer did: noted on the image.
+    ImageJob.objects.filter(batch=batch).update(webhook_job_id="job-1")
+    runpod.run_failures = [502]  # attempt 2 loses its /run answer
+    run.last_checked.clear()
+    run.run_pass()
+    run.last_checked.clear()
+    run.run_pass()
+    run.run_pass()
+
+    image = ImageJob.objects.get(batch=batch)
+    assert (image.attempts, image.status, image.runpod_job_id) == (2, "submitted", "")
+    assert charges(image) == [(1, "job-1", price(80), 80)]
