@@ -44,6 +44,7 @@ from batches.runpod import (
 )
 from budgets import pricing
 from budgets import services as budget_services
+from comicgen.db import retry_once_on_a_lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -293,9 +294,14 @@ class ChunkRun:
             self.finish(image, ImageStatus.FAILED, error=f"RunPod refused the job: {error}")
             return
         self.call_failures = 0
-        if not ImageJob.objects.filter(
-            pk=image.pk, attempts=image.attempts, runpod_job_id=""
-        ).update(runpod_job_id=job.id):
+        # The job id exists only in this thread's memory until it is written: a dropped
+        # database connection gets one reconnect before it is lost (and left to the webhook).
+        recorded = retry_once_on_a_lost_connection(
+            lambda: ImageJob.objects.filter(
+                pk=image.pk, attempts=image.attempts, runpod_job_id=""
+            ).update(runpod_job_id=job.id)
+        )
+        if not recorded:
             # The attempt moved on meanwhile (its webhook was adopted first): nothing to record.
             return
         image.runpod_job_id = job.id

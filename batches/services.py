@@ -35,6 +35,7 @@ from batches.models import (
 from batches.runpod import TERMINAL_STATUSES
 from budgets import pricing
 from budgets import services as budget_services
+from comicgen.db import retry_once_on_a_lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -335,10 +336,14 @@ def receive_webhook(
     job_id, status = payload.get("id"), payload.get("status")
     if not isinstance(job_id, str) or not isinstance(status, str) or not job_id_is_sane(job_id):
         return False
-    image = (
-        ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
-        .only("attempts", "status", "runpod_job_id", "batch_id")
-        .first()
+    # A webhook is RunPod's one word on a job whose /run answer may be lost: a dropped database
+    # connection gets one reconnect rather than a 500 (RunPod tries a webhook three times only).
+    image = retry_once_on_a_lost_connection(
+        lambda: (
+            ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
+            .only("attempts", "status", "runpod_job_id", "batch_id")
+            .first()
+        )
     )
     if image is None:  # deleted with its batch: nothing left to do
         return True
@@ -349,9 +354,11 @@ def receive_webhook(
             # rather than after the chunk has stored the image.
             if status in TERMINAL_STATUSES:
                 flow.release_slot(image_id)
-        elif not image.runpod_job_id and ImageJob.objects.filter(
-            pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id=""
-        ).update(webhook_job_id=job_id):
+        elif not image.runpod_job_id and retry_once_on_a_lost_connection(
+            lambda: ImageJob.objects.filter(
+                pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id=""
+            ).update(webhook_job_id=job_id)
+        ):
             flow.wake_chunk(batch_id, chunk_no)
         return True
     if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
