@@ -179,15 +179,8 @@ class ChunkRun:
         (queueing grace plus its execution timeout, and RunPod retries a webhook for 20 s more),
         the job never existed: the attempt ends uncharged and the image goes on. With webhooks
         off nothing could ever tell, so the attempt ends at once, charged at its maximum."""
-        job_id = flow.job_for_attempt(image.pk, image.attempts)
-        if job_id:
-            adopted = ImageJob.objects.filter(
-                pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id="",
-                attempts=image.attempts,
-            ).update(runpod_job_id=job_id)  # fmt: skip
-            if adopted:
-                logger.info("image %s: adopted job %s after a lost /run answer", image.pk, job_id)
-                image.runpod_job_id = job_id
+        if image.webhook_job_id:
+            self.adopt(image, image.webhook_job_id)
             return
         if not settings.COMICGEN_PUBLIC_URL:
             self.unconfirmed(image, may_have_run=True)
@@ -198,6 +191,34 @@ class ChunkRun:
         )
         if waited >= grace:
             self.unconfirmed(image, may_have_run=False)
+
+    def adopt(self, image: ImageJob, job_id: str) -> None:
+        """Take on the job a webhook named for this attempt, once RunPod's /status (which our
+        API key authenticates) confirms it; a job RunPod does not know was never ours."""
+        try:
+            status = runpod_client().status(job_id)
+        except JobNotFound:
+            logger.warning("image %s: webhook named job %s, which RunPod does not know", image.pk,
+                           job_id)  # fmt: skip
+            ImageJob.objects.filter(pk=image.pk, webhook_job_id=job_id).update(webhook_job_id="")
+            return
+        except TransientRunPodError as error:
+            logger.info("image %s: /status of job %s failed (%s); next pass", image.pk, job_id,
+                        error)  # fmt: skip
+            return
+        if not ImageJob.objects.filter(
+            pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id="", attempts=image.attempts,
+            webhook_job_id=job_id,
+        ).update(runpod_job_id=job_id):  # fmt: skip
+            return
+        logger.info("image %s: adopted job %s after a lost /run answer", image.pk, job_id)
+        image.runpod_job_id = job_id
+        self.last_checked[job_id] = time.monotonic()
+        try:
+            self.handle(image, status)
+        except Exception as error:
+            logger.exception("image %s job %s: could not handle RunPod's answer", image.pk, job_id)
+            self.unusable_answer(image, job_id, status, None, error)
 
     def unconfirmed(self, image: ImageJob, *, may_have_run: bool) -> None:
         """End an attempt whose job id was never learned, and let the image go on at once with
@@ -222,21 +243,36 @@ class ChunkRun:
             return
         previous_status = image.status
         max_cost = pricing.attempt_max_cost(image.params)
-        if not budget_services.hold_for_attempt(self.batch_id, max_cost):
+        # Hold and claim commit together: a worker lost between them leaves neither behind.
+        held = claimed = False
+        try:
+            with transaction.atomic():
+                held = budget_services.hold_for_attempt(self.batch_id, max_cost)
+                if held:
+                    claimed = bool(
+                        ImageJob.objects.filter(
+                            pk=image.pk, status=image.status, runpod_job_id="",
+                            attempts=image.attempts,
+                        ).update(
+                            status=ImageStatus.SUBMITTED,
+                            attempts=F("attempts") + 1,
+                            hold=max_cost,
+                            submitted_at=timezone.now(),
+                            next_attempt_at=None,
+                            # A job a webhook named for an earlier attempt is not this one's.
+                            webhook_job_id="",
+                        )
+                    )  # fmt: skip
+                    if not claimed:  # another runner, or a cancel, moved the image first
+                        transaction.set_rollback(True)
+        except budget_services.BatchClosed:
+            flow.release_slot(image.pk)  # cancelled or finished meanwhile: the next pass sees it
+            return
+        if not held:
             flow.release_slot(image.pk)
             self.out_of_budget(image)
             return
-        claimed = ImageJob.objects.filter(
-            pk=image.pk, status=image.status, runpod_job_id="", attempts=image.attempts
-        ).update(
-            status=ImageStatus.SUBMITTED,
-            attempts=F("attempts") + 1,
-            hold=max_cost,
-            submitted_at=timezone.now(),
-            next_attempt_at=None,
-        )
         if not claimed:
-            budget_services.release_hold(self.batch_id, max_cost)
             flow.release_slot(image.pk)
             return
         image.attempts += 1
@@ -328,38 +364,53 @@ class ChunkRun:
             payload = results.get(job_id)
             if payload is None and now - self.last_checked.get(job_id, 0) < interval:
                 continue
+            status: JobStatus | None = None
             try:
-                if payload is not None:
-                    self.handle(image, JobStatus.from_json(payload))
-                else:
-                    self.poll(image)
+                status = JobStatus.from_json(payload) if payload is not None else self.poll(image)
+                if status is not None:
+                    self.handle(image, status)
             except Exception as error:
                 # One odd answer must not stop the chunk: fail this attempt, go on with the rest.
                 logger.exception("image %s job %s: could not handle RunPod's answer", image.pk,
                                  job_id)  # fmt: skip
-                self.unusable_answer(image, job_id, payload, error)
+                self.unusable_answer(image, job_id, status, payload, error)
 
-    def poll(self, image: ImageJob) -> None:
+    def poll(self, image: ImageJob) -> JobStatus | None:
+        """The job's /status, or None when there is nothing to handle this pass."""
         job_id = image.runpod_job_id
         self.last_checked[job_id] = time.monotonic()
         try:
-            status = runpod_client().status(job_id)
+            return runpod_client().status(job_id)
         except JobNotFound:
             self.lost(image, "RunPod no longer knows this job (expired or purged).")
-            return
         except TransientRunPodError as error:
             logger.info("image %s: /status failed (%s); next pass", image.pk, error)
-            return
-        self.handle(image, status)
+        return None
 
-    def unusable_answer(self, image: ImageJob, job_id: str, payload: Any, error: Exception) -> None:
-        """End an attempt whose answer could not be handled, charged what it says it ran."""
-        execution_ms = None
-        if isinstance(payload, dict):
+    def unusable_answer(
+        self,
+        image: ImageJob,
+        job_id: str,
+        status: JobStatus | None,
+        payload: Any,
+        error: Exception,
+    ) -> None:
+        """End an attempt whose answer could not be handled, charged what RunPod says it ran
+        (the most it could have, when the answer says nothing usable)."""
+        if status is not None:
+            execution_ms = sane_execution_ms(status.execution_time_ms)
+        elif isinstance(payload, dict):
             execution_ms = sane_execution_ms(payload.get("executionTime"))
+        else:
+            execution_ms = None
         job = JobStatus(job_id, "FAILED", None, None, None, execution_ms)
         reason = f"RunPod's answer could not be used ({type(error).__name__}: {error})"
-        self.attempt_failed(image, job, reason[:500])
+        try:
+            self.attempt_failed(image, job, reason[:500])
+        except Exception:
+            # Even recording the failure failed (the database, most likely): the next pass, or
+            # the sweeper's resumed chunk, tries this image again.
+            logger.exception("image %s: could not record its failed attempt", image.pk)
 
     def handle(self, image: ImageJob, job: JobStatus) -> None:
         if job.id != image.runpod_job_id:
@@ -393,7 +444,10 @@ class ChunkRun:
         charged the most it could have cost, so the ledger never shows less than RunPod bills;
         a job cancelled before it started reports none and ran nothing."""
         execution_ms = sane_execution_ms(job.execution_time_ms)
-        if execution_ms is None and job.status != CANCELLED:
+        # A cancelled job reports no executionTime when it never started; one we saw running
+        # did run, so without a figure it is charged its maximum like any other.
+        started = job.status != CANCELLED or panel.status == ImageStatus.RUNNING
+        if execution_ms is None and started:
             billed_ms = pricing.attempt_max_billed_ms(panel.params)
             cost, note = panel.hold, "worst case: RunPod reported no executionTime"
         else:
@@ -482,27 +536,37 @@ class ChunkRun:
                 self.finish(image, ImageStatus.CANCELLED, error=reason)
                 continue
             try:
-                if image.runpod_job_id not in self.cancel_sent:
-                    runpod_client().cancel(image.runpod_job_id)
-                    self.cancel_sent.add(image.runpod_job_id)
-                job = runpod_client().status(image.runpod_job_id)
-            except JobNotFound:
-                self.lost(image, reason)
-                continue
-            except TransientRunPodError as error:
-                logger.info("image %s: /cancel failed (%s); next pass", image.pk, error)
-                continue
-            try:
-                if job.status == COMPLETED:
-                    self.handle(image, job)  # it finished first: keep the panel
-                elif job.is_terminal:
-                    self.end_attempt(
-                        image, job, status=ImageStatus.CANCELLED, error=reason,
-                        runpod_job_id="", finished_at=timezone.now(),
-                    )  # fmt: skip
+                self.cancel_job(image, reason)
             except Exception as error:
                 logger.exception("image %s: could not record its cancel", image.pk)
-                self.unusable_answer(image, image.runpod_job_id, None, error)
+                self.unusable_answer(image, image.runpod_job_id, None, None, error)
+
+    def cancel_job(self, image: ImageJob, reason: str) -> None:
+        job_id = image.runpod_job_id
+        try:
+            if job_id not in self.cancel_sent:
+                try:
+                    runpod_client().cancel(job_id)
+                except PermanentRunPodError as error:
+                    # Refused (it may have ended first): what it ran is in its /status anyway.
+                    if isinstance(error, JobNotFound):
+                        raise
+                    logger.info("image %s: /cancel refused (%s); asking /status", image.pk, error)
+                self.cancel_sent.add(job_id)
+            job = runpod_client().status(job_id)
+        except JobNotFound:
+            self.lost(image, reason)
+            return
+        except TransientRunPodError as error:
+            logger.info("image %s: /cancel failed (%s); next pass", image.pk, error)
+            return
+        if job.status == COMPLETED:
+            self.handle(image, job)  # it finished first: keep the panel
+        elif job.is_terminal:
+            self.end_attempt(
+                image, job, status=ImageStatus.CANCELLED, error=reason,
+                runpod_job_id="", finished_at=timezone.now(),
+            )  # fmt: skip
 
     # --- waiting -----------------------------------------------------------------------------
 
@@ -519,6 +583,31 @@ class ChunkRun:
             due.append(0)
         # Never spin: a pass costs a few queries.
         return max(0.02, min(due))
+
+
+def charge_late_job(image_id: int, attempt: int, job_id: str) -> str:
+    """Charge a job a webhook reported for an attempt that had ended charged nothing (its /run
+    answer was lost and the job started only after the grace). RunPod's /status, not the
+    webhook, says whether the job exists and how long it ran. Raises TransientRunPodError while
+    the job is still running (the task retries)."""
+    image = ImageJob.objects.filter(pk=image_id).first()
+    if image is None or not budget_services.attempt_charged_nothing(image_id, attempt):
+        return "nothing to charge"
+    try:
+        job = runpod_client().status(job_id)
+    except JobNotFound:
+        return "RunPod does not know this job"
+    if not job.is_terminal:
+        raise TransientRunPodError(f"job {job_id} is still {job.status}", ambiguous=False)
+    billed_ms = sane_execution_ms(job.execution_time_ms)
+    if billed_ms is None:
+        billed_ms = 0 if job.status == CANCELLED else pricing.attempt_max_billed_ms(image.params)
+    cost = pricing.actual_cost(image.params, billed_ms)
+    if budget_services.charge_late_job(image, attempt, job_id, cost, billed_ms):
+        logger.warning("image %s attempt %s: charged late job %s (%s ms)", image_id, attempt,
+                       job_id, billed_ms)  # fmt: skip
+        return "charged"
+    return "not charged"
 
 
 def sane_execution_ms(value: Any) -> int | None:

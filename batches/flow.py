@@ -220,29 +220,15 @@ def _wake_key(batch_id: int, chunk_no: int) -> str:
     return _chunk_key(batch_id, chunk_no, "wake")
 
 
-def _attempt_key(image_id: int, attempt: int) -> str:
-    return f"{PREFIX}:attempt:{image_id}:{attempt}"
-
-
-def deliver_result(
-    batch_id: int, chunk_no: int, image_id: int, attempt: int, job_id: str, payload: dict[str, Any]
-) -> None:
-    """Keep a webhook's job result for the chunk, note which attempt the job was, and wake it."""
+def deliver_result(batch_id: int, chunk_no: int, job_id: str, payload: dict[str, Any]) -> None:
+    """Keep a webhook's result for the chunk following that job, and wake the chunk. Called
+    only for a job the chunk recorded, so at most one result waits per attempt in flight."""
     wake = _wake_key(batch_id, chunk_no)
     pipe = get_redis().pipeline(transaction=False)
     pipe.set(f"{PREFIX}:result:{job_id}", json.dumps(payload), ex=RESULT_TTL_SECONDS)
-    pipe.set(_attempt_key(image_id, attempt), job_id, ex=RESULT_TTL_SECONDS)
     pipe.rpush(wake, job_id)
     pipe.expire(wake, RESULT_TTL_SECONDS)
     pipe.execute()
-
-
-def job_for_attempt(image_id: int, attempt: int) -> str | None:
-    """The RunPod job a webhook reported for this image attempt, if one did."""
-    value = get_redis().get(_attempt_key(image_id, attempt))
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
 
 
 def wake_chunk(batch_id: int, chunk_no: int) -> None:

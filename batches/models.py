@@ -144,6 +144,9 @@ class ImageJob(models.Model):
     attempts_before_retry = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
     runpod_job_id = models.CharField(max_length=100, blank=True, db_index=True)
+    # A job a webhook reported for the current attempt while its id was unknown (the /run answer
+    # was lost). Not trusted as it is: the chunk adopts it once RunPod's /status confirms it.
+    webhook_job_id = models.CharField(max_length=100, blank=True, default="")
     image = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     # Budget held for the attempt now on RunPod: its maximum cost (see budgets.pricing).

@@ -79,7 +79,10 @@ def url_allowed(url: str) -> bool:
 def fetch_image_url(url: str) -> bytes:
     """Download an output image from an allowed host: no redirects, at most the size cap."""
     if not url_allowed(url):
-        host = urlsplit(url).hostname if "://" in url else None
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            host = None
         raise BadOutput(f"image URL on a host that is not allowed ({host or 'no host'})")
     limit = settings.RUNPOD_OUTPUT_MAX_BYTES
     try:
@@ -113,6 +116,12 @@ def check_png(data: bytes) -> None:
                 if width > MAX_SIDE or height > MAX_SIDE:
                     raise BadOutput(f"the image is {width} x {height}, larger than expected")
                 image.verify()
+        # verify() checks the chunks' checksums only: decode the pixels too (the side limit
+        # above bounds the memory), so a truncated image is never stored as a finished panel.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
     except BadOutput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

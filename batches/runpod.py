@@ -331,7 +331,7 @@ class RunPodClient:
         except requests.ConnectTimeout as exc:
             # Never connected: the request cannot have reached RunPod.
             raise TransientRunPodError(
-                f"{what} could not connect ({type(exc).__name__})", ambiguous=False
+                f"{what} timed out connecting ({type(exc).__name__})", ambiguous=False
             ) from None
         except requests.Timeout as exc:
             raise TransientRunPodError(f"{what} timed out ({type(exc).__name__})") from None

@@ -316,22 +316,54 @@ def sweep_batches() -> dict[str, int]:
 def receive_webhook(
     batch_id: int, chunk_no: int, image_id: int, attempt: int, token: str, payload: Any
 ) -> bool:
-    """Accept a RunPod webhook for one image attempt: keep the result and wake its chunk.
-    False when the token is wrong or the payload is not a job status."""
+    """Accept a RunPod webhook for one image attempt. False when the token is wrong or the
+    payload is not a job status; True otherwise, whatever is done with it:
+
+    - a report on the job the attempt recorded is kept for its chunk, which is woken;
+    - a report on a job for an attempt whose /run answer was lost is noted on the image: the
+      chunk adopts that job once RunPod's own /status confirms it (a webhook proves nothing,
+      anyone holding its URL can post one);
+    - a report on an attempt that already ended without knowing its job (charged nothing after
+      the grace) means RunPod did run it: a task charges it, once /status confirms it.
+    Anything else (another job id, a finished image) is acknowledged and dropped.
+    """
     expected = flow.webhook_token(batch_id, chunk_no, image_id, attempt)
-    if not hmac.compare_digest(token, expected):
+    if not hmac.compare_digest(token.encode(), expected.encode()):
         return False
-    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+    if not isinstance(payload, dict):
         return False
-    flow.deliver_result(batch_id, chunk_no, image_id, attempt, payload["id"], payload)
-    # The GPU is free the moment the job ends: give its slot to waiting work now rather than
-    # after the chunk has stored the image. Only for the image's current attempt, so a late
-    # duplicate webhook cannot free the slot of a newer one.
-    if payload.get("status") in TERMINAL_STATUSES and (
-        ImageJob.objects.filter(pk=image_id, attempts=attempt).exists()
-    ):
-        flow.release_slot(image_id)
+    job_id, status = payload.get("id"), payload.get("status")
+    if not isinstance(job_id, str) or not isinstance(status, str) or not job_id_is_sane(job_id):
+        return False
+    image = (
+        ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
+        .only("attempts", "status", "runpod_job_id", "batch_id")
+        .first()
+    )
+    if image is None:  # deleted with its batch: nothing left to do
+        return True
+    if image.attempts == attempt and image.status not in IMAGE_TERMINAL:
+        if job_id == image.runpod_job_id:
+            flow.deliver_result(batch_id, chunk_no, job_id, payload)
+            # The GPU is free the moment the job ends: give its slot to waiting work now
+            # rather than after the chunk has stored the image.
+            if status in TERMINAL_STATUSES:
+                flow.release_slot(image_id)
+        elif not image.runpod_job_id and ImageJob.objects.filter(
+            pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id=""
+        ).update(webhook_job_id=job_id):
+            flow.wake_chunk(batch_id, chunk_no)
+        return True
+    if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
+        from batches import tasks
+
+        tasks.charge_late_job_task.delay(image_id, attempt, job_id)
     return True
+
+
+def job_id_is_sane(job_id: str) -> bool:
+    """A RunPod job id we are willing to store and send back in a URL path."""
+    return 0 < len(job_id) <= 100 and job_id.isprintable() and "/" not in job_id
 
 
 def webhook_url(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str | None:

@@ -48,6 +48,12 @@ def finalize_batch_task(_chunk_results: Any, batch_id: int) -> str | None:
     return services.finalize_batch(batch_id)
 
 
+@shared_task(**RELIABLE)
+def charge_late_job_task(image_id: int, attempt: int, job_id: str) -> str:
+    """Charge a job RunPod reported for an attempt that had ended charged nothing."""
+    return chunks.charge_late_job(image_id, attempt, job_id)
+
+
 @shared_task(acks_late=True, ignore_result=True)
 def sweep_batches_task() -> dict[str, int]:
     """Periodic (beat): finish batches whose chord was lost, resume orphaned chunks."""

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches.models import Batch, ImageJob
+from batches.models import BATCH_TERMINAL, Batch, ImageJob
 from budgets import pricing
 from budgets.models import Budget, LedgerEntry, month_start, next_month_start
 
@@ -97,19 +97,30 @@ def reserve_for_batch(batch: Batch, amount: Decimal) -> None:
     )
 
 
+class BatchClosed(Exception):
+    """The batch finished or is being cancelled: no new attempt may hold money for it."""
+
+
 def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     """Set aside an attempt's maximum cost within the batch's reservation, extending the
     reservation from the budget when the estimate is used up. False when the budget has no
-    room left for it (the caller then waits for running attempts, or stops)."""
+    room left for it (the caller then waits for running attempts, or stops). Raises BatchClosed
+    for a batch that finished or is being cancelled: finalize releases a batch's reservation
+    once, so a hold taken after it would stay reserved for ever."""
     # The common case, the reservation has room: one conditional UPDATE, no lock held.
-    if Batch.objects.filter(pk=batch_id, held__lte=F("reserved") - max_cost).update(
-        held=F("held") + max_cost
-    ):
+    open_batch = Batch.objects.filter(pk=batch_id, cancel_requested_at__isnull=True).exclude(
+        status__in=BATCH_TERMINAL
+    )
+    if open_batch.filter(held__lte=F("reserved") - max_cost).update(held=F("held") + max_cost):
         return True
     with transaction.atomic():
         batch = (
-            Batch.objects.select_for_update().only("reserved", "held", "user_id").get(pk=batch_id)
+            Batch.objects.select_for_update()
+            .only("reserved", "held", "user_id", "status", "cancel_requested_at")
+            .get(pk=batch_id)
         )
+        if batch.status in BATCH_TERMINAL or batch.cancel_requested_at is not None:
+            raise BatchClosed(f"batch {batch_id} is {batch.status}")
         available = batch.reserved - batch.held
         if available < max_cost:
             extension = max_cost - available
@@ -130,8 +141,11 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
 
 
 def release_hold(batch_id: int, max_cost: Decimal) -> None:
-    """An attempt ended without a bill (its /run call failed): free its hold for the batch."""
-    Batch.objects.filter(pk=batch_id).update(held=F("held") - max_cost)
+    """An attempt ended without a bill (its /run call failed): free its hold for the batch.
+    Nothing to do once the batch has finished: finalize released every hold with the rest."""
+    Batch.objects.filter(pk=batch_id, held__gte=max_cost).exclude(status__in=BATCH_TERMINAL).update(
+        held=F("held") - max_cost
+    )
 
 
 def billable_cost(image: ImageJob, execution_ms: int) -> Decimal:
@@ -219,6 +233,56 @@ def charge_attempt(
     Budget.objects.filter(pk=budget.pk).update(
         spent=F("spent") + cost, reserved=F("reserved") - cost
     )
+    return True
+
+
+def attempt_charged_nothing(image_id: int, attempt: int) -> bool:
+    """True when an attempt ended charged nothing because its job was never confirmed (its
+    /run answer was lost and no webhook came within the grace)."""
+    return LedgerEntry.objects.filter(
+        image_id=image_id, attempt=attempt, kind=LedgerEntry.Kind.CHARGE, runpod_job_id="",
+        billed_ms=0,
+    ).exists()  # fmt: skip
+
+
+def charge_late_job(
+    image: ImageJob, attempt: int, job_id: str, cost: Decimal, billed_ms: int
+) -> bool:
+    """Charge a job that reported after its attempt had ended charged nothing (a lost /run
+    answer whose job RunPod started only after the grace). The attempt's zero charge becomes
+    this job's charge, reserved and spent at once from what the budget has left. False when it
+    was charged already, or when the budget has no room left: then the limit wins, and the
+    miss is logged as an error, since the ledger shows less than RunPod bills."""
+    try:
+        with transaction.atomic():
+            batch = Batch.objects.select_for_update().only("user_id").get(pk=image.batch_id)
+            note = f"charged late: job {job_id} reported after its attempt ended"
+            amended = LedgerEntry.objects.filter(
+                image_id=image.pk, attempt=attempt, kind=LedgerEntry.Kind.CHARGE,
+                runpod_job_id="", billed_ms=0,
+            ).update(amount=cost, runpod_job_id=job_id, billed_ms=billed_ms, note=note)  # fmt: skip
+            if not amended:
+                return False
+            budget = Budget.objects.only("id").get(user_id=batch.user_id)
+            if not Budget.objects.filter(
+                pk=budget.pk, spent__lte=F("limit") - F("reserved") - cost
+            ).update(spent=F("spent") + cost):
+                transaction.set_rollback(True)
+                logger.error(
+                    "image %s attempt %s: RunPod billed late job %s (%s) but the budget has no "
+                    "room left for it", image.pk, attempt, job_id, cost,
+                )  # fmt: skip
+                return False
+            # Reserved and charged in one step: the ledger keeps reserve - release - charge
+            # equal to what the batch still reserves.
+            LedgerEntry.objects.create(
+                budget=budget, batch_id=image.batch_id, kind=LedgerEntry.Kind.RESERVE,
+                amount=cost, note=f"reserved to charge late job {job_id}",
+            )  # fmt: skip
+            ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
+            Batch.objects.filter(pk=image.batch_id).update(actual_cost=F("actual_cost") + cost)
+    except IntegrityError:  # that job is charged on another row already
+        return False
     return True
 
 

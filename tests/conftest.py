@@ -140,6 +140,9 @@ def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
         rate_limit_run=0,
         rate_limit_status=0,
         drop_webhooks=0,
+        ambiguous_run_rate=0,
+        ambiguous_run_next=0,
+        run_answer_delay=0,
         workers=16,
     )
     settings.RUNPOD_BASE_URL = stack.emulator.base_url

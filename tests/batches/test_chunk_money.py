@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import responses
+from django.db import connection
 from django.utils import timezone
 from PIL import Image
 
@@ -56,6 +58,7 @@ class FakeRunPod:
         mock.add_callback(responses.POST, f"{BASE}/run", self.on_run)
         mock.add_callback(responses.GET, re.compile(rf"{BASE}/status/.+"), self.on_status)
         mock.add_callback(responses.POST, re.compile(rf"{BASE}/cancel/.+"), self.on_cancel)
+        self.mock = mock
 
     def on_run(self, request: Any) -> tuple[int, dict[str, str], str]:
         job_id = f"job-{next(self.ids)}"
@@ -101,7 +104,8 @@ def runpod(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPo
     settings.RUNPOD_POLL_INTERVAL = 0.05
     settings.COMICGEN_RETRY_BASE_DELAY = 0
     settings.COMICGEN_MAX_ATTEMPTS = 3
-    settings.RUNPOD_MAX_IN_FLIGHT = 50
+    # Far above what the session's Celery worker may hold in the shared Redis meanwhile.
+    settings.RUNPOD_MAX_IN_FLIGHT = 1000
     # Only this test's loop runs the batch: no chord is sent to the session's Celery worker.
     monkeypatch.setattr("batches.services.enqueue_batch", lambda batch, chunks=None: None)
     chunks._clients.__dict__.clear()  # a client built for another test's RunPod URL
@@ -258,16 +262,15 @@ def test_odd_outputs_fail_only_their_own_attempt_and_the_chunk_goes_on(
     first_jobs: dict[str, str] = {}
 
     def outcome(job_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
-        if job_id in first_jobs.values():
+        # The first job RunPod ran for a prompt answers oddly; any later one is fine.
+        first = first_jobs.setdefault(job_input["prompt"], job_id)
+        if first == job_id:
             return completed(job_id, output=ODD_OUTPUTS.get(job_input["prompt"]))
         return completed(job_id)
 
     runpod.outcome = outcome
     batch = submit(user, [*prompts, "a good one"])
-    run = chunk_of(batch)
-    run.run_pass()
-    first_jobs.update(ImageJob.objects.filter(batch=batch).values_list("prompt", "runpod_job_id"))
-    drive(run)
+    drive(chunk_of(batch))
 
     images = {image.prompt: image for image in ImageJob.objects.filter(batch=batch)}
     assert all(image.status == ImageStatus.COMPLETED for image in images.values())
@@ -334,13 +337,137 @@ def test_a_lost_run_answer_with_webhooks_keeps_its_hold_and_adopts_the_job_from_
 
     token = flow.webhook_token(batch.pk, 0, image.pk, 1)
     assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 900))
+    assert ImageJob.objects.get(pk=image.pk).webhook_job_id == "job-1"  # kept in PostgreSQL
     drive(run)
 
     image.refresh_from_db()
     assert image.status == ImageStatus.COMPLETED
     assert len(runpod.jobs) == 1
-    assert charges(image) == [(1, "job-1", price(900), 900)]
+    # Adopted on RunPod's /status word (1200 ms), not on the webhook's (900 ms).
+    assert charges(image) == [(1, "job-1", price(1200), 1200)]
     assert_books(batch)
+
+
+def lost_run_ended_after_the_grace(runpod: FakeRunPod, user: Any, settings: Any) -> Batch:
+    """A batch whose only attempt lost its /run answer and ended, after the grace, charged
+    nothing; its second attempt completed."""
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.run_failures = [504]
+    batch = submit(user, ["ambiguous"])
+    run = chunk_of(batch)
+    run.run_pass()
+    grace = settings.COMICGEN_ORPHAN_GRACE_SECONDS + pricing.attempt_timeout_ms(PARAMS) / 1000
+    ImageJob.objects.filter(batch=batch).update(
+        submitted_at=timezone.now() - timedelta(seconds=grace + 1)
+    )
+    drive(run)
+    services.finalize_batch(batch.pk)
+    return batch
+
+
+@pytest.mark.django_db
+def test_a_forged_webhook_cannot_get_a_job_adopted_or_change_what_is_charged(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.run_failures = [502]
+    batch = submit(user, ["ambiguous"])
+    run = chunk_of(batch)
+    run.run_pass()
+    image = ImageJob.objects.get(batch=batch)
+    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+    forged = completed("forged-1", execution_ms=0)
+
+    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, forged)
+    run.run_pass()
+
+    image.refresh_from_db()
+    assert (image.status, image.runpod_job_id, image.webhook_job_id) == ("submitted", "", "")
+    # The real job's webhook still gets it adopted, at RunPod's figures.
+    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 5))
+    drive(run)
+    assert charges(ImageJob.objects.get(pk=image.pk)) == [(1, "job-1", price(1200), 1200)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_that_reports_after_its_attempt_ended_uncharged_is_charged_late(
+    runpod: FakeRunPod, user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    late: list[tuple[int, int, str]] = []
+    monkeypatch.setattr("batches.tasks.charge_late_job_task.delay", lambda *args: late.append(args))
+    batch = lost_run_ended_after_the_grace(runpod, user, settings)
+    image = ImageJob.objects.get(batch=batch)
+    assert charges(image)[0] == (1, "", Decimal("0"), 0)
+    budget_before = Batch.objects.get(pk=batch.pk).user.budget.spent
+
+    # job-1 finally ran (1500 ms) and reports on attempt 1's webhook URL.
+    runpod.outcome = lambda job_id, _: completed(job_id, execution_ms=1500)
+    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 1))
+    assert late == [(image.pk, 1, "job-1")]
+    assert chunks.charge_late_job(*late[0]) == "charged"
+    assert chunks.charge_late_job(*late[0]) == "nothing to charge"  # once
+
+    image.refresh_from_db()
+    assert charges(image) == [(1, "job-1", price(1500), 1500), (2, "job-2", price(1200), 1200)]
+    assert Batch.objects.get(pk=batch.pk).user.budget.spent == budget_before + price(1500)
+    assert check_books() == []
+
+
+@pytest.mark.django_db
+def test_a_late_report_of_a_job_runpod_does_not_know_charges_nothing(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    batch = lost_run_ended_after_the_grace(runpod, user, settings)
+    image = ImageJob.objects.get(batch=batch)
+
+    assert chunks.charge_late_job(image.pk, 1, "forged-9") == "RunPod does not know this job"
+    assert charges(image)[0] == (1, "", Decimal("0"), 0)
+    assert check_books() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("token", "payload"),
+    [
+        ("tøken-ñ", {"id": "job-1", "status": "COMPLETED"}),
+        (None, {"id": "job-1", "status": ["COMPLETED"]}),
+        (None, {"id": "job-1", "status": {"a": 1}}),
+        (None, {"id": "x" * 101, "status": "COMPLETED"}),
+        (None, {"id": "job\x00one", "status": "COMPLETED"}),
+        (None, {"id": 12, "status": "COMPLETED"}),
+        (None, ["job-1"]),
+    ],
+)
+def test_a_hostile_webhook_is_refused_and_changes_nothing(
+    runpod: FakeRunPod, user: Any, token: str | None, payload: Any
+) -> None:
+    batch = submit(user, ["target"])
+    image = ImageJob.objects.get(batch=batch)
+    token = token or flow.webhook_token(batch.pk, 0, image.pk, 0)
+
+    assert services.receive_webhook(batch.pk, 0, image.pk, 0, token, payload) is False
+    image.refresh_from_db()
+    assert (image.webhook_job_id, image.runpod_job_id) == ("", "")
+
+
+@pytest.mark.django_db
+def test_webhooks_naming_other_jobs_store_nothing_for_a_running_attempt(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "IN_PROGRESS"}
+    batch = submit(user, ["busy"])
+    run = chunk_of(batch)
+    run.run_pass()
+    image = ImageJob.objects.get(batch=batch)
+    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+
+    for number in range(20):
+        assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed(f"x-{number}"))
+
+    assert list(flow.get_redis().scan_iter("comicgen:result:*")) == []
 
 
 @pytest.mark.django_db
@@ -410,3 +537,156 @@ def test_a_retried_image_is_charged_for_every_new_attempt(runpod: FakeRunPod, us
     assert [row[0] for row in charges(image)] == list(range(1, 10))
     assert image.cost == 9 * price(300)
     assert Batch.objects.get(pk=batch.pk).actual_cost == image.cost
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_before_the_claim_leaves_nothing_reserved(
+    runpod: FakeRunPod, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = submit(user, ["cancelled under the chunk's feet"])
+    run = chunk_of(batch)
+    # The cancel (and the finalize it brings) lands just after this pass checked for one.
+    real_hold = chunks.budget_services.hold_for_attempt
+
+    def hold_after_a_cancel(batch_id: int, max_cost: Decimal) -> bool:
+        thread = threading.Thread(target=cancel_in_another_connection, args=(batch_id,))
+        thread.start()
+        thread.join()
+        return real_hold(batch_id, max_cost)
+
+    monkeypatch.setattr(chunks.budget_services, "hold_for_attempt", hold_after_a_cancel)
+    run.run_pass()
+
+    assert Batch.objects.get(pk=batch.pk).status == "cancelled"
+    assert len(runpod.jobs) == 0
+    assert check_books() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_between_hold_and_claim_leaves_the_holds_balanced(
+    runpod: FakeRunPod, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = submit(user, ["cancelled mid-claim"])
+    run = chunk_of(batch)
+    real_hold = chunks.budget_services.hold_for_attempt
+
+    def cancel_after_the_hold(batch_id: int, max_cost: Decimal) -> bool:
+        held = real_hold(batch_id, max_cost)
+        # Another connection: the cancel commits while the chunk's transaction is open.
+
+        thread = threading.Thread(
+            target=lambda: services.cancel_batch(Batch.objects.get(pk=batch_id))
+        )
+        thread.start()
+        thread.join(0.5)
+        return held
+
+    monkeypatch.setattr(chunks.budget_services, "hold_for_attempt", cancel_after_the_hold)
+    run.run_pass()
+    drive(run)
+    services.finalize_batch(batch.pk)
+
+    assert Batch.objects.get(pk=batch.pk).held == 0
+    assert check_books() == []
+
+
+def cancel_in_another_connection(batch_id: int) -> None:
+    try:
+        services.cancel_batch(Batch.objects.get(pk=batch_id))
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db
+def test_a_worker_lost_between_hold_and_claim_leaves_no_hold_behind(
+    runpod: FakeRunPod, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = submit(user, ["lost worker"])
+    run = chunk_of(batch)
+    real_update = chunks.ImageJob.objects.filter
+
+    class WorkerLost(Exception):
+        pass
+
+    def dies_at_the_claim(*args: Any, **kwargs: Any) -> Any:
+        if "attempts" in kwargs and kwargs.get("runpod_job_id") == "":
+            raise WorkerLost
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(chunks.ImageJob.objects, "filter", dies_at_the_claim)
+    with pytest.raises(WorkerLost):
+        run.run_pass()
+    monkeypatch.undo()
+
+    assert Batch.objects.get(pk=batch.pk).held == 0
+    assert check_books() == []
+
+
+@pytest.mark.django_db
+def test_a_refused_cancel_still_ends_the_job_charged_what_it_ran(
+    runpod: FakeRunPod, user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "IN_PROGRESS"}
+    batch = submit(user, ["refused cancel"])
+    run = chunk_of(batch)
+    run.run_pass()
+
+    def refuse(request: Any) -> tuple[int, dict[str, str], str]:
+        runpod.outcome = lambda job_id, _: {
+            "id": job_id, "status": "FAILED", "executionTime": 700, "error": "stopped",
+        }  # fmt: skip
+        return 400, {}, "cannot cancel"
+
+    runpod.on_cancel = refuse  # type: ignore[method-assign]
+    responses_mock = runpod.mock
+    responses_mock.replace(responses.POST, re.compile(rf"{BASE}/cancel/.+"), body="x")
+    responses_mock.add_callback(responses.POST, re.compile(rf"{BASE}/cancel/.+"), refuse)
+    services.cancel_batch(batch)
+    drive(run)
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.CANCELLED
+    assert charges(image) == [(1, "job-1", price(700), 700)]
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_an_odd_output_found_by_a_poll_is_charged_what_the_job_ran(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    def outcome(job_id: str, _: dict[str, Any]) -> dict[str, Any]:
+        if job_id == "job-1":
+            return completed(job_id, output={"images": ["https://[bucket.runpod.io/p.png"]})
+        return completed(job_id)
+
+    runpod.outcome = outcome
+    batch = submit(user, ["unparseable URL"])
+    drive(chunk_of(batch))
+
+    image = ImageJob.objects.get(batch=batch)
+    assert image.status == ImageStatus.COMPLETED
+    assert charges(image)[0] == (1, "job-1", price(1200), 1200)
+    assert_books(batch)
+
+
+@pytest.mark.django_db
+def test_a_job_a_webhook_named_for_an_earlier_attempt_is_never_adopted_for_a_later_one(
+    runpod: FakeRunPod, user: Any, settings: Any
+) -> None:
+    settings.COMICGEN_PUBLIC_URL = "https://comicgen.test"
+    runpod.outcome = lambda job_id, _: {"id": job_id, "status": "FAILED", "executionTime": 80}
+    batch = submit(user, ["unlucky"])
+    run = chunk_of(batch)
+    run.run_pass()
+    # job-1's webhook came before its /run answer did: noted on the image.
+    ImageJob.objects.filter(batch=batch).update(webhook_job_id="job-1")
+    runpod.run_failures = [502]  # attempt 2 loses its /run answer
+    run.last_checked.clear()
+    run.run_pass()
+    run.last_checked.clear()
+    run.run_pass()
+    run.run_pass()
+
+    image = ImageJob.objects.get(batch=batch)
+    assert (image.attempts, image.status, image.runpod_job_id) == (2, "submitted", "")
+    assert charges(image) == [(1, "job-1", price(80), 80)]

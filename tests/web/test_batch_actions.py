@@ -62,7 +62,11 @@ def test_retry_requeues_the_failed_panels_only(
     assert batch.status == BatchStatus.RUNNING
     assert batch.images.get(index=0).status == ImageStatus.COMPLETED
     requeued = batch.images.get(index=1)
-    assert (requeued.status, requeued.attempts, requeued.error) == (ImageStatus.PENDING, 0, "")
+    assert (requeued.status, requeued.attempts_this_round, requeued.error) == (
+        ImageStatus.PENDING,
+        0,
+        "",
+    )
     assert "1 panel requeued." in response.content.decode()
 
 

@@ -136,7 +136,7 @@ def test_an_author_submits_a_chapter_and_watches_it_render_live(
     page.wait_for_selector("text=1 panel requeued.")
     batch.refresh_from_db()
     assert batch.status in (BatchStatus.RUNNING, BatchStatus.PARTIAL)
-    assert batch.images.get(index=3).attempts <= 3  # a fresh set of attempts
+    assert batch.images.get(index=3).attempts_this_round <= 3  # a fresh set of attempts
     page.wait_for_selector("[data-testid=batch-status]:has-text('Partial')", timeout=60_000)
 
     # A phone-sized view of the same page, and the dashboard with the batch on it.
