@@ -151,6 +151,10 @@ class ChunkRun:
             return SLOT_RETRY_SECONDS
         self.submit_due(open_images)
         self.collect([image for image in open_images if image.runpod_job_id])
+        if not self.images.exclude(status__in=IMAGE_TERMINAL).exists():
+            # The last image just ended: finish now (the caller finalizes the batch), not after
+            # another wait, so a batch is done the moment its last panel is.
+            return None
         return self.wait_time()
 
     # --- submitting --------------------------------------------------------------------------

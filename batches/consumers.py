@@ -18,6 +18,49 @@ from batches.models import Batch
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+# How long a later event waits for an earlier one still on its way (another worker's message)
+# before the gap is taken for a lost message and the socket is resynced with a snapshot.
+GAP_SECONDS = 1.0
+
+
+class OrderedEvents:
+    """A consumer's side of events.InOrder: hands the events on in seq order, and calls
+    `resync` when a gap stays open for GAP_SECONDS."""
+
+    def __init__(self, emit: Any, resync: Any) -> None:
+        self.order = events.InOrder(after=0)
+        self._emit = emit
+        self._resync = resync
+        self._gap_timer: asyncio.Task[None] | None = None
+
+    async def restart(self, after: int) -> None:
+        """A snapshot at seq `after` was just sent."""
+        for event in self.order.reset(after):
+            await self._emit(event)
+        self._watch_gap()
+
+    async def accept(self, message: dict[str, Any]) -> None:
+        for event in self.order.accept(message):
+            await self._emit(event)
+        self._watch_gap()
+
+    def _watch_gap(self) -> None:
+        if not self.order.waiting:
+            if self._gap_timer:
+                self._gap_timer.cancel()
+                self._gap_timer = None
+        elif self._gap_timer is None or self._gap_timer.done():
+            self._gap_timer = asyncio.create_task(self._close_gap())
+
+    async def _close_gap(self) -> None:
+        await asyncio.sleep(GAP_SECONDS)
+        self._gap_timer = None
+        if self.order.waiting:
+            await self._resync()
+
+    def stop(self) -> None:
+        if self._gap_timer:
+            self._gap_timer.cancel()
 
 
 @database_sync_to_async
@@ -41,29 +84,37 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
         if snapshot is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.ordered = OrderedEvents(self.send_json, self.send_snapshot)
         # Join before sending the snapshot: an event sent in between is delivered and, being
-        # newer than the snapshot's seq, is kept by the client.
+        # newer than the snapshot's seq, follows it.
         await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
         await self.accept()
         await self.send_json(snapshot)
+        await self.ordered.restart(snapshot["seq"])
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "batch_id"):
+            if hasattr(self, "ordered"):
+                self.ordered.stop()
             await self.channel_layer.group_discard(
                 events.group_name(self.batch_id), self.channel_name
             )
 
+    async def send_snapshot(self) -> None:
+        _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
+        if snapshot:
+            await self.send_json(snapshot)
+            await self.ordered.restart(snapshot["seq"])
+
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
-        """A client may ask for a fresh snapshot, e.g. after noticing a gap in seq."""
+        """A client may ask for a fresh snapshot at any time."""
         if isinstance(content, dict) and content.get("type") == "snapshot":
-            _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
-            if snapshot:
-                await self.send_json(snapshot)
+            await self.send_snapshot()
 
     async def batch_events(self, message: dict[str, Any]) -> None:
-        """Events arrive in bundles (events.py); each goes to the client as its own message."""
-        for event in message["events"]:
-            await self.send_json(event)
+        """Events arrive in bundles (events.py); each goes to the client as its own message,
+        in seq order."""
+        await self.ordered.accept(message)
 
 
 # --- the htmx pages' consumer ----------------------------------------------------------------
@@ -97,20 +148,23 @@ def _may_watch(user: Any, batch_id: int) -> bool:
 
 
 @database_sync_to_async
-def _render_live(batch_id: int, options: dict[str, str]) -> str:
-    return fragments.render_live(fragments.load_batch(batch_id), **options)
+def _render_live(batch_id: int, options: dict[str, str]) -> tuple[str, int]:
+    batch = fragments.load_batch(batch_id)
+    return fragments.render_live(batch, **options), batch.seq
 
 
 @database_sync_to_async
-def _render_header(batch_id: int, options: dict[str, str]) -> str:
-    return fragments.render_header(Batch.objects.get(pk=batch_id), **options)
+def _render_header(batch_id: int, seq: int, options: dict[str, str]) -> str:
+    return fragments.render_header(Batch.objects.get(pk=batch_id), seq=seq, **options)
 
 
 class BatchPageConsumer(AsyncWebsocketConsumer):
     """`/ws/batches/<id>/page/`: the same events as BatchConsumer, as HTML fragments with
     `hx-swap-oob` for htmx's ws extension. Each fragment carries `data-seq`; the page drops
-    one older than what it shows (static/js/batch.js), since delivery order across workers
-    is not guaranteed."""
+    one older than what it shows (static/js/batch.js). Fragments go out in seq order: tiles
+    as their events come (put in order as for BatchConsumer), and the header, re-rendered from
+    the database at most every HEADER_COALESCE_SECONDS, carries the seq of the last event sent
+    before it, so it never claims a seq ahead of a tile still to come."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -124,14 +178,21 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         self.batch_id = batch_id
         self.options = _page_render_options(self.scope)
         self._header_task: asyncio.Task[None] | None = None
+        self.ordered = OrderedEvents(self.forward, self.send_snapshot)
         # Join first, then snapshot: an event in between arrives after it and is newer.
         await self.channel_layer.group_add(events.group_name(batch_id), self.channel_name)
         await self.accept()
         # Also what makes a reconnecting page whole again after missed events.
-        await self.send(text_data=await _render_live(batch_id, self.options))
+        await self.send_snapshot()
+
+    async def send_snapshot(self) -> None:
+        html, seq = await _render_live(self.batch_id, self.options)
+        await self.send(text_data=html)
+        await self.ordered.restart(seq)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "batch_id"):
+            self.ordered.stop()
             if self._header_task:
                 self._header_task.cancel()
             await self.channel_layer.group_discard(
@@ -139,8 +200,7 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
             )
 
     async def batch_events(self, message: dict[str, Any]) -> None:
-        for event in message["events"]:
-            await self.forward(event)
+        await self.ordered.accept(message)
 
     async def forward(self, event: dict[str, Any]) -> None:
         if event.get("type") == "image.updated":
@@ -151,8 +211,12 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         elif event.get("type") == "batch.updated":
             if self._header_task and not self._header_task.done():
                 self._header_task.cancel()
-            await self.send(text_data=await _render_header(self.batch_id, self.options))
+            await self._send_header()
 
     async def _send_header_soon(self) -> None:
         await asyncio.sleep(HEADER_COALESCE_SECONDS)
-        await self.send(text_data=await _render_header(self.batch_id, self.options))
+        await self._send_header()
+
+    async def _send_header(self) -> None:
+        seq = self.ordered.order.last
+        await self.send(text_data=await _render_header(self.batch_id, seq, self.options))

@@ -1,8 +1,17 @@
 """What is pushed to watchers of a batch, and the one helper that pushes it.
 
-Every event carries the batch's next `seq` (taken in PostgreSQL, so it is monotonic across
-workers); a client keeps the highest seq it has seen per image and for the batch and drops
-anything older. Events are sent after the change is committed.
+Every event carries the batch's next `seq`, and every socket receives a batch's events in `seq`
+order, so a client may drop anything older than the last seq it saw. Two rules make that true:
+
+- An event takes its seq and reads the rows it reports in one transaction that holds the batch
+  row's lock (the seq UPDATE takes it), and is queued for sending before that lock is released.
+  Events with a higher seq therefore report state at least as new, and within one process they
+  are queued in seq order.
+- Several processes send to the same group, and the channel layer may deliver their messages in
+  any order (or drop one when a consumer is over capacity). Each message says which seqs it
+  covers, the superseded events it left out included; the consumer (`InOrder`) passes events on
+  in seq order, holds a later one back until the gap before it fills, and resyncs with a
+  snapshot if a gap stays open (a lost message).
 
 Sync code (Celery threads, views) hands events to one background event loop per process,
 which sends them in order: channels-redis keeps its connections per event loop, and a fresh
@@ -91,7 +100,8 @@ class _Sender:
             for group, event in events:
                 by_group.setdefault(group, []).append(event)
             for group, group_events in by_group.items():
-                await self._send_group(layer, group, latest_only(group_events))
+                covered = [event["seq"] for event in group_events]
+                await self._send_group(layer, group, latest_only(group_events), covered)
             with self._idle:
                 self._pending -= len(events)
                 self._idle.notify_all()
@@ -99,8 +109,10 @@ class _Sender:
                 return
 
     @staticmethod
-    async def _send_group(layer: Any, group: str, events: list[dict[str, Any]]) -> None:
-        message = {"type": "batch.events", "events": events}
+    async def _send_group(
+        layer: Any, group: str, events: list[dict[str, Any]], covered: list[int]
+    ) -> None:
+        message = {"type": "batch.events", "events": events, "seqs": covered}
         for attempt in (1, 2):
             try:
                 await layer.group_send(group, message)
@@ -143,6 +155,52 @@ def latest_only(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [event for position, event in enumerate(events) if last[key(event)] == position]
 
 
+class InOrder:
+    """Puts one batch's events back in seq order for one socket.
+
+    `after` is the seq the socket's snapshot showed. `accept(message)` takes a channel-layer
+    message (its events and every seq it covers) and returns the events that may go out now, in
+    order; a message that arrives ahead of an earlier one is held until that one comes.
+    `waiting` says a gap is open: if it stays open (a message was lost), the consumer sends a
+    fresh snapshot and calls `reset` with that snapshot's seq.
+    """
+
+    def __init__(self, after: int) -> None:
+        self.last = after
+        self._held: dict[int, dict[str, Any] | None] = {}
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._held)
+
+    def accept(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        events = [event for event in message.get("events", []) if isinstance(event, dict)]
+        covered = message.get("seqs") or [event.get("seq") for event in events]
+        for seq in covered:
+            if isinstance(seq, int) and seq > self.last:
+                self._held.setdefault(seq, None)  # covered: an event left out as superseded
+        for event in events:
+            seq = event.get("seq")
+            if isinstance(seq, int) and seq > self.last:
+                self._held[seq] = event
+        return self._release()
+
+    def reset(self, after: int) -> list[dict[str, Any]]:
+        """A snapshot at `after` was sent: drop what it covers, release what follows it."""
+        self.last = max(self.last, after)
+        self._held = {seq: event for seq, event in self._held.items() if seq > self.last}
+        return self._release()
+
+    def _release(self) -> list[dict[str, Any]]:
+        ready = []
+        while self.last + 1 in self._held:
+            self.last += 1
+            event = self._held.pop(self.last)
+            if event is not None:
+                ready.append(event)
+        return ready
+
+
 def send_event(batch_id: int, event: dict[str, Any]) -> None:
     """Hand an event to the sender thread (call after the change it reports is committed)."""
     _sender.send(group_name(batch_id), event)
@@ -155,9 +213,9 @@ def flush_events(timeout: float = 5.0) -> bool:
 # --- the events ------------------------------------------------------------------------------
 
 
-# Both pushes build their event once the caller's transaction commits: the event then shows
-# committed state, and the batch row's seq counter is locked for one statement instead of for the
-# rest of the caller's transaction (every chunk of the batch takes the next seq from that row).
+# Both pushes build their event once the caller's transaction commits, in a transaction of their
+# own: take the seq (locking the batch row), read what the event reports, queue it, commit. The
+# lock is held for those few statements only, not for the rest of the caller's transaction.
 
 
 def push_image_updated(image_id: int) -> None:
@@ -171,32 +229,38 @@ def push_batch_updated(batch_id: int) -> None:
 
 
 def _send_image_updated(image_id: int) -> None:
-    image = ImageJob.objects.select_related("batch").filter(pk=image_id).first()
-    if image is None:  # deleted meanwhile
+    batch_id = ImageJob.objects.filter(pk=image_id).values_list("batch_id", flat=True).first()
+    if batch_id is None:  # deleted meanwhile
         return
-    seq = image.take_next_seq()
-    event = {
-        "type": "image.updated",
-        "seq": seq,
-        "batch_id": image.batch_id,
-        "image": image_data(image),
-        "counts": image.batch.status_counts(),
-    }
-    send_event(image.batch_id, event)
+    with transaction.atomic():
+        seq = Batch.take_seq(batch_id)
+        ImageJob.objects.filter(pk=image_id).update(seq=seq)
+        image = ImageJob.objects.select_related("batch").filter(pk=image_id).first()
+        if seq is None or image is None:
+            return
+        event = {
+            "type": "image.updated",
+            "seq": seq,
+            "batch_id": batch_id,
+            "image": image_data(image),
+            "counts": image.batch.status_counts(),
+        }
+        send_event(batch_id, event)
 
 
 def _send_batch_updated(batch_id: int) -> None:
-    batch = Batch.objects.filter(pk=batch_id).first()
-    if batch is None:
-        return
-    seq = batch.next_seq()
-    event = {
-        "type": "batch.updated",
-        "seq": seq,
-        "batch_id": batch_id,
-        "status": batch.status,
-        "counts": batch.status_counts(),
-        "actual_cost": str(batch.actual_cost),
-        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
-    }
-    send_event(batch_id, event)
+    with transaction.atomic():
+        seq = Batch.take_seq(batch_id)
+        batch = Batch.objects.filter(pk=batch_id).first()
+        if seq is None or batch is None:
+            return
+        event = {
+            "type": "batch.updated",
+            "seq": seq,
+            "batch_id": batch_id,
+            "status": batch.status,
+            "counts": batch.status_counts(),
+            "actual_cost": str(batch.actual_cost),
+            "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+        }
+        send_event(batch_id, event)

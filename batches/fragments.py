@@ -104,8 +104,11 @@ def tiles(batch: Batch) -> list[dict[str, Any]]:
     return [tile_context(data, batch.pk) for data in ImageJobSerializer(images, many=True).data]
 
 
-def header_context(batch: Batch, *, csrf_token: str = "", next_url: str = "") -> dict[str, Any]:
-    """Status, progress, ETA, cost and the actions that apply now."""
+def header_context(
+    batch: Batch, *, csrf_token: str = "", next_url: str = "", seq: int | None = None
+) -> dict[str, Any]:
+    """Status, progress, ETA, cost and the actions that apply now. `seq` is the event number
+    the header stands for (default: the batch's own, as read with it)."""
     summary = BatchSummarySerializer()
     counts = summary.get_counts(batch)
     bar = progress(counts)
@@ -123,7 +126,7 @@ def header_context(batch: Batch, *, csrf_token: str = "", next_url: str = "") ->
         "can_retry": batch.is_terminal and retryable > 0,
         "retryable": retryable,
         "can_download": bar["completed"] > 0,
-        "seq": batch.seq,
+        "seq": batch.seq if seq is None else seq,
         "next_url": next_url,
     }
     if csrf_token:
@@ -157,9 +160,14 @@ def render_tile(image: dict[str, Any], batch_id: int) -> str:
     return render_to_string(f"{PAGE_TEMPLATE}#tile", context)
 
 
-def render_header(batch: Batch, *, csrf_token: str = "", next_url: str = "") -> str:
+def render_header(
+    batch: Batch, *, csrf_token: str = "", next_url: str = "", seq: int | None = None
+) -> str:
     """The progress header, as an out-of-band swap (the answer to `batch.updated`)."""
-    context = {**header_context(batch, csrf_token=csrf_token, next_url=next_url), "oob": True}
+    context = {
+        **header_context(batch, csrf_token=csrf_token, next_url=next_url, seq=seq),
+        "oob": True,
+    }
     return render_to_string(f"{PAGE_TEMPLATE}#progress", context)
 
 

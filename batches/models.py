@@ -104,16 +104,18 @@ class Batch(models.Model):
     def is_terminal(self) -> bool:
         return self.status in BATCH_TERMINAL
 
-    def next_seq(self) -> int:
-        """Take the next event number atomically (UPDATE ... RETURNING), across processes."""
+    @classmethod
+    def take_seq(cls, batch_id: int) -> int | None:
+        """Take the batch's next event number (None if the batch is gone). The UPDATE locks the
+        batch row until the caller's transaction ends: events.py builds an event under that
+        lock, so seq order is also the order of the state the events report."""
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {self._meta.db_table} SET seq = seq + 1 WHERE id = %s RETURNING seq",
-                [self.pk],
+                f"UPDATE {cls._meta.db_table} SET seq = seq + 1 WHERE id = %s RETURNING seq",
+                [batch_id],
             )
             row = cursor.fetchone()
-        self.seq = row[0]
-        return self.seq
+        return row[0] if row else None
 
     def status_counts(self) -> dict[str, int]:
         """Images by status, every status present, plus `total`."""
@@ -175,20 +177,6 @@ class ImageJob(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in IMAGE_TERMINAL
-
-    def take_next_seq(self) -> int:
-        """Take the batch's next event number and stamp it on this image, in one statement."""
-        batch_table, image_table = Batch._meta.db_table, self._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"WITH next AS (UPDATE {batch_table} SET seq = seq + 1 WHERE id = %s "
-                f"RETURNING seq) UPDATE {image_table} SET seq = (SELECT seq FROM next) "
-                f"WHERE id = %s RETURNING seq",
-                [self.batch_id, self.pk],
-            )
-            row = cursor.fetchone()
-        self.seq = row[0]
-        return self.seq
 
     @property
     def attempts_this_round(self) -> int:

@@ -398,6 +398,7 @@ class Watcher:
         self.batch_id = batch_id
         self.completed_at: dict[int, float] = {}
         self.events = 0
+        self.seqs: list[int] = []
         self.terminal_at: float | None = None
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -425,6 +426,7 @@ class Watcher:
                         break
                     event = json.loads(message.data)
                     self.events += 1
+                    self.seqs.append(event["seq"])
                     if event["type"] == "batch.snapshot":
                         self.connected.set()
                         for image in event["batch"]["images"]:
@@ -451,6 +453,13 @@ class Watcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def inversions(self) -> int:
+        """Events that arrived with a seq not above the one before (0 when in order)."""
+        return sum(
+            1 for before, after in zip(self.seqs, self.seqs[1:], strict=False) if after <= before
+        )
 
 
 # --- reporting ---------------------------------------------------------------------------------

@@ -27,13 +27,28 @@ ensure_packages
 ensure_venv
 ensure_secret_key
 
+# The Procfile's processes run in a session of their own (setsid), so that stopping the stack
+# can stop every one of them and whatever they started (Celery's threads, supervise.sh's
+# children), however honcho itself ended: Ctrl-C, an error, or a process that exited.
+stack_pid=""
 stop_all() {
+    local code=$?
     trap - EXIT INT TERM
+    if [ -n "$stack_pid" ] && kill -0 -- "-$stack_pid" 2>/dev/null; then
+        say "stopping web, workers, beat and the emulator"
+        kill -TERM -- "-$stack_pid" 2>/dev/null || true
+        local i
+        for i in $(seq 100); do kill -0 -- "-$stack_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$stack_pid" 2>/dev/null || true
+    fi
     say "stopping PostgreSQL and Redis"
     stop_redis "$DATA/redis" "$COMICGEN_REDIS_PORT"
     stop_postgres "$DATA/pg"
+    exit "$code"
 }
-trap stop_all EXIT INT TERM
+# Ctrl-C is the normal way to stop: exit 0 then.
+trap stop_all EXIT TERM
+trap 'exit 0' INT
 
 say "starting PostgreSQL on 127.0.0.1:$COMICGEN_PG_PORT and Redis on 127.0.0.1:$COMICGEN_REDIS_PORT"
 start_postgres "$DATA/pg" "$COMICGEN_PG_PORT"
@@ -44,8 +59,6 @@ start_redis "$DATA/redis" "$COMICGEN_REDIS_PORT"
 "$PY" manage.py ensure_demo_users --url "http://$COMICGEN_WEB_HOST:$COMICGEN_WEB_PORT"
 echo "    Stop everything with Ctrl-C. Data stays in $DATA for the next run." >&2
 
-code=0
-PATH="$VENV/bin:$PATH" "$VENV/bin/honcho" -f "$ROOT/Procfile" start || code=$?
-# Ctrl-C (130) is the normal way to stop.
-[ "$code" -eq 130 ] && code=0
-exit "$code"
+PATH="$VENV/bin:$PATH" setsid "$VENV/bin/honcho" -f "$ROOT/Procfile" start &
+stack_pid=$!
+wait "$stack_pid"
