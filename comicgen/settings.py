@@ -154,14 +154,7 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # A watcher that falls behind (a busy web process) gets its events late rather than
         # not at all: messages wait up to two minutes before the layer drops them.
-        # health_check_interval: a pooled connection idle for 5 s is pinged before use, so one
-        # left dead by a Redis restart is replaced at once instead of stalling a socket's
-        # connect until it times out.
-        "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "health_check_interval": 5}],
-            "capacity": 1000,
-            "expiry": 120,
-        },
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 120},
     }
 }
 
