@@ -23,10 +23,11 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -56,6 +57,10 @@ CALL_RETRY_MAX = 10.0
 SLOT_RETRY_SECONDS = 0.1
 # How long a chunk sleeps at most between passes (also bounds how late it sees a cancel).
 MAX_WAIT_SECONDS = 2.0
+# A database or Redis that went away is not a bad answer from RunPod: the task fails and is
+# retried (its jobs' results wait at RunPod), rather than failing an attempt that may have
+# produced a good panel and generating it again.
+LOST_SERVICES = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
 # No RunPod job runs for a day (its executionTimeout is at most RUNPOD_EXECUTION_TIMEOUT_MS):
 # a larger delayTime or executionTime is garbage, not a figure to store or charge.
 MAX_REPORTED_MS = 24 * 3600 * 1000
@@ -217,6 +222,8 @@ class ChunkRun:
         self.last_checked[job_id] = time.monotonic()
         try:
             self.handle(image, status)
+        except LOST_SERVICES:
+            raise
         except Exception as error:
             logger.exception("image %s job %s: could not handle RunPod's answer", image.pk, job_id)
             self.unusable_answer(image, job_id, status, None, error)
@@ -375,6 +382,8 @@ class ChunkRun:
                 status = JobStatus.from_json(payload) if payload is not None else self.poll(image)
                 if status is not None:
                     self.handle(image, status)
+            except LOST_SERVICES:
+                raise
             except Exception as error:
                 # One odd answer must not stop the chunk: fail this attempt, go on with the rest.
                 logger.exception("image %s job %s: could not handle RunPod's answer", image.pk,
@@ -543,6 +552,8 @@ class ChunkRun:
                 continue
             try:
                 self.cancel_job(image, reason)
+            except LOST_SERVICES:
+                raise
             except Exception as error:
                 logger.exception("image %s: could not record its cancel", image.pk)
                 self.unusable_answer(image, image.runpod_job_id, None, None, error)

@@ -84,7 +84,9 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
         if snapshot is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        self.ordered = OrderedEvents(self.send_json, self.send_snapshot)
+        # Events and a resync's snapshot (sent from the gap timer's task) never interleave.
+        self._sending = asyncio.Lock()
+        self.ordered = OrderedEvents(self._send_event, self.send_snapshot)
         # Join before sending the snapshot: an event sent in between is delivered and, being
         # newer than the snapshot's seq, follows it.
         await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
@@ -100,10 +102,16 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
                 events.group_name(self.batch_id), self.channel_name
             )
 
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        async with self._sending:
+            await self.send_json(event)
+
     async def send_snapshot(self) -> None:
-        _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
+        async with self._sending:
+            _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
+            if snapshot:
+                await self.send_json(snapshot)
         if snapshot:
-            await self.send_json(snapshot)
             await self.ordered.restart(snapshot["seq"])
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -178,6 +186,9 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         self.batch_id = batch_id
         self.options = _page_render_options(self.scope)
         self._header_task: asyncio.Task[None] | None = None
+        # The coalesced header is sent from a task of its own: this lock keeps it from going out
+        # between a tile and the seq it read, so fragments leave in seq order.
+        self._sending = asyncio.Lock()
         self.ordered = OrderedEvents(self.forward, self.send_snapshot)
         # Join first, then snapshot: an event in between arrives after it and is newer.
         await self.channel_layer.group_add(events.group_name(batch_id), self.channel_name)
@@ -186,8 +197,9 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         await self.send_snapshot()
 
     async def send_snapshot(self) -> None:
-        html, seq = await _render_live(self.batch_id, self.options)
-        await self.send(text_data=html)
+        async with self._sending:
+            html, seq = await _render_live(self.batch_id, self.options)
+            await self.send(text_data=html)
         await self.ordered.restart(seq)
 
     async def disconnect(self, code: int) -> None:
@@ -205,7 +217,8 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
     async def forward(self, event: dict[str, Any]) -> None:
         if event.get("type") == "image.updated":
             # Rendered from the event itself: no query per image.
-            await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))
+            async with self._sending:
+                await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))
             if self._header_task is None or self._header_task.done():
                 self._header_task = asyncio.create_task(self._send_header_soon())
         elif event.get("type") == "batch.updated":
@@ -218,5 +231,6 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         await self._send_header()
 
     async def _send_header(self) -> None:
-        seq = self.ordered.order.last
-        await self.send(text_data=await _render_header(self.batch_id, seq, self.options))
+        async with self._sending:
+            seq = self.ordered.order.last
+            await self.send(text_data=await _render_header(self.batch_id, seq, self.options))

@@ -80,6 +80,14 @@ class Stack:
         self.worker.kill()
         self.worker = celery_worker(self.env).start()
 
+    def restart_web(self) -> None:
+        """A fresh daphne: after a test restarted Redis, the old one's channel-layer pool can
+        stall the next socket's connect for seconds (pages fall back to polling meanwhile),
+        which would make the next test's timing depend on the one before it."""
+        port = int(self.web_url.rsplit(":", 1)[1])
+        self.web.stop()
+        self.web = daphne(self.env, port).start()
+
 
 @pytest.fixture(scope="session")
 def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
@@ -152,6 +160,14 @@ def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
     for name, value in WORKER_SETTINGS.items():
         setattr(settings, name, type(getattr(settings, name))(value))
     return stack
+
+
+@pytest.fixture
+def redis_restarted(live: Stack) -> Iterator[Stack]:
+    """For a test that restarts Redis: the web process is restarted after it (see
+    Stack.restart_web)."""
+    yield live
+    live.restart_web()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2) -> Any:

@@ -126,7 +126,10 @@ def restart_redis_empty() -> None:
     )  # fmt: skip
 
 
-def test_redis_restarted_empty_keeps_the_in_flight_cap(live: Any, api: Any, settings: Any) -> None:
+def test_redis_restarted_empty_keeps_the_in_flight_cap(
+    redis_restarted: Any, api: Any, settings: Any
+) -> None:
+    live = redis_restarted
     cap = settings.RUNPOD_MAX_IN_FLIGHT  # what the test worker runs with
     live.emulator.configure(latency=1.5, workers=32)
     created = submit(api, [f"crowded street {n}" for n in range(3 * cap)])

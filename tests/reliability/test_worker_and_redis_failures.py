@@ -59,7 +59,8 @@ def test_a_worker_killed_mid_chunk_resumes_without_generating_twice(live: Any, a
     assert all(image.attempts == 1 for image in batch.images.all())
 
 
-def test_a_redis_restart_mid_batch_loses_no_image(live: Any, api: Any) -> None:
+def test_a_redis_restart_mid_batch_loses_no_image(redis_restarted: Any, api: Any) -> None:
+    live = redis_restarted
     redis_dir = os.environ.get("COMICGEN_TEST_REDIS_DIR")
     if not redis_dir:
         pytest.fail("COMICGEN_TEST_REDIS_DIR is not set: run the suite with `make test`")
