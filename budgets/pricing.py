@@ -58,10 +58,12 @@ class ModelPrice:
 
 
 DEFAULT_CATALOGUE = {
-    # SDXL on a 4090 runs about 10 steps a second at 1024 x 1024: 1.5 s for a 768 x 768,
-    # 25-step panel, 3.1 s at 1024 x 1024 and 30 steps; a warm worker's fixed cost per job is
-    # small. The dev stack's emulator (`--latency 1.5 --latency-scale pixels`) takes the same.
-    "sdxl": ModelPrice("sdxl", "4090", overhead_seconds=0.05, seconds_per_megapixel_step=0.098),
+    # SDXL on a 4090 runs about 10 steps a second on a one-megapixel panel: 1.5 s for 768 x 768
+    # at 25 steps, 3.1 s for 1024 x 1024 at 30. A warm worker's fixed cost per job is a few
+    # tens of milliseconds, under the steps' own variation: counted as none, so that history
+    # at one size prices another along the right curve (budgets/estimates.py). The dev stack's
+    # emulator (`--latency 1.5 --latency-scale pixels`) takes the same.
+    "sdxl": ModelPrice("sdxl", "4090", overhead_seconds=0.0, seconds_per_megapixel_step=0.1),
     "sdxl-turbo": ModelPrice(
         "sdxl-turbo", "24gb", overhead_seconds=0.3, seconds_per_megapixel_step=0.2
     ),

@@ -18,6 +18,7 @@ from budgets.models import Budget
 from tests.support.history import record_history
 
 SDXL = pricing.DEFAULT_CATALOGUE["sdxl"]
+FLUX = pricing.DEFAULT_CATALOGUE["flux-dev"]  # one with a fixed cost per panel
 
 
 def params(width: int = 768, height: int = 768, steps: int = 25, model: str = "sdxl") -> dict:
@@ -40,13 +41,13 @@ def test_panels_of_one_size_scale_the_catalogues_curve_through_what_they_took() 
     work = 14.7456  # 768 x 768, 25 steps
     samples = [Sample(work, 0.75) for _ in range(30)]
 
-    timing = fit_timing(samples, SDXL)
+    timing = fit_timing(samples, FLUX)
 
     assert timing.seconds(work) == pytest.approx(0.75)
-    scale = 0.75 / SDXL.expected_seconds(768, 768, 25)
-    assert timing.overhead_seconds == pytest.approx(SDXL.overhead_seconds * scale)
+    scale = 0.75 / FLUX.expected_seconds(768, 768, 25)
+    assert timing.overhead_seconds == pytest.approx(FLUX.overhead_seconds * scale)
     assert timing.seconds_per_megapixel_step == pytest.approx(
-        SDXL.seconds_per_megapixel_step * scale
+        FLUX.seconds_per_megapixel_step * scale
     )
 
 
@@ -122,8 +123,8 @@ def test_panels_of_one_size_price_another_size_along_the_catalogues_curve() -> N
 
     estimate = estimate_images([params(1024, 1024, 30)])
 
-    # 0.75 / 1.4950688 of the catalogue's 3.1328448 s = 1.572 s, at 0.00031 per second.
-    assert estimate.expected_cost == Decimal("0.000488")
+    # 0.75 / 1.47456 of the catalogue's 3.145728 s = 1.6 s, at 0.00031 per second.
+    assert estimate.expected_cost == Decimal("0.000496")
     assert estimate.basis["kind"] == "measured"
 
 
