@@ -11,7 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
+from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 
@@ -179,11 +180,13 @@ class ImageJob(models.Model):
         ]
         indexes = [
             models.Index(fields=["batch", "status"], name="imagejob_batch_status_idx"),
-            # The estimates read a model's most recently finished panels (budgets.estimates).
+            # The estimates read a model's most recently finished panels (budgets.estimates):
+            # newest first, per model, without scanning every panel ever made.
             models.Index(
-                fields=["-finished_at"],
+                KeyTransform("model", "params"),
+                F("finished_at").desc(),
                 condition=Q(status__in=["completed", "failed"]),
-                name="imagejob_recently_finished_idx",
+                name="imagejob_model_finished_idx",
             ),
         ]
 
