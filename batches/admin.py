@@ -15,16 +15,19 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from batches import fragments, panels, services
 from batches.models import Batch, ImageJob
 from batches.views import counts_of, with_counts
+from budgets import estimates, pricing
 from budgets import services as budget_services
 from budgets.services import BudgetExceeded
 
@@ -94,11 +97,57 @@ class ImageJobInline(admin.TabularInline):
         return format_html('<img src="{}" alt="" style="height:48px">', url)
 
 
+class EstimateBasisFilter(admin.SimpleListFilter):
+    """Batches priced from measured history, from the catalogue, or both (several models)."""
+
+    title = "estimate basis"
+    parameter_name = "basis"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("measured", "Measured"), ("catalogue", "Catalogue"), ("mixed", "Mixed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Batch]) -> QuerySet[Batch]:
+        if self.value():
+            return queryset.filter(estimate_basis__kind=self.value())
+        return queryset
+
+
+class EstimateModelFilter(admin.SimpleListFilter):
+    """Batches with panels on one catalogue model, to read its estimate error over time."""
+
+    title = "model"
+    parameter_name = "model"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in pricing.model_names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Batch]) -> QuerySet[Batch]:
+        if self.value():
+            return queryset.filter(estimate_basis__models__has_key=self.value())
+        return queryset
+
+
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
-    list_display = ("id", "title", "user", "status_badge", "progress", "cost", "created_at")
+    list_display = (
+        "id",
+        "title",
+        "user",
+        "status_badge",
+        "progress",
+        "cost",
+        "estimate_error",
+        "created_at",
+    )
     list_display_links = ("id", "title")
-    list_filter = ("status", "priority", "created_at", "user")
+    list_filter = (
+        "status",
+        "priority",
+        "created_at",
+        "user",
+        EstimateBasisFilter,
+        EstimateModelFilter,
+    )
     search_fields = ("title", "user__username", "id")
     date_hierarchy = "created_at"
     list_select_related = ("user",)
@@ -113,6 +162,9 @@ class BatchAdmin(admin.ModelAdmin):
         "negative_prompt",
         "params",
         "estimated_cost",
+        "expected_cost",
+        "estimate_basis",
+        "endpoint_id",
         "actual_cost",
         "reserved",
         "held",
@@ -221,6 +273,48 @@ class BatchAdmin(admin.ModelAdmin):
     @admin.display(description="Cost", ordering="actual_cost")
     def cost(self, batch: Batch) -> str:
         return f"{batch.actual_cost:.4f} of {batch.estimated_cost:.4f} {batch.currency}"
+
+    @admin.display(description="Estimate error", ordering="expected_cost")
+    def estimate_error(self, batch: Batch) -> str:
+        """Actual against the expected cost (before the retry allowance), once it has ended."""
+        if not batch.is_terminal or not batch.expected_cost:
+            return "—"
+        error = batch.actual_cost / batch.expected_cost - 1
+        basis = batch.estimate_basis if isinstance(batch.estimate_basis, dict) else {}
+        return f"{error:+.0%} ({basis.get('kind', '-')}, {estimates.batch_model(basis)})"
+
+    def get_urls(self) -> list[URLPattern]:
+        accuracy = path(
+            "estimates/",
+            self.admin_site.admin_view(self.estimate_accuracy_view),
+            name="batches_batch_estimates",
+        )
+        return [accuracy, *super().get_urls()]
+
+    def estimate_accuracy_view(self, request: HttpRequest) -> HttpResponse:
+        """Staff: how far the estimates were off, by model and week."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Estimate accuracy",
+            "rows": [
+                {
+                    "model": row.model,
+                    "week": row.week,
+                    "batches": row.batches,
+                    "measured": row.measured,
+                    "mean_error": f"{row.mean_error:+.1%}",
+                    "mean_abs_error": f"{row.mean_abs_error:.1%}",
+                    "worst_error": f"{row.worst_error:+.1%}",
+                    "over_reserved": f"{row.over_reserved:+.1%}",
+                }
+                for row in estimates.estimate_accuracy()
+            ],
+            "min_samples": estimates.MIN_SAMPLES,
+        }
+        return TemplateResponse(request, "admin/batches/batch/estimate_accuracy.html", context)
 
     def change_view(
         self,

@@ -11,7 +11,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
+from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
 
@@ -63,13 +64,21 @@ class Batch(models.Model):
     style = models.CharField(max_length=500, blank=True)
     negative_prompt = models.CharField(max_length=1000, blank=True)
     params = models.JSONField(default=dict, blank=True, help_text="Batch-wide generation params.")
+    # What was reserved at submit: the expected cost plus the retry allowance.
     estimated_cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    # The estimate before the allowance, and what it was based on (budgets.estimates: measured
+    # on the endpoint, or the catalogue), kept to hold against actual_cost once the batch ends.
+    expected_cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    estimate_basis = models.JSONField(default=dict, blank=True)
     actual_cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     # What is still held on the owner's budget for this batch; released when it finishes.
     reserved = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     # The part of `reserved` covering attempts now running on RunPod, at their maximum cost.
     held = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     currency = models.CharField(max_length=3, default="USD")
+    # The RunPod endpoint the batch was priced for and run on: what its panels took teaches the
+    # estimates of that endpoint only (another GPU type is another endpoint).
+    endpoint_id = models.CharField(max_length=100, blank=True, default="")
     # A replayed submit with the same key returns this batch; request_hash catches a changed body.
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     request_hash = models.CharField(max_length=64, blank=True, default="")
@@ -169,7 +178,17 @@ class ImageJob(models.Model):
                 fields=["batch", "index"], name="imagejob_unique_index_per_batch"
             )
         ]
-        indexes = [models.Index(fields=["batch", "status"], name="imagejob_batch_status_idx")]
+        indexes = [
+            models.Index(fields=["batch", "status"], name="imagejob_batch_status_idx"),
+            # The estimates read a model's most recently finished panels (budgets.estimates):
+            # newest first, per model, without scanning every panel ever made.
+            models.Index(
+                KeyTransform("model", "params"),
+                F("finished_at").desc(),
+                condition=Q(status__in=["completed", "failed"]),
+                name="imagejob_model_finished_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"batch {self.batch_id} panel {self.index + 1}"

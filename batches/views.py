@@ -140,7 +140,39 @@ def _estimate(request: HttpRequest, form: BatchForm) -> dict[str, Any]:
         return {"estimate": None, "estimate_errors": True}
     estimate = services.estimate_batch(request.user, form.serializer.resolved_images())
     estimate["after"] = estimate["remaining"] - estimate["estimated_cost"]
+    estimate["basis_text"] = basis_in_words(estimate["basis"])
+    estimate["allowance_text"] = allowance_in_words(estimate["basis"])
     return {"estimate": estimate}
+
+
+def basis_in_words(basis: dict[str, Any]) -> str:
+    """What an estimate is based on, for the author deciding whether to run the batch:
+    "Based on the last 240 panels on this model." or "From the catalogue (no history yet)."."""
+    models: dict[str, dict[str, Any]] = basis.get("models", {})
+
+    def words(entry: dict[str, Any], subject: str) -> str:
+        if entry["kind"] == "measured":
+            count = entry["samples"]
+            return f"based on the last {count} panel{pluralize(count)} on {subject}"
+        return "from the catalogue (no history yet)"
+
+    if len(models) == 1:
+        (entry,) = models.values()
+        text = words(entry, "this model")
+        return f"{text[0].upper()}{text[1:]}."
+    return "; ".join(f"{name}: {words(entry, 'it')}" for name, entry in models.items()) + "."
+
+
+def allowance_in_words(basis: dict[str, Any]) -> str:
+    """Where the retry allowance comes from, when every model agrees on it."""
+    rates = [entry["failure_rate"] for entry in basis.get("models", {}).values()]
+    if rates and all(rate is None for rate in rates):
+        return "the usual allowance until there is history"
+    if len(rates) == 1 and rates[0] is not None:
+        return f"{rates[0]:.0%} of recent attempts on this model failed"
+    if rates and all(rate is not None for rate in rates):
+        return "from the recent failure rates"
+    return ""
 
 
 @login_required

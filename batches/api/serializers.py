@@ -193,11 +193,66 @@ class BatchSerializer(BatchSummarySerializer):
         fields = [*BatchSummarySerializer.Meta.fields, "images"]
 
 
+class ModelBasisSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["measured", "catalogue"],
+        help_text="`measured`: seconds per panel fitted to this model's recent panels on the "
+        "endpoint; `catalogue`: too few of them yet (under 20), the catalogue's figure.",
+    )
+    samples = serializers.IntegerField(
+        help_text="Completed panels the measured figure comes from (0 for the catalogue)."
+    )
+    panels = serializers.IntegerField(help_text="Panels of this batch on this model.")
+    failure_rate = serializers.FloatField(
+        allow_null=True,
+        help_text="Failed attempts over attempts among the model's recent panels; null when "
+        "they are too few and the catalogue's allowance applies.",
+    )
+    allowance_rate = serializers.DecimalField(
+        max_digits=6,
+        decimal_places=4,
+        help_text="Retry allowance on this model's expected cost: f / (1 - f) for the "
+        "failure rate f, within 0.05..0.50; 0.25 without history.",
+    )
+
+
+class EstimateBasisSerializer(serializers.Serializer):
+    """What the estimate is based on, as a whole and per model."""
+
+    kind = serializers.ChoiceField(
+        choices=["measured", "catalogue", "mixed"],
+        help_text="`measured` when every model's figure was learned, `catalogue` when none "
+        "was, `mixed` otherwise.",
+    )
+    samples = serializers.IntegerField(
+        help_text="Completed panels behind the measured figures, all models together."
+    )
+    models = serializers.DictField(child=ModelBasisSerializer(), help_text="Per model name.")
+
+
 class EstimateSerializer(serializers.Serializer):
-    estimated_cost = serializers.DecimalField(max_digits=12, decimal_places=6)
-    base_cost = serializers.DecimalField(max_digits=12, decimal_places=6)
-    retry_allowance = serializers.DecimalField(max_digits=12, decimal_places=6)
-    retry_allowance_rate = serializers.DecimalField(max_digits=4, decimal_places=2)
+    """The price of a batch: `expected_cost` to render each panel once, plus `allowance` for
+    retries, makes `estimated_cost`, what a submit reserves on the budget."""
+
+    estimated_cost = serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="expected_cost + allowance: what is reserved."
+    )
+    expected_cost = serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="Every panel rendered once."
+    )
+    allowance = serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="For retries of failed attempts."
+    )
+    basis = EstimateBasisSerializer()
+    base_cost = serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="Same as expected_cost (older name)."
+    )
+    retry_allowance = serializers.DecimalField(
+        max_digits=12, decimal_places=6, help_text="Same as allowance (older name)."
+    )
+    retry_allowance_rate = serializers.DecimalField(
+        max_digits=4, decimal_places=2, help_text="allowance / expected_cost, to 0.01."
+    )
     currency = serializers.CharField()
     remaining = serializers.DecimalField(max_digits=12, decimal_places=6)
     within_budget = serializers.BooleanField()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from rest_framework.test import APIClient
 
 from batches.models import Batch
 from tests.factories import UserFactory
+from tests.support.history import record_history
 
 URL = "/api/v1/batches/estimate/"
 BODY = {"images": [{"prompt": "a"}, {"prompt": "b"}]}
@@ -85,3 +87,78 @@ def test_anonymous_callers_are_refused_before_any_throttle(db: Any) -> None:
     other = APIClient()
     other.force_authenticate(UserFactory())
     assert other.post(URL, BODY, format="json").status_code == 200
+
+
+# -- what the estimate is based on -----------------------------------------------------------
+
+
+def test_with_no_history_the_estimate_says_it_comes_from_the_catalogue(api: APIClient) -> None:
+    data = api.post(URL, BODY, format="json").json()
+
+    assert data["basis"] == {
+        "kind": "catalogue",
+        "samples": 0,
+        "models": {
+            "sdxl": {
+                "kind": "catalogue",
+                "samples": 0,
+                "panels": 2,
+                "failure_rate": None,
+                "allowance_rate": "0.2500",
+            }
+        },
+    }
+    assert Decimal(data["expected_cost"]) + Decimal(data["allowance"]) == Decimal(
+        data["estimated_cost"]
+    )
+    # The older names stay, for clients written before expected_cost and allowance.
+    assert (data["base_cost"], data["retry_allowance"]) == (
+        data["expected_cost"],
+        data["allowance"],
+    )
+
+
+def test_with_history_the_estimate_is_measured_and_names_its_sample(api: APIClient) -> None:
+    record_history(240, seconds=0.5)
+
+    data = api.post(URL, BODY, format="json").json()
+
+    assert data["basis"]["kind"] == "measured"
+    assert data["basis"]["samples"] == 240
+    assert data["basis"]["models"]["sdxl"]["failure_rate"] == 0.0
+    # 0.5 s a panel at 0.00031 per second, and the 5 % floor of the allowance.
+    assert Decimal(data["expected_cost"]) == Decimal("0.000310")
+    assert Decimal(data["allowance"]) == Decimal("0.000016")
+    assert Decimal(data["retry_allowance_rate"]) == Decimal("0.05")
+    assert not Batch.objects.filter(title="Untitled chapter").exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # What the estimate answers is not something a client can tell it.
+        {**BODY, "basis": {"kind": "measured", "samples": 10**9}},
+        {**BODY, "expected_cost": "0"},
+        {"images": [{"prompt": "a", "params": {"model": "sdxl" * 10_000}}]},
+        {"images": [{"prompt": "a", "params": {"model": ["sdxl"]}}]},
+        {"images": [{"prompt": "a", "params": {"width": 768 * 10**30}}]},
+    ],
+)
+def test_a_hostile_estimate_body_is_a_400_that_names_the_field(
+    api: APIClient, body: dict[str, Any]
+) -> None:
+    response = api.post(URL, body, format="json")
+
+    assert response.status_code == 400
+    assert {"code", "detail"} <= set(response.json())
+    assert "basis" not in response.json()
+
+
+def test_the_schema_documents_the_basis(api: APIClient) -> None:
+    schema = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    estimate = schema["components"]["schemas"]["Estimate"]["properties"]
+    assert {"expected_cost", "allowance", "basis"} <= set(estimate)
+    basis = schema["components"]["schemas"]["EstimateBasis"]["properties"]
+    assert set(basis) == {"kind", "samples", "models"}
+    assert "measured" in str(schema["components"]["schemas"]["ModelBasis"])

@@ -43,6 +43,16 @@ looks to a client. ``run_answer_delay`` holds every ``/run`` answer that many se
 is created, so a test can kill a client between RunPod accepting a job and the client recording
 its id.
 
+Timing: with ``latency_scale=fixed`` (the default) every execution takes ``latency`` (+/-
+``jitter``) and then runs the handler. With ``latency_scale=pixels`` it takes like a GPU:
+``latency`` is the time of a 768 x 768, 25-step image and an input takes that times its
+``width x height x num_inference_steps x num_images`` over the reference's; jitter is drawn on
+the reference time and scales with it (so it stays the same fraction at every size), and the
+handler renders within that time, so ``executionTime`` is the simulated GPU time. An input that
+names a ``model`` found in ``model_speed`` (``{"flux-dev": 2.5}``) takes that factor longer.
+comicgen's inputs follow worker-sdxl and name no model (on RunPod an endpoint serves one model),
+so on the dev stack every model runs at the endpoint's one speed.
+
 Prompt markers (anywhere in ``input.prompt``):
 
 - ``[fail:N]`` fails the first N executions of that exact input (the seed included);

@@ -29,10 +29,11 @@ async def serve(config: EmulatorConfig) -> None:
     await site.start()
     host, port = runner.addresses[0][:2]
     display_host = f"[{host}]" if ":" in host else host
+    per = "per 768 x 768, 25-step image" if config.latency_scale == "pixels" else "per job"
     print(
         f"RunPod emulator on http://{display_host}:{port}/v2/{config.endpoint_id} "
         f"(endpoint id {config.endpoint_id}, api key {config.api_key}, "
-        f"{config.workers} workers, latency {config.latency}s)",
+        f"{config.workers} workers, latency {config.latency}s {per})",
         flush=True,
     )
     try:

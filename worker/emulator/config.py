@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,12 @@ AMBIGUOUS_RUN_MODES = ("500", "drop", "mixed")
 MAX_AMBIGUOUS_RUN_NEXT = 1_000_000
 # Longer than any client's read timeout already; a bigger value is a typo that hangs a test.
 MAX_RUN_ANSWER_DELAY_S = 600.0
+# How a job's execution time follows its input: `fixed` takes `latency` whatever the image;
+# `pixels` takes it for the reference image below and scales with width x height x steps.
+LATENCY_SCALES = ("fixed", "pixels")
+REFERENCE_WIDTH = REFERENCE_HEIGHT = 768
+REFERENCE_STEPS = 25
+MAX_MODEL_SPEEDS = 100
 
 
 class ConfigError(ValueError):
@@ -34,8 +42,14 @@ class EmulatorConfig:
     endpoint_id: str = "comicgen-local"
     api_key: str = "local-dev-key"
     workers: int = 4
-    latency: float = 0.5
+    # The dev stack's figure (Procfile, docker-compose, bench harness): with `pixels`, about
+    # what SDXL takes for a 768 x 768, 25-step panel on a 4090 (budgets/pricing.py agrees).
+    latency: float = 1.5
     jitter: float = 0.0
+    latency_scale: str = "fixed"
+    # Relative execution time per model, for inputs that name their `model` (1.0 otherwise):
+    # {"flux-dev": 2.5} makes flux-dev jobs take 2.5 times as long.
+    model_speed: dict[str, float] = dataclasses.field(default_factory=dict)
     cold_start: float = 0.0
     fail_rate: float = 0.0
     http_error_rate: float = 0.0
@@ -64,6 +78,24 @@ class EmulatorConfig:
             ("workers", 0 <= self.workers <= 2000, "between 0 and 2000"),
             ("latency", self.latency >= 0, ">= 0 seconds"),
             ("jitter", self.jitter >= 0, ">= 0 seconds"),
+            (
+                "latency_scale",
+                self.latency_scale in LATENCY_SCALES,
+                " or ".join(repr(scale) for scale in LATENCY_SCALES),
+            ),
+            (
+                "model_speed",
+                len(self.model_speed) <= MAX_MODEL_SPEEDS
+                and all(
+                    isinstance(name, str)
+                    and name
+                    and isinstance(speed, float)
+                    and math.isfinite(speed)
+                    and 0 < speed <= 1000
+                    for name, speed in self.model_speed.items()
+                ),
+                f"a JSON object of at most {MAX_MODEL_SPEEDS} model names to factors in (0, 1000]",
+            ),
             ("cold_start", self.cold_start >= 0, ">= 0 seconds"),
             ("fail_rate", 0 <= self.fail_rate <= 1, "a fraction between 0 and 1"),
             ("http_error_rate", 0 <= self.http_error_rate <= 1, "a fraction between 0 and 1"),
@@ -114,6 +146,20 @@ class EmulatorConfig:
         return dataclasses.asdict(self)
 
 
+def _model_speeds(value: Any) -> dict[str, float]:
+    """A JSON object (or its text, from a flag or env var) of model name -> factor."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    speeds = {}
+    for name, speed in value.items():
+        if isinstance(speed, bool) or not isinstance(speed, int | float):
+            raise ValueError(f"{name}: not a number")
+        speeds[str(name)] = float(speed)
+    return speeds
+
+
 def _optional_int(value: Any) -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
@@ -128,6 +174,8 @@ FIELD_TYPES: dict[str, Callable[[Any], Any]] = {
     "workers": int,
     "latency": float,
     "jitter": float,
+    "latency_scale": str,
+    "model_speed": _model_speeds,
     "cold_start": float,
     "fail_rate": float,
     "http_error_rate": float,
@@ -152,8 +200,22 @@ HELP = {
     "endpoint_id": "the endpoint id served under /v2/<endpoint_id>/",
     "api_key": "the bearer key clients must send",
     "workers": "simulated GPU workers (0 leaves jobs IN_QUEUE)",
-    "latency": "seconds of simulated GPU time per job",
-    "jitter": "latency varies uniformly by +/- this many seconds",
+    "latency": (
+        "seconds of simulated GPU time per job (with --latency-scale pixels: for a 768 x 768, "
+        "25-step image)"
+    ),
+    "jitter": (
+        "latency varies uniformly by +/- this many seconds (with pixels: for the reference "
+        "image, scaled like the latency)"
+    ),
+    "latency_scale": (
+        "fixed: every job takes --latency; pixels: a job takes --latency x (width x height x "
+        "steps x num_images) / (768 x 768 x 25), the real handler's render included, as on a GPU"
+    ),
+    "model_speed": (
+        'JSON object of model -> relative time, for inputs naming a "model" (e.g. '
+        "'{\"flux-dev\": 2.5}'); other inputs take 1.0"
+    ),
     "cold_start": "seconds a worker spends initializing before its first job",
     "fail_rate": "fraction of jobs that end FAILED",
     "http_error_rate": "fraction of /v2 requests answered HTTP 500 before doing anything",

@@ -28,8 +28,14 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
-from worker.emulator.config import ConfigError, EmulatorConfig
-from worker.handler import InputError, validate_input
+from worker.emulator.config import (
+    REFERENCE_HEIGHT,
+    REFERENCE_STEPS,
+    REFERENCE_WIDTH,
+    ConfigError,
+    EmulatorConfig,
+)
+from worker.handler import MAX_IMAGES, MAX_SIZE, MAX_STEPS, InputError, validate_input
 from worker.handler import handler as worker_handler
 
 logger = logging.getLogger("worker.emulator")
@@ -82,6 +88,27 @@ LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
+
+
+def _dimension(job_input: dict[str, Any], key: str, default: int, high: int) -> int:
+    """One of the input's sizes as the handler reads it; a value it would refuse counts as the
+    default (the handler then fails the job, after the reference time)."""
+    value = job_input.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= high:
+        return default
+    return int(value)
+
+
+def work_scale(job_input: Any) -> float:
+    """The input's work (width x height x steps x images) relative to the reference image's."""
+    if not isinstance(job_input, dict):
+        return 1.0
+    width = _dimension(job_input, "width", REFERENCE_WIDTH, MAX_SIZE)
+    height = _dimension(job_input, "height", REFERENCE_HEIGHT, MAX_SIZE)
+    steps = _dimension(job_input, "num_inference_steps", REFERENCE_STEPS, MAX_STEPS)
+    images = _dimension(job_input, "num_images", 1, MAX_IMAGES)
+    reference = REFERENCE_WIDTH * REFERENCE_HEIGHT * REFERENCE_STEPS
+    return width * height * steps * images / reference
 
 
 def input_key(job_input: Any) -> bytes:
@@ -705,13 +732,22 @@ class Emulator:
         return self.blank_attempts.attempt(input_key(unseeded)) <= int(marker.group(1))
 
     def _latency(self, job: Job) -> float:
-        """Seconds this execution takes: ``[slow:S]`` in the prompt, else the configured time."""
+        """Seconds this execution takes: ``[slow:S]`` in the prompt, else the configured time,
+        scaled by the work the input asks for under ``latency_scale=pixels``. Jitter is drawn
+        on the reference image's time and scales with it, so 20 % jitter stays 20 % at any size."""
         prompt = self._prompt(job)
         marker = SLOW_MARKER.search(prompt) if prompt is not None else None
         if marker is not None:
             return float(marker.group(1))
         config = self.config
-        return max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
+        seconds = max(0.0, config.latency + self.rng.uniform(-config.jitter, config.jitter))
+        if config.latency_scale == "pixels":
+            seconds *= work_scale(job.input) * self._model_speed(job.input)
+        return seconds
+
+    def _model_speed(self, job_input: Any) -> float:
+        model = job_input.get("model") if isinstance(job_input, dict) else None
+        return self.config.model_speed.get(model, 1.0) if isinstance(model, str) else 1.0
 
     async def _execute(self, job: Job, slot: WorkerSlot) -> None:
         loop = asyncio.get_running_loop()
@@ -737,9 +773,19 @@ class Emulator:
             self._finish(job, COMPLETED, output=result)
 
     async def _work(self, job: Job, latency: float, failure: str | None, blank: bool) -> Any:
-        await asyncio.sleep(latency)
         if failure:
+            await asyncio.sleep(latency)
             return {"error": failure}
+        if self.config.latency_scale == "pixels":
+            # The render runs within the simulated GPU time rather than after it, so a job's
+            # executionTime is its latency (as a GPU's would be), not that plus however long
+            # this machine's CPU took to draw the sketch while other jobs queued for it.
+            result, _ = await asyncio.gather(self._render(job, blank), asyncio.sleep(latency))
+            return result
+        await asyncio.sleep(latency)
+        return await self._render(job, blank)
+
+    async def _render(self, job: Job, blank: bool) -> Any:
         payload = {"id": job.id, "input": job.input}
         try:
             return await asyncio.get_running_loop().run_in_executor(
