@@ -121,22 +121,25 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
         )
         if batch.status in BATCH_TERMINAL or batch.cancel_requested_at is not None:
             raise BatchClosed(f"batch {batch_id} is {batch.status}")
-        available = batch.reserved - batch.held
-        if available < max_cost:
-            extension = max_cost - available
-            budget = Budget.objects.only("id").get(user_id=batch.user_id)
-            if not _take_from_budget(budget.pk, extension):
+        extension = max_cost - (batch.reserved - batch.held)
+        if extension > ZERO:
+            note = "reservation extended for a retry or a long attempt"
+            if not _extend_reservation(batch, extension, note):
                 return False
-            LedgerEntry.objects.create(
-                budget=budget,
-                batch_id=batch_id,
-                kind=LedgerEntry.Kind.RESERVE,
-                amount=extension,
-                note="reservation extended for a retry or a long attempt",
-            )
-            batch.reserved += extension
-        batch.held += max_cost
-        batch.save(update_fields=["reserved", "held"])
+        Batch.objects.filter(pk=batch_id).update(held=F("held") + max_cost)
+    return True
+
+
+def _extend_reservation(batch: Batch, amount: Decimal, note: str) -> bool:
+    """Move `amount` from the budget's remaining into a batch's reservation, with its ledger
+    row; False when it does not fit. Call with the batch row locked (select_for_update)."""
+    budget = Budget.objects.only("id").get(user_id=batch.user_id)
+    if not _take_from_budget(budget.pk, amount):
+        return False
+    Batch.objects.filter(pk=batch.pk).update(reserved=F("reserved") + amount)
+    LedgerEntry.objects.create(
+        budget=budget, batch_id=batch.pk, kind=LedgerEntry.Kind.RESERVE, amount=amount, note=note
+    )
     return True
 
 
@@ -162,18 +165,8 @@ def _cover_overrun(batch_id: int, extra: Decimal) -> bool:
     shortfall = extra - (batch.reserved - batch.held)
     if shortfall <= ZERO:
         return True
-    budget = Budget.objects.only("id").get(user_id=batch.user_id)
-    if not _take_from_budget(budget.pk, shortfall):
-        return False
-    Batch.objects.filter(pk=batch_id).update(reserved=F("reserved") + shortfall)
-    LedgerEntry.objects.create(
-        budget=budget,
-        batch_id=batch_id,
-        kind=LedgerEntry.Kind.RESERVE,
-        amount=shortfall,
-        note="reservation extended: RunPod billed an attempt past its timeout",
-    )
-    return True
+    note = "reservation extended: RunPod billed an attempt past its timeout"
+    return _extend_reservation(batch, shortfall, note)
 
 
 def charge_attempt(
