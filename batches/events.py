@@ -15,7 +15,8 @@ order, so a client may drop anything older than the last seq it saw. Two rules m
 
 Sync code (Celery threads, views) hands events to one background event loop per process,
 which sends them in order: channels-redis keeps its connections per event loop, and a fresh
-loop per call (what async_to_sync does outside ASGI) is what breaks it (NOTES.md).
+loop per call (what async_to_sync does outside ASGI) fails with "Event loop is closed" on the
+second call in a process.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 All are acks_late with reject_on_worker_lost (settings), so a task whose worker dies is
 delivered again; every one is safe to run twice. Transient errors (RunPod, Redis, a dropped
 database connection) retry the task with exponential backoff and jitter, capped far below the
-broker's visibility timeout (NOTES.md: a longer countdown is delivered twice).
+broker's visibility timeout (a longer countdown is delivered twice with a Redis broker).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-# GPU prices per second (RunPod Serverless, flex workers; see NOTES.md).
+# GPU prices per second: RunPod Serverless flex workers' published rates by GPU class.
 GPU_PRICE_PER_SECOND = {
     "24gb": Decimal("0.00019"),
     "4090": Decimal("0.00031"),

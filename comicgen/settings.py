@@ -167,8 +167,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = False
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A task whose countdown exceeds the visibility timeout is delivered twice (NOTES.md); every
-# retry cap in batches/tasks.py stays well below this.
+# With a Redis broker, a task whose countdown or ETA exceeds the visibility timeout is delivered
+# again (the broker takes the unacknowledged message for lost); every retry cap in
+# batches/tasks.py stays well below this.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=300)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
