@@ -111,8 +111,8 @@ def test_no_retry_countdown_reaches_the_visibility_timeout() -> None:
     to another worker; a retry is a new message with an ETA, held unacknowledged by the worker
     that waits for it, so a countdown longer than the timeout is delivered again, and again
     (kombu's Redis transport restores it). Every autoretry countdown must therefore stay below
-    it, with room to spare for the task's own run. A chunk task that runs longer than the timeout is redelivered too;
-    the chunk lease makes that copy leave at once (test above)."""
+    it, with room to spare for the task's own run. A chunk task that runs longer than the
+    timeout is redelivered too; the chunk lease makes that copy leave at once (test above)."""
     timeout = settings.CELERY_VISIBILITY_TIMEOUT
     assert celery_app.conf.broker_transport_options["visibility_timeout"] == timeout
     assert timeout >= tasks.RETRY_BACKOFF_MAX * 2
