@@ -181,10 +181,11 @@ class ChunkRun:
         """An attempt with no job id recorded: its /run answer was lost (the task died while
         RunPod answered, or the answer was a timeout or 5xx that may have come after RunPod
         took the job), so a paid job may be running. Its webhook names the image and attempt:
-        adopt the job when it reports. With no report after the longest the job could take
-        (queueing grace plus its execution timeout, and RunPod retries a webhook for 20 s more),
-        the job never existed: the attempt ends uncharged and the image goes on. With webhooks
-        off nothing could ever tell, so the attempt ends at once, charged at its maximum."""
+        adopt the job (once /status confirms it) when it reports. With no report within the
+        grace (COMICGEN_ORPHAN_GRACE_SECONDS plus the attempt's execution timeout) the job is
+        taken as never created: the attempt ends uncharged and the image goes on; should the job
+        report after all, charge_late_job charges it then. With webhooks off nothing could ever
+        tell, so the attempt ends at once, charged at its maximum."""
         if image.webhook_job_id:
             self.adopt(image, image.webhook_job_id)
             return
