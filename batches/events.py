@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -229,39 +230,46 @@ def push_batch_updated(batch_id: int) -> None:
     transaction.on_commit(lambda: _send_batch_updated(batch_id))
 
 
+def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:
+    """Take the batch's next seq (locking its row), build the event from what the database
+    says under that lock, queue it, commit. When there is nothing to report (the row is gone),
+    roll back: a seq taken and never sent would leave every socket waiting on a gap."""
+    with transaction.atomic():
+        seq = Batch.take_seq(batch_id)
+        event = build(seq) if seq is not None else None
+        if event is None:
+            transaction.set_rollback(True)
+            return
+        send_event(batch_id, {**event, "seq": seq, "batch_id": batch_id})
+
+
 def _send_image_updated(image_id: int) -> None:
     batch_id = ImageJob.objects.filter(pk=image_id).values_list("batch_id", flat=True).first()
     if batch_id is None:  # deleted meanwhile
         return
-    with transaction.atomic():
-        seq = Batch.take_seq(batch_id)
-        ImageJob.objects.filter(pk=image_id).update(seq=seq)
-        image = ImageJob.objects.select_related("batch").filter(pk=image_id).first()
-        if seq is None or image is None:
-            return
-        event = {
+
+    def build(seq: int) -> dict[str, Any] | None:
+        if not ImageJob.objects.filter(pk=image_id).update(seq=seq):
+            return None
+        image = ImageJob.objects.select_related("batch").get(pk=image_id)
+        return {
             "type": "image.updated",
-            "seq": seq,
-            "batch_id": batch_id,
             "image": image_data(image),
             "counts": image.batch.status_counts(),
         }
-        send_event(batch_id, event)
+
+    _send_locked(batch_id, build)
 
 
 def _send_batch_updated(batch_id: int) -> None:
-    with transaction.atomic():
-        seq = Batch.take_seq(batch_id)
-        batch = Batch.objects.filter(pk=batch_id).first()
-        if seq is None or batch is None:
-            return
-        event = {
+    def build(seq: int) -> dict[str, Any]:
+        batch = Batch.objects.get(pk=batch_id)  # take_seq found the row and holds its lock
+        return {
             "type": "batch.updated",
-            "seq": seq,
-            "batch_id": batch_id,
             "status": batch.status,
             "counts": batch.status_counts(),
             "actual_cost": str(batch.actual_cost),
             "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
         }
-        send_event(batch_id, event)
+
+    _send_locked(batch_id, build)

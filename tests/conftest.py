@@ -80,6 +80,14 @@ class Stack:
         self.worker.kill()
         self.worker = celery_worker(self.env).start()
 
+    def restart_workers(self, env: dict[str, str] | None = None) -> None:
+        """SIGKILL both workers and start them again, with `env` from now on if given."""
+        self.worker.kill()
+        self.high_worker.kill()
+        self.env = env or self.env
+        self.worker = celery_worker(self.env).start()
+        self.high_worker = high_priority_worker(self.env).start()
+
     def restart_web(self) -> None:
         """A fresh daphne: after a test restarted Redis, the old one's channel-layer pool can
         stall the next socket's connect for seconds (pages fall back to polling meanwhile),
@@ -87,6 +95,10 @@ class Stack:
         port = int(self.web_url.rsplit(":", 1)[1])
         self.web.stop()
         self.web = daphne(self.env, port).start()
+
+
+def high_priority_worker(env: dict[str, str]) -> ServiceProcess:
+    return celery_worker(env, queues="high", concurrency=2)
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +129,7 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
     worker = celery_worker(env).start()
     # As in the Procfile: a small worker only for the high queue, so urgent work never waits
     # for a thread behind long normal chunks.
-    high_worker = celery_worker(env, queues="high", concurrency=2).start()
+    high_worker = high_priority_worker(env).start()
     beat = celery_beat(env, beat_dir).start()
     running = Stack(emulator, worker, high_worker, beat, web, web_url, env, beat_dir)
     yield running

@@ -18,7 +18,6 @@ from budgets.models import LedgerEntry
 from tests.batches.test_pipeline import finished, submit
 from tests.conftest import Stack, wait_for
 from tests.support.books import assert_books_match_the_bill
-from tests.support.processes import celery_worker
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +53,7 @@ def kill_between_run_and_record(live: Stack, prompt: str, api: Any) -> int:
     live.high_worker.kill()
     live.emulator.configure(run_answer_delay=0)
     print("injected: worker SIGKILLed after RunPod created the job, before /run answered")
-    live.worker = celery_worker(live.env).start()
-    live.high_worker = celery_worker(live.env, queues="high", concurrency=2).start()
+    live.restart_workers()
     return int(created["id"])
 
 
@@ -76,19 +74,10 @@ def test_a_worker_killed_between_run_and_recording_the_job_adopts_it_from_its_we
 @pytest.fixture
 def webhooks_off(live: Stack) -> Iterator[Stack]:
     """The stack's workers restarted with no COMICGEN_PUBLIC_URL: jobs followed by /status."""
-    env = {**live.env, "COMICGEN_PUBLIC_URL": ""}
     original = live.env
-    live.worker.kill()
-    live.high_worker.kill()
-    live.env = env
-    live.worker = celery_worker(env).start()
-    live.high_worker = celery_worker(env, queues="high", concurrency=2).start()
+    live.restart_workers({**original, "COMICGEN_PUBLIC_URL": ""})
     yield live
-    live.worker.kill()
-    live.high_worker.kill()
-    live.env = original
-    live.worker = celery_worker(original).start()
-    live.high_worker = celery_worker(original, queues="high", concurrency=2).start()
+    live.restart_workers(original)
 
 
 def test_with_webhooks_off_a_job_lost_with_its_worker_is_charged_its_maximum(
