@@ -30,6 +30,7 @@ from batches.views import counts_of, with_counts
 from budgets import estimates, pricing
 from budgets import services as budget_services
 from budgets.services import BudgetExceeded
+from comicgen.admin import ViewOnlyAdmin
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ class BatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(ImageJob)
-class ImageJobAdmin(admin.ModelAdmin):
+class ImageJobAdmin(ViewOnlyAdmin):
     list_display = (
         "id",
         "batch",
@@ -384,17 +385,8 @@ class ImageJobAdmin(admin.ModelAdmin):
     search_fields = ("prompt", "runpod_job_id", "batch__title")
     list_select_related = ("batch",)
 
-    # View only. An image's status, attempts, job id, file, cost and hold are written by the
-    # chunk loop together with the ledger; an edit here would make the books disagree. Images
-    # are created with their batch by the submit service and deleted with their batch.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    # View only (ViewOnlyAdmin): an image's status, attempts, job id, file, cost and hold are
+    # written by the chunk loop with the ledger. Images come and go with their batch.
 
     # The stored file name is not a URL anyone can open: link the panel through its signed URL.
     exclude = ("image",)

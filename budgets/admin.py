@@ -15,6 +15,7 @@ from django.shortcuts import render
 
 from budgets import services
 from budgets.models import Budget, LedgerEntry
+from comicgen.admin import ViewOnlyAdmin
 
 
 class LedgerEntryInline(admin.TabularInline):
@@ -115,18 +116,12 @@ class BudgetAdmin(admin.ModelAdmin):
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "budget", "kind", "amount", "batch", "image", "attempt", "note")
+class LedgerEntryAdmin(ViewOnlyAdmin):
+    list_display = (
+        "created_at", "budget", "kind", "amount", "batch", "image", "attempt", "runpod_job_id",
+        "billed_ms", "note",
+    )  # fmt: skip
     list_filter = ("kind", "created_at")
     search_fields = ("budget__user__username", "batch__title", "batch__id", "note")
     list_select_related = ("budget__user", "batch", "image")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
