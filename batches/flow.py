@@ -216,6 +216,15 @@ def webhook_token(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> 
     return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()[:32]
 
 
+def webhook_token_matches(
+    batch_id: int, chunk_no: int, image_id: int, attempt: int, given: str
+) -> bool:
+    """Whether a webhook URL's token is this attempt's: constant time, over bytes, whatever
+    characters the URL carried (compare_digest refuses a non-ASCII str)."""
+    expected = webhook_token(batch_id, chunk_no, image_id, attempt)
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
 def _wake_key(batch_id: int, chunk_no: int) -> str:
     return _chunk_key(batch_id, chunk_no, "wake")
 

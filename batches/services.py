@@ -8,10 +8,10 @@ UPDATE that says whether this caller won it.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -32,7 +32,7 @@ from batches.models import (
     ImageJob,
     ImageStatus,
 )
-from batches.runpod import TERMINAL_STATUSES
+from batches.runpod import ACTIVE_STATUSES, TERMINAL_STATUSES
 from budgets import estimates
 from budgets import services as budget_services
 from comicgen.db import retry_once_on_a_lost_connection
@@ -345,14 +345,11 @@ def receive_webhook(
       the grace) means RunPod did run it: a task charges it, once /status confirms it.
     Anything else (another job id, a finished image) is acknowledged and dropped.
     """
-    expected = flow.webhook_token(batch_id, chunk_no, image_id, attempt)
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not flow.webhook_token_matches(batch_id, chunk_no, image_id, attempt, token):
         return False
-    if not isinstance(payload, dict):
+    if webhook_payload_problem(payload) is not None:
         return False
-    job_id, status = payload.get("id"), payload.get("status")
-    if not isinstance(job_id, str) or not isinstance(status, str) or not job_id_is_sane(job_id):
-        return False
+    job_id, status = payload["id"], payload["status"]
     # A webhook is RunPod's one word on a job whose /run answer may be lost: a dropped database
     # connection gets one reconnect rather than a 500 (RunPod tries a webhook three times only).
     image = retry_once_on_a_lost_connection(
@@ -385,9 +382,23 @@ def receive_webhook(
     return True
 
 
-def job_id_is_sane(job_id: str) -> bool:
-    """A RunPod job id we are willing to store and send back in a URL path."""
-    return 0 < len(job_id) <= 100 and job_id.isprintable() and "/" not in job_id
+# RunPod job ids are UUIDs with a suffix (`...-u1`); ImageJob.runpod_job_id holds 100 characters.
+_JOB_ID = re.compile(r"[\x21-\x7e]{1,100}")
+RUNPOD_STATUSES = ACTIVE_STATUSES | TERMINAL_STATUSES
+
+
+def webhook_payload_problem(payload: Any) -> str | None:
+    """What is wrong with a webhook's job status object, in words for the 400, or None when
+    its shape is acceptable (its figures are still not trusted: see receive_webhook)."""
+    if not isinstance(payload, dict):
+        return "The body must be a JSON object: a RunPod job status."
+    job_id = payload.get("id")
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        return "`id` must be the RunPod job id: 1 to 100 printable ASCII characters."
+    status = payload.get("status")
+    if not isinstance(status, str) or status not in RUNPOD_STATUSES:
+        return "`status` must be one of " + ", ".join(sorted(RUNPOD_STATUSES)) + "."
+    return None
 
 
 def webhook_url(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str | None:

@@ -18,47 +18,21 @@ Every refusal is a 4xx `{"code", "detail"}`. Only then does services.receive_web
 
 from __future__ import annotations
 
-import hmac
 import re
-from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from batches import flow, services
-from batches.runpod import ACTIVE_STATUSES, TERMINAL_STATUSES
 from comicgen.parsers import JSONBodyError, parse_json, read_capped
 
 # Ids are PostgreSQL bigints; chunk and attempt numbers are small. 18 digits always fit.
 _PATH_NUMBER = re.compile(r"[0-9]{1,18}")
-# RunPod job ids are UUIDs with a suffix (`...-u1`); ImageJob.runpod_job_id holds 100 characters.
-_JOB_ID = re.compile(r"[\x21-\x7e]{1,100}")
-RUNPOD_STATUSES = ACTIVE_STATUSES | TERMINAL_STATUSES
 
 
 def error(code: str, detail: str, status: int) -> JsonResponse:
     return JsonResponse({"code": code, "detail": detail}, status=status)
-
-
-def token_matches(given: str, expected: str) -> bool:
-    """Constant-time comparison over bytes, whatever characters the URL carried."""
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
-    )
-
-
-def payload_problem(payload: Any) -> str | None:
-    """What is wrong with a job status object, or None when its shape is acceptable."""
-    if not isinstance(payload, dict):
-        return "The body must be a JSON object: a RunPod job status."
-    job_id = payload.get("id")
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        return "`id` must be the RunPod job id: 1 to 100 printable ASCII characters."
-    status = payload.get("status")
-    if not isinstance(status, str) or status not in RUNPOD_STATUSES:
-        return "`status` must be one of " + ", ".join(sorted(RUNPOD_STATUSES)) + "."
-    return None
 
 
 @csrf_exempt
@@ -73,7 +47,7 @@ def runpod_webhook(
     if not all(_PATH_NUMBER.fullmatch(number) for number in numbers):
         return error("not_found", "Unknown webhook.", 404)
     batch, chunk, image, attempt_no = (int(number) for number in numbers)
-    if not token_matches(token, flow.webhook_token(batch, chunk, image, attempt_no)):
+    if not flow.webhook_token_matches(batch, chunk, image, attempt_no, token):
         return error("forbidden", "The webhook token does not match this job attempt.", 403)
 
     try:
@@ -85,7 +59,7 @@ def runpod_webhook(
         payload = parse_json(raw)
     except JSONBodyError as refused:
         return error(refused.code, refused.detail, refused.status)
-    problem = payload_problem(payload)
+    problem = services.webhook_payload_problem(payload)
     if problem:
         return error("invalid_payload", problem, 400)
 
