@@ -455,20 +455,13 @@ class ChunkRun:
         exactly one of a webhook, a poll, a cancel or a redelivered task win; the others change
         nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)
 
-        The charge is RunPod's executionTime at the GPU price. When RunPod reported none for a
-        job that may have run (its result vanished, its /run answer was lost), the attempt is
-        charged the most it could have cost, so the ledger never shows less than RunPod bills;
-        a job cancelled before it started reports none and ran nothing."""
+        The charge is what billed_ms_of says at the GPU price."""
         execution_ms = sane_execution_ms(job.execution_time_ms)
-        # A cancelled job reports no executionTime when it never started; one we saw running
-        # did run, so without a figure it is charged its maximum like any other.
-        started = job.status != CANCELLED or panel.status == ImageStatus.RUNNING
-        if execution_ms is None and started:
-            billed_ms = pricing.attempt_max_billed_ms(panel.params)
-            cost, note = panel.hold, "worst case: RunPod reported no executionTime"
-        else:
-            billed_ms = execution_ms or 0
-            cost, note = budget_services.billable_cost(panel, billed_ms), ""
+        billed_ms = billed_ms_of(
+            job, panel.params, seen_running=panel.status == ImageStatus.RUNNING
+        )
+        cost = budget_services.billable_cost(panel, billed_ms)
+        note = "worst case: RunPod reported no executionTime" if execution_ms is None else ""
         with transaction.atomic():
             won = (
                 ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id, attempts=panel.attempts)
@@ -617,15 +610,27 @@ def charge_late_job(image_id: int, attempt: int, job_id: str) -> str:
         return "RunPod does not know this job"
     if not job.is_terminal:
         raise TransientRunPodError(f"job {job_id} is still {job.status}", ambiguous=False)
-    billed_ms = sane_execution_ms(job.execution_time_ms)
-    if billed_ms is None:
-        billed_ms = 0 if job.status == CANCELLED else pricing.attempt_max_billed_ms(image.params)
+    billed_ms = billed_ms_of(job, image.params)
     cost = pricing.actual_cost(image.params, billed_ms)
     if budget_services.charge_late_job(image, attempt, job_id, cost, billed_ms):
         logger.warning("image %s attempt %s: charged late job %s (%s ms)", image_id, attempt,
                        job_id, billed_ms)  # fmt: skip
         return "charged"
     return "not charged"
+
+
+def billed_ms_of(job: JobStatus, params: dict[str, Any], *, seen_running: bool = False) -> int:
+    """The milliseconds a finished job is charged: its executionTime; when RunPod reported none
+    (or an absurd one) for a job that may have run (its result vanished, its /run answer was
+    lost), the most the attempt could have cost, so the ledger never shows less than RunPod
+    bills. A job cancelled before it started reports none and ran nothing; one we saw running
+    did run."""
+    execution_ms = sane_execution_ms(job.execution_time_ms)
+    if execution_ms is not None:
+        return execution_ms
+    if job.status == CANCELLED and not seen_running:
+        return 0
+    return pricing.attempt_max_billed_ms(params)
 
 
 def sane_execution_ms(value: Any) -> int | None:
