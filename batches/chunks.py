@@ -456,12 +456,11 @@ class ChunkRun:
         nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)
 
         The charge is what billed_ms_of says at the GPU price."""
-        execution_ms = sane_execution_ms(job.execution_time_ms)
-        billed_ms = billed_ms_of(
-            job, panel.params, seen_running=panel.status == ImageStatus.RUNNING
-        )
+        seen_running = panel.status == ImageStatus.RUNNING
+        billed_ms = billed_ms_of(job, panel.params, seen_running=seen_running)
         cost = budget_services.billable_cost(panel, billed_ms)
-        note = "worst case: RunPod reported no executionTime" if execution_ms is None else ""
+        worst_case = sane_execution_ms(job.execution_time_ms) is None and billed_ms > 0
+        note = "worst case: RunPod reported no executionTime" if worst_case else ""
         with transaction.atomic():
             won = (
                 ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id, attempts=panel.attempts)
