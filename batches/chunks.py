@@ -456,10 +456,11 @@ class ChunkRun:
         nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)
 
         The charge is what billed_ms_of says at the GPU price."""
+        execution_ms = sane_execution_ms(job.execution_time_ms)
         seen_running = panel.status == ImageStatus.RUNNING
         billed_ms = billed_ms_of(job, panel.params, seen_running=seen_running)
         cost = budget_services.billable_cost(panel, billed_ms)
-        worst_case = sane_execution_ms(job.execution_time_ms) is None and billed_ms > 0
+        worst_case = execution_ms is None and billed_ms > 0
         note = "worst case: RunPod reported no executionTime" if worst_case else ""
         with transaction.atomic():
             won = (
