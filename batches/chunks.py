@@ -1,14 +1,20 @@
-"""The chunk loop: submit a chunk's images to RunPod, follow them, store what they make.
+"""The chunk engine: submit a chunk's images to RunPod, follow them, store what they make.
 
 One task owns a chunk at a time (a lease in Redis). Each pass of its loop:
-1. stops if the batch is being cancelled (cancelling its jobs on RunPod),
-2. submits every image that is due, while an in-flight slot and budget are free,
-3. collects results: webhooks first, then /status for jobs not heard from lately,
-4. sleeps until a webhook wakes it or the next poll or retry is due.
+1. reads the chunk's unfinished images (one query, with the batch's cancel flag);
+2. stops what runs if the batch is being cancelled;
+3. starts an attempt for every image that is due and has an in-flight slot: the holds and the
+   claims of all of them in one transaction, then one /run each, then every job id in one
+   UPDATE;
+4. collects results (webhooks first, /status for jobs not heard from lately) and writes every
+   attempt that ended in one transaction: the image rows, the ledger rows in one insert, one
+   Batch and one Budget update with the sums, one bundle of events;
+5. sleeps until a webhook wakes it or the next poll or retry is due, from what it already read.
 
-Every transition is a conditional UPDATE on the image row, so a redelivered task, a sweeper
-resuming the chunk, a webhook and a poll racing each other all agree on one outcome. A job id is
-written the moment /run returns it: a resumed chunk polls the known job instead of resubmitting.
+Every transition is a method of models.ImageJobQuerySet that says whether it won, so a
+redelivered task, a sweeper resuming the chunk, a webhook and a poll racing each other all
+agree on one outcome. A job id is written right after /run returns it: a resumed chunk polls
+the known job instead of resubmitting.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -31,8 +37,14 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, outputs, panels, services
-from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
+from batches import events, flow, outputs, panels, webhooks
+from batches.models import (
+    IMAGE_IN_FLIGHT,
+    IMAGE_TERMINAL,
+    Batch,
+    ImageJob,
+    ImageStatus,
+)
 from batches.runpod import (
     CANCELLED,
     COMPLETED,
@@ -91,18 +103,31 @@ def poll_interval() -> float:
 
 
 def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
-    """Run one chunk of a batch to the end. Safe to run twice: a second task finds the lease
-    taken (and leaves) or the images terminal (and finishes at once)."""
+    """Run one chunk of a batch to the end (the caller finalizes the batch). Safe to run
+    twice: a second task finds the lease taken (and leaves) or the images terminal (and
+    finishes at once)."""
     lease = flow.ChunkLease(batch_id, chunk_no, owner=uuid.uuid4().hex)
     if not lease.acquire():
         logger.info("batch %s chunk %s is already being run", batch_id, chunk_no)
         return {"chunk": chunk_no, "skipped": "owned by another task"}
     try:
-        summary = ChunkRun(batch_id, chunk_no, lease).run()
+        return ChunkRun(batch_id, chunk_no, lease).run()
     finally:
         lease.release()
-    services.finalize_batch(batch_id)
-    return summary
+
+
+@dataclass
+class Ending:
+    """How one attempt ended, written with the rest of its pass (ChunkRun.write_endings).
+
+    `fields` is the image's outcome (status, error, file, next attempt time...); the charge is
+    what billed_ms_of says for `job`. `stored` names a panel file saved for it, deleted again
+    if another runner ended the attempt first."""
+
+    image: ImageJob
+    job: JobStatus
+    fields: dict[str, Any]
+    stored: str = ""
 
 
 @dataclass
@@ -115,6 +140,14 @@ class ChunkRun:
     waiting_for_slot: bool = False
     # Jobs this task already asked RunPod to cancel: later passes only ask their /status.
     cancel_sent: set[str] = field(default_factory=set)
+    # The status each image this task claimed an attempt for had before: a /run that surely
+    # never reached RunPod gives the attempt back and the image returns to it.
+    claimed_from: dict[int, str] = field(default_factory=dict)
+    # What the current pass learned: images that reached a terminal status, retry times set,
+    # images whose change is to be announced.
+    finished: set[int] = field(default_factory=set)
+    retry_times: list[datetime] = field(default_factory=list)
+    changed: list[int] = field(default_factory=list)
 
     def run(self) -> dict[str, Any]:
         batch = Batch.objects.filter(pk=self.batch_id).first()
@@ -122,7 +155,8 @@ class ChunkRun:
             return {"chunk": self.chunk_no, "skipped": "batch deleted"}
         if batch.is_terminal:
             return {"chunk": self.chunk_no, "skipped": batch.status}
-        services.mark_batch_running(self.batch_id)
+        if Batch.objects.start(self.batch_id):
+            events.push_batch_updated(self.batch_id)
         self.load(batch)
         while True:
             if not self.lease.renew():
@@ -131,51 +165,192 @@ class ChunkRun:
             wait = self.run_pass()
             if wait is None:
                 break
-            flow.wait_for_wake(self.batch_id, self.chunk_no, wait)
+            webhooks.wait_for_wake(self.batch_id, self.chunk_no, wait)
         return {"chunk": self.chunk_no, "done": True}
 
     def load(self, batch: Batch) -> None:
         self.batch = batch
         self.priority = batch.priority
         self.waiter = f"{self.batch_id}:{self.chunk_no}"
-        first = self.chunk_no * batch.chunk_size
-        self.images = ImageJob.objects.filter(
-            batch_id=self.batch_id, index__gte=first, index__lt=first + batch.chunk_size
-        )
+        self.images = ImageJob.objects.of_chunk(self.batch_id, self.chunk_no, batch.chunk_size)
 
     def run_pass(self) -> float | None:
         """One pass of the loop. Returns how long to wait before the next, or None when every
         image of the chunk has finished."""
-        open_images = list(self.images.exclude(status__in=IMAGE_TERMINAL))
+        open_images = list(
+            self.images.unfinished().annotate(cancelling=F("batch__cancel_requested_at"))
+        )
         if not open_images:
             return None
+        self.finished, self.retry_times, self.changed = set(), [], []
         # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
         flow.refresh_slots([image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT])
-        if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
+        if getattr(open_images[0], "cancelling", None) is not None:
             self.cancel(open_images)
+            self.announce()
             return SLOT_RETRY_SECONDS
         self.submit_due(open_images)
         self.collect([image for image in open_images if image.runpod_job_id])
-        if not self.images.exclude(status__in=IMAGE_TERMINAL).exists():
+        self.announce()
+        if self.finished >= {image.pk for image in open_images}:
             # The last image just ended: finish now (the caller finalizes the batch), not after
             # another wait, so a batch is done the moment its last panel is.
             return None
-        return self.wait_time()
+        return self.wait_time(open_images)
 
-    # --- submitting --------------------------------------------------------------------------
+    def announce(self) -> None:
+        """One event bundle for every image this pass changed."""
+        events.push_images_updated(self.batch_id, self.changed)
+        self.changed = []
+
+    # --- starting attempts -------------------------------------------------------------------
 
     def submit_due(self, images: list[ImageJob]) -> None:
         self.waiting_for_slot = False
         now = timezone.now()
+        due = []
         for image in images:
             if image.runpod_job_id:
                 continue
             if image.status == ImageStatus.SUBMITTED:
                 self.adopt_or_resubmit(image)
             elif image.next_attempt_at is None or image.next_attempt_at <= now:
-                self.submit(image)
-            if self.waiting_for_slot:
-                return
+                if not flow.acquire_slot(image.pk, self.priority, self.waiter):
+                    self.waiting_for_slot = True
+                    break
+                due.append(image)
+            else:
+                self.retry_times.append(image.next_attempt_at)
+        if due:
+            self.start_attempts(due)
+
+    def start_attempts(self, images: list[ImageJob]) -> None:
+        """Hold each attempt's maximum cost and claim the images, all in one transaction (a
+        worker lost between them leaves neither behind), then call /run for each and record
+        every job id at once."""
+        claims = [(image, pricing.attempt_max_cost(image.params)) for image in images]
+        closed = False
+        try:
+            with transaction.atomic():
+                claims = self.hold_for(claims)
+                won = set(ImageJob.objects.claim_attempts(claims))
+                lost = sum((hold for image, hold in claims if image.pk not in won), Decimal(0))
+                if lost:  # another runner, or a cancel, moved those images first
+                    budget_services.release_hold(self.batch_id, lost)
+        except budget_services.BatchClosed:
+            # Cancelled or finished meanwhile: the next pass sees it.
+            claims, won, closed = [], set(), True
+        for image in images:
+            if image.pk not in won:
+                flow.release_slot(image.pk)
+        if not closed and len(claims) < len(images):
+            self.out_of_budget(images[len(claims) :])
+        started = []
+        for image, hold in claims:
+            if image.pk not in won:
+                continue
+            self.claimed_from[image.pk] = image.status
+            image.attempts += 1
+            image.hold = hold
+            image.status = ImageStatus.SUBMITTED
+            image.submitted_at = timezone.now()
+            job_id = self.call_run(image)
+            if job_id:
+                started.append((image, job_id))
+        self.record_jobs(started)
+
+    def hold_for(self, claims: list[tuple[ImageJob, Decimal]]) -> list[tuple[ImageJob, Decimal]]:
+        """Hold the budget for as many of the claims as fit, in order: all at once when the
+        reservation has room (the common case, one UPDATE), else one by one (each may extend
+        the reservation from the budget). With nothing held and nothing running, the rest of
+        the chunk cannot run and is cancelled."""
+        total = sum((hold for _, hold in claims), Decimal(0))
+        if budget_services.hold_for_attempt(self.batch_id, total):
+            return claims
+        held = []
+        for image, hold in claims:
+            if not budget_services.hold_for_attempt(self.batch_id, hold):
+                break
+            held.append((image, hold))
+        return held
+
+    def call_run(self, image: ImageJob) -> str | None:
+        """Submit a claimed attempt to RunPod; its job id, or None when there is none to
+        record (the call failed: retried later, or the image failed)."""
+        try:
+            job = runpod_client().run(
+                image.runpod_input(self.batch),
+                webhook=webhooks.webhook_url(
+                    self.batch_id, self.chunk_no, image.pk, image.attempts
+                ),
+                execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
+                ttl_ms=settings.RUNPOD_TTL_MS,
+            )
+        except TransientRunPodError as error:
+            self.run_call_failed(image, error)
+            return None
+        except PermanentRunPodError as error:
+            # RunPod refused the request outright (4xx): no job exists, nothing is billed.
+            flow.release_slot(image.pk)
+            self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {error}")
+            return None
+        self.call_failures = 0
+        return job.id
+
+    def record_jobs(self, started: list[tuple[ImageJob, str]]) -> None:
+        """Write the job ids /run returned. Until then they exist only in this thread's
+        memory: a dropped database connection gets one reconnect before they are lost (and
+        left to their webhooks)."""
+        if not started:
+            return
+        rows = [(image.pk, image.attempts, job_id) for image, job_id in started]
+        recorded = set(retry_once_on_a_lost_connection(lambda: ImageJob.objects.record_jobs(rows)))
+        now = time.monotonic()
+        for image, job_id in started:
+            # An attempt not recorded moved on meanwhile (its webhook was adopted first).
+            if image.pk in recorded:
+                image.runpod_job_id = job_id
+                self.last_checked[job_id] = now
+                self.changed.append(image.pk)
+
+    def run_call_failed(self, image: ImageJob, error: TransientRunPodError) -> None:
+        """A transient /run failure retries the call, not the image. When the call surely never
+        reached RunPod (refused connection, 429), the attempt is given back with its hold. When
+        it may have (timeout, 5xx, dropped connection), a paid job may exist: the attempt stays
+        submitted, holding its slot and budget, until its webhook lets us adopt the job."""
+        self.call_failures += 1
+        backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
+        delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
+        if error.ambiguous:
+            logger.warning(
+                "image %s attempt %s: /run answer lost (%s); waiting for its webhook",
+                image.pk, image.attempts, error,
+            )  # fmt: skip
+            if not settings.COMICGEN_PUBLIC_URL:
+                self.unconfirmed(image, may_have_run=True)
+            return
+        retry_at = timezone.now() + timedelta(seconds=delay)
+        previous = self.claimed_from.get(image.pk, ImageStatus.PENDING)
+        with transaction.atomic():
+            if ImageJob.objects.give_back_attempt(image.pk, image.attempts, previous, retry_at):
+                budget_services.release_hold(self.batch_id, image.hold)
+                self.retry_times.append(retry_at)
+        flow.release_slot(image.pk)
+        logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
+
+    def out_of_budget(self, images: list[ImageJob]) -> None:
+        """No room left for another attempt. While other attempts run, their holds may come
+        back; with none running, the rest of the chunk cannot run."""
+        for image in images:
+            flow.release_slot(image.pk)
+        if self.images.in_flight().exists():
+            self.waiting_for_slot = True
+            return
+        reason = "Cancelled: the monthly budget has no room left for this image."
+        for waiting in self.images.waiting():
+            self.end_without_job(waiting, ImageStatus.CANCELLED, reason)
+
+    # --- a job whose /run answer was lost ----------------------------------------------------
 
     def adopt_or_resubmit(self, image: ImageJob) -> None:
         """An attempt with no job id recorded: its /run answer was lost (the task died while
@@ -207,27 +382,19 @@ class ChunkRun:
         except JobNotFound:
             logger.warning("image %s: webhook named job %s, which RunPod does not know", image.pk,
                            job_id)  # fmt: skip
-            ImageJob.objects.filter(pk=image.pk, webhook_job_id=job_id).update(webhook_job_id="")
+            ImageJob.objects.forget_webhook_job(image.pk, job_id)
             return
         except TransientRunPodError as error:
             logger.info("image %s: /status of job %s failed (%s); next pass", image.pk, job_id,
                         error)  # fmt: skip
             return
-        if not ImageJob.objects.filter(
-            pk=image.pk, status=ImageStatus.SUBMITTED, runpod_job_id="", attempts=image.attempts,
-            webhook_job_id=job_id,
-        ).update(runpod_job_id=job_id):  # fmt: skip
+        if not ImageJob.objects.adopt_job(image.pk, image.attempts, job_id):
             return
         logger.info("image %s: adopted job %s after a lost /run answer", image.pk, job_id)
         image.runpod_job_id = job_id
         self.last_checked[job_id] = time.monotonic()
-        try:
-            self.handle(image, status)
-        except LOST_SERVICES:
-            raise
-        except Exception as error:
-            logger.exception("image %s job %s: could not handle RunPod's answer", image.pk, job_id)
-            self.unusable_answer(image, job_id, status, None, error)
+        self.changed.append(image.pk)
+        self.follow({image.pk: (image, status, None)})
 
     def unconfirmed(self, image: ImageJob, *, may_have_run: bool) -> None:
         """End an attempt whose job id was never learned, and let the image go on at once with
@@ -240,140 +407,25 @@ class ChunkRun:
         else:
             job = JobStatus("", "ABSENT", execution_time_ms=0)
             reason = "RunPod's answer to /run was lost and the job never reported"
-        if self.end_attempt(
-            image, job, status=ImageStatus.RETRYING, error=reason, next_attempt_at=timezone.now(),
-            attempts_before_retry=F("attempts_before_retry") + 1,
-        ):  # fmt: skip
+        fields = {
+            "status": ImageStatus.RETRYING, "error": reason, "next_attempt_at": timezone.now(),
+            "attempts_before_retry": F("attempts_before_retry") + 1,
+        }  # fmt: skip
+        if self.write_endings([Ending(image, job, fields)]):
             logger.warning("image %s attempt %s: %s", image.pk, image.attempts, reason)
-
-    def submit(self, image: ImageJob) -> None:
-        if not flow.acquire_slot(image.pk, self.priority, self.waiter):
-            self.waiting_for_slot = True
-            return
-        previous_status = image.status
-        max_cost = pricing.attempt_max_cost(image.params)
-        # Hold and claim commit together: a worker lost between them leaves neither behind.
-        held = claimed = False
-        try:
-            with transaction.atomic():
-                held = budget_services.hold_for_attempt(self.batch_id, max_cost)
-                if held:
-                    claimed = bool(
-                        ImageJob.objects.filter(
-                            pk=image.pk, status=image.status, runpod_job_id="",
-                            attempts=image.attempts,
-                        ).update(
-                            status=ImageStatus.SUBMITTED,
-                            attempts=F("attempts") + 1,
-                            hold=max_cost,
-                            submitted_at=timezone.now(),
-                            next_attempt_at=None,
-                            # A job a webhook named for an earlier attempt is not this one's.
-                            webhook_job_id="",
-                        )
-                    )  # fmt: skip
-                    if not claimed:  # another runner, or a cancel, moved the image first
-                        transaction.set_rollback(True)
-        except budget_services.BatchClosed:
-            flow.release_slot(image.pk)  # cancelled or finished meanwhile: the next pass sees it
-            return
-        if not held:
-            flow.release_slot(image.pk)
-            self.out_of_budget(image)
-            return
-        if not claimed:
-            flow.release_slot(image.pk)
-            return
-        image.attempts += 1
-        image.hold = max_cost
-        image.status = ImageStatus.SUBMITTED
-        image.submitted_at = timezone.now()
-        try:
-            job = runpod_client().run(
-                image.runpod_input(self.batch),
-                webhook=services.webhook_url(
-                    self.batch_id, self.chunk_no, image.pk, image.attempts
-                ),
-                execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
-                ttl_ms=settings.RUNPOD_TTL_MS,
-            )
-        except TransientRunPodError as error:
-            self.run_call_failed(image, error, previous_status)
-            return
-        except PermanentRunPodError as error:
-            # RunPod refused the request outright (4xx): no job exists, nothing is billed.
-            flow.release_slot(image.pk)
-            self.finish(image, ImageStatus.FAILED, error=f"RunPod refused the job: {error}")
-            return
-        self.call_failures = 0
-        # The job id exists only in this thread's memory until it is written: a dropped
-        # database connection gets one reconnect before it is lost (and left to the webhook).
-        recorded = retry_once_on_a_lost_connection(
-            lambda: ImageJob.objects.filter(
-                pk=image.pk, attempts=image.attempts, runpod_job_id=""
-            ).update(runpod_job_id=job.id)
-        )
-        if not recorded:
-            # The attempt moved on meanwhile (its webhook was adopted first): nothing to record.
-            return
-        image.runpod_job_id = job.id
-        self.last_checked[job.id] = time.monotonic()
-        events.push_image_updated(image.pk)
-
-    def run_call_failed(
-        self, image: ImageJob, error: TransientRunPodError, previous_status: str
-    ) -> None:
-        """A transient /run failure retries the call, not the image. When the call surely never
-        reached RunPod (refused connection, 429), the attempt is given back with its hold. When
-        it may have (timeout, 5xx, dropped connection), a paid job may exist: the attempt stays
-        submitted, holding its slot and budget, until its webhook lets us adopt the job."""
-        self.call_failures += 1
-        backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
-        delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
-        if error.ambiguous:
-            logger.warning(
-                "image %s attempt %s: /run answer lost (%s); waiting for its webhook",
-                image.pk, image.attempts, error,
-            )  # fmt: skip
-            if not settings.COMICGEN_PUBLIC_URL:
-                self.unconfirmed(image, may_have_run=True)
-            return
-        with transaction.atomic():
-            given_back = ImageJob.objects.filter(
-                pk=image.pk, attempts=image.attempts, runpod_job_id="",
-                status=ImageStatus.SUBMITTED,
-            ).update(
-                status=previous_status,
-                attempts=F("attempts") - 1,
-                hold=Decimal("0"),
-                next_attempt_at=timezone.now() + timedelta(seconds=delay),
-            )  # fmt: skip
-            if given_back:
-                budget_services.release_hold(self.batch_id, image.hold)
-        flow.release_slot(image.pk)
-        logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
-
-    def out_of_budget(self, image: ImageJob) -> None:
-        """No room left for another attempt. While other attempts run, their holds may come
-        back; with none running, the rest of the chunk cannot run."""
-        if self.images.filter(status__in=IMAGE_IN_FLIGHT).exists():
-            self.waiting_for_slot = True
-            return
-        reason = "Cancelled: the monthly budget has no room left for this image."
-        for pending in self.images.filter(
-            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
-        ):
-            self.finish(pending, ImageStatus.CANCELLED, error=reason)
 
     # --- collecting --------------------------------------------------------------------------
 
     def collect(self, in_flight: list[ImageJob]) -> None:
+        """Take the webhook results that arrived and poll the jobs not heard from lately, then
+        follow every answer."""
         if not in_flight:
             return
         by_job = {image.runpod_job_id: image for image in in_flight}
-        results = flow.take_results(list(by_job))
+        results = webhooks.take_results(list(by_job))
         interval = poll_interval()
         now = time.monotonic()
+        answers: dict[int, tuple[ImageJob, JobStatus | None, Any]] = {}
         for job_id, image in by_job.items():
             payload = results.get(job_id)
             if payload is None and now - self.last_checked.get(job_id, 0) < interval:
@@ -381,18 +433,65 @@ class ChunkRun:
             status: JobStatus | None = None
             try:
                 status = JobStatus.from_json(payload) if payload is not None else self.poll(image)
-                if status is not None:
-                    self.handle(image, status)
             except LOST_SERVICES:
                 raise
             except Exception as error:
-                # One odd answer must not stop the chunk: fail this attempt, go on with the rest.
-                logger.exception("image %s job %s: could not handle RunPod's answer", image.pk,
-                                 job_id)  # fmt: skip
-                self.unusable_answer(image, job_id, status, payload, error)
+                self.unusable_answer(image, job_id, None, payload, error)
+                continue
+            if status is not None:
+                answers[image.pk] = (image, status, payload)
+        self.follow(answers)
+
+    def follow(self, answers: dict[int, tuple[ImageJob, JobStatus | None, Any]]) -> None:
+        """Act on RunPod's answers: jobs that started are marked running in one UPDATE; jobs
+        that ended become endings, written together."""
+        started: list[tuple[int, str]] = []
+        endings: list[Ending] = []
+        for image, job, payload in answers.values():
+            if job is None or job.id != image.runpod_job_id:
+                continue
+            try:
+                if not job.is_terminal:
+                    if job.status == IN_PROGRESS and image.status == ImageStatus.SUBMITTED:
+                        started.append((image.pk, job.id))
+                    continue
+                self.last_checked.pop(job.id, None)
+                endings.append(self.ending_of(image, job))
+            except LOST_SERVICES:
+                raise
+            except Exception as error:
+                self.unusable_answer(image, job.id, job, payload, error)
+        self.changed += ImageJob.objects.mark_running(started)
+        self.write_endings(endings)
+
+    def ending_of(self, image: ImageJob, job: JobStatus) -> Ending:
+        """The ending a finished job makes: a stored panel, or a failed attempt (retried after a
+        backoff, or given up) charged what it ran."""
+        if job.status == COMPLETED:
+            try:
+                png = outputs.png_from_output(job.output)
+            except outputs.BadOutput as error:
+                return self.failed_attempt(image, job, f"RunPod returned no usable image: {error}")
+            # An unguessable name: panel files are private (served by batches.panels).
+            name = default_storage.save(panels.panel_storage_name(), ContentFile(png))
+            fields = {"status": ImageStatus.COMPLETED, "image": name, "error": "",
+                      "finished_at": timezone.now()}  # fmt: skip
+            return Ending(image, job, fields, stored=name)
+        return self.failed_attempt(image, job, job.error or f"RunPod job ended {job.status}")
+
+    def failed_attempt(self, image: ImageJob, job: JobStatus, reason: str) -> Ending:
+        """Retry after a backoff, or give up once the attempt limit is reached."""
+        now = timezone.now()
+        if image.attempts_this_round >= settings.COMICGEN_MAX_ATTEMPTS:
+            reason = f"{reason} (gave up after {image.attempts_this_round} attempts)"
+            outcome = {"status": ImageStatus.FAILED, "finished_at": now}
+        else:
+            delay = timedelta(seconds=retry_delay(image.attempts_this_round))
+            outcome = {"status": ImageStatus.RETRYING, "next_attempt_at": now + delay}
+        return Ending(image, job, {"runpod_job_id": "", "error": reason[:2000], **outcome})
 
     def poll(self, image: ImageJob) -> JobStatus | None:
-        """The job's /status, or None when there is nothing to handle this pass."""
+        """The job's /status, or None when there is nothing to follow this pass."""
         job_id = image.runpod_job_id
         self.last_checked[job_id] = time.monotonic()
         try:
@@ -412,7 +511,10 @@ class ChunkRun:
         error: Exception,
     ) -> None:
         """End an attempt whose answer could not be handled, charged what RunPod says it ran
-        (the most it could have, when the answer says nothing usable)."""
+        (the most it could have, when the answer says nothing usable). One odd answer must not
+        stop the chunk: the other images go on."""
+        logger.error("image %s job %s: could not handle RunPod's answer (%s: %s)", image.pk,
+                     job_id, type(error).__name__, error)  # fmt: skip
         if status is not None:
             execution_ms = sane_execution_ms(status.execution_time_ms)
         elif isinstance(payload, dict):
@@ -422,111 +524,70 @@ class ChunkRun:
         job = JobStatus(job_id, "FAILED", None, None, None, execution_ms)
         reason = f"RunPod's answer could not be used ({type(error).__name__}: {error})"
         try:
-            self.attempt_failed(image, job, reason[:500])
+            self.write_endings([self.failed_attempt(image, job, reason[:500])])
         except Exception:
             # Even recording the failure failed (the database, most likely): the next pass, or
             # the sweeper's resumed chunk, tries this image again.
             logger.exception("image %s: could not record its failed attempt", image.pk)
 
-    def handle(self, image: ImageJob, job: JobStatus) -> None:
-        if job.id != image.runpod_job_id:
-            return
-        if not job.is_terminal:
-            started = job.status == IN_PROGRESS and image.status == ImageStatus.SUBMITTED
-            if started and ImageJob.objects.filter(
-                pk=image.pk, runpod_job_id=job.id, status=ImageStatus.SUBMITTED
-            ).update(status=ImageStatus.RUNNING):
-                events.push_image_updated(image.pk)
-            return
-        self.last_checked.pop(job.id, None)
-        if job.status == COMPLETED:
-            try:
-                png = outputs.png_from_output(job.output)
-            except outputs.BadOutput as error:
-                self.attempt_failed(image, job, f"RunPod returned no usable image: {error}")
-                return
-            self.completed(image, job, png)
-        else:
-            reason = job.error or f"RunPod job ended {job.status}"
-            self.attempt_failed(image, job, reason)
-
-    def end_attempt(self, panel: ImageJob, job: JobStatus, **fields: Any) -> bool:
-        """Record how an attempt ended and charge what it ran, once. The conditional UPDATE lets
-        exactly one of a webhook, a poll, a cancel or a redelivered task win; the others change
-        nothing. Returns whether this caller won. (`panel`, not `image`: `image=` is a field.)
-
-        The charge is what billed_ms_of says at the GPU price."""
-        execution_ms = sane_execution_ms(job.execution_time_ms)
-        seen_running = panel.status == ImageStatus.RUNNING
-        billed_ms = billed_ms_of(job, panel.params, seen_running=seen_running)
-        cost = budget_services.billable_cost(panel, billed_ms)
-        worst_case = execution_ms is None and billed_ms > 0
-        note = "worst case: RunPod reported no executionTime" if worst_case else ""
-        with transaction.atomic():
-            won = (
-                ImageJob.objects.filter(pk=panel.pk, runpod_job_id=job.id, attempts=panel.attempts)
-                .exclude(status__in=IMAGE_TERMINAL)
-                .update(
-                    hold=Decimal("0"),
-                    delay_ms=sane_execution_ms(job.delay_time_ms),
-                    execution_ms=execution_ms,
-                    **fields,
-                )
-            )
-            if won:
-                budget_services.charge_attempt(
-                    panel, panel.attempts, cost, panel.hold, job_id=job.id, billed_ms=billed_ms,
-                    note=note,
-                )  # fmt: skip
-                events.push_image_updated(panel.pk)
-        flow.release_slot(panel.pk)
-        return bool(won)
-
-    def completed(self, image: ImageJob, job: JobStatus, png: bytes) -> None:
-        # An unguessable name: panel files are private (served by batches.panels).
-        name = default_storage.save(panels.panel_storage_name(), ContentFile(png))
-        won = self.end_attempt(
-            image, job, status=ImageStatus.COMPLETED, image=name, error="",
-            finished_at=timezone.now(),
-        )  # fmt: skip
-        if not won:
-            default_storage.delete(name)
-
-    def attempt_failed(self, image: ImageJob, job: JobStatus, reason: str) -> None:
-        """Charge what the attempt ran, then retry after a backoff or give up."""
-        now = timezone.now()
-        if image.attempts_this_round >= settings.COMICGEN_MAX_ATTEMPTS:
-            reason = f"{reason} (gave up after {image.attempts_this_round} attempts)"
-            outcome = {"status": ImageStatus.FAILED, "finished_at": now}
-        else:
-            delay = timedelta(seconds=retry_delay(image.attempts_this_round))
-            outcome = {"status": ImageStatus.RETRYING, "next_attempt_at": now + delay}
-        if self.end_attempt(image, job, runpod_job_id="", error=reason, **outcome):
-            logger.info("image %s attempt %s failed: %s", image.pk, image.attempts, reason)
-
     def lost(self, image: ImageJob, reason: str) -> None:
         """The job vanished before we saw its end (its result expired, or RunPod purged it): it
         may have run, and nothing tells how long, so the attempt is charged at its maximum and
         the image retried within the attempt limit."""
-        self.attempt_failed(image, JobStatus(image.runpod_job_id, "LOST"), reason)
+        job = JobStatus(image.runpod_job_id, "LOST")
+        self.write_endings([self.failed_attempt(image, job, reason)])
 
-    def finish(self, image: ImageJob, status: str, *, error: str) -> None:
+    # --- writing what ended ------------------------------------------------------------------
+
+    def write_endings(self, endings: list[Ending]) -> list[Ending]:
+        """End these attempts and charge what they ran, in one transaction: each image's
+        conditional UPDATE (exactly one of a webhook, a poll, a cancel or a redelivered task
+        wins), then budgets.charge_attempts for the winners with the sums. Returns the winners.
+        Each charge is what billed_ms_of says at the GPU price."""
+        if not endings:
+            return []
+        with transaction.atomic():
+            won = [
+                ending
+                for ending in endings
+                if ImageJob.objects.end_attempt(
+                    ending.image.pk,
+                    ending.image.attempts,
+                    ending.job.id,
+                    delay_ms=sane_execution_ms(ending.job.delay_time_ms),
+                    execution_ms=sane_execution_ms(ending.job.execution_time_ms),
+                    **ending.fields,
+                )  # fmt: skip
+            ]
+            budget_services.charge_attempts(self.batch_id, [charge_of(e) for e in won])
+        for ending in endings:
+            flow.release_slot(ending.image.pk)
+            if ending.stored and ending not in won:
+                default_storage.delete(ending.stored)
+        for ending in won:
+            self.changed.append(ending.image.pk)
+            status = ending.fields.get("status")
+            if status in IMAGE_TERMINAL:
+                self.finished.add(ending.image.pk)
+            next_attempt_at = ending.fields.get("next_attempt_at")
+            if isinstance(next_attempt_at, datetime):
+                self.retry_times.append(next_attempt_at)
+            if status != ImageStatus.COMPLETED:
+                logger.info(
+                    "image %s attempt %s ended %s: %s", ending.image.pk, ending.image.attempts,
+                    status, ending.fields.get("error", ""),
+                )  # fmt: skip
+        return won
+
+    def end_without_job(self, image: ImageJob, status: str, error: str) -> None:
         """End an image that holds no RunPod job (refused, cancelled before it ran)."""
         with transaction.atomic():
-            won = (
-                ImageJob.objects.filter(pk=image.pk, runpod_job_id="", attempts=image.attempts)
-                .exclude(status__in=IMAGE_TERMINAL)
-                .update(
-                    status=status,
-                    error=error,
-                    finished_at=timezone.now(),
-                    hold=Decimal("0"),
-                )
-            )
+            won = ImageJob.objects.end_without_job(image.pk, image.attempts, status, error)
             if won and image.hold:
                 budget_services.release_hold(self.batch_id, image.hold)
-            if won:
-                events.push_image_updated(image.pk)
+        if won:
+            self.changed.append(image.pk)
+            self.finished.add(image.pk)
 
     # --- cancelling --------------------------------------------------------------------------
 
@@ -542,14 +603,13 @@ class ChunkRun:
                 self.adopt_or_resubmit(image)
                 continue
             if not image.runpod_job_id:
-                self.finish(image, ImageStatus.CANCELLED, error=reason)
+                self.end_without_job(image, ImageStatus.CANCELLED, reason)
                 continue
             try:
                 self.cancel_job(image, reason)
             except LOST_SERVICES:
                 raise
             except Exception as error:
-                logger.exception("image %s: could not record its cancel", image.pk)
                 self.unusable_answer(image, image.runpod_job_id, None, None, error)
 
     def cancel_job(self, image: ImageJob, reason: str) -> None:
@@ -572,28 +632,41 @@ class ChunkRun:
             logger.info("image %s: /cancel failed (%s); next pass", image.pk, error)
             return
         if job.status == COMPLETED:
-            self.handle(image, job)  # it finished first: keep the panel
+            self.follow({image.pk: (image, job, None)})  # it finished first: keep the panel
         elif job.is_terminal:
-            self.end_attempt(
-                image, job, status=ImageStatus.CANCELLED, error=reason,
-                runpod_job_id="", finished_at=timezone.now(),
-            )  # fmt: skip
+            fields = {"status": ImageStatus.CANCELLED, "error": reason, "runpod_job_id": "",
+                      "finished_at": timezone.now()}  # fmt: skip
+            self.write_endings([Ending(image, job, fields)])
 
     # --- waiting -----------------------------------------------------------------------------
 
-    def wait_time(self) -> float:
+    def wait_time(self, images: list[ImageJob]) -> float:
+        """How long to sleep, from what this pass read and wrote: until the next retry is due,
+        the next poll, or at most MAX_WAIT_SECONDS (a webhook or a cancel wakes it sooner)."""
         if self.waiting_for_slot:
             return SLOT_RETRY_SECONDS
         now = timezone.now()
         due = [MAX_WAIT_SECONDS, poll_interval()]
-        retry_times = self.images.filter(
-            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], next_attempt_at__isnull=False
-        ).values_list("next_attempt_at", flat=True)
-        due += [(at - now).total_seconds() for at in retry_times if at is not None]
-        if self.images.filter(status=ImageStatus.PENDING, next_attempt_at__isnull=True).exists():
-            due.append(0)
-        # Never spin: a pass costs a few queries.
+        due += [(at - now).total_seconds() for at in self.retry_times]
+        # Never spin: a pass costs a query or two.
         return max(0.02, min(due))
+
+
+def charge_of(ending: Ending) -> budget_services.Charge:
+    """What an ended attempt is charged (billed_ms_of at the GPU price), freeing its hold."""
+    image, job = ending.image, ending.job
+    seen_running = image.status == ImageStatus.RUNNING
+    billed_ms = billed_ms_of(job, image.params, seen_running=seen_running)
+    worst_case = sane_execution_ms(job.execution_time_ms) is None and billed_ms > 0
+    return budget_services.Charge(
+        image_id=image.pk,
+        attempt=image.attempts,
+        cost=pricing.actual_cost(image.params, billed_ms),
+        hold=image.hold,
+        job_id=job.id,
+        billed_ms=billed_ms,
+        note="worst case: RunPod reported no executionTime" if worst_case else "",
+    )
 
 
 def charge_late_job(image_id: int, attempt: int, job_id: str) -> str:

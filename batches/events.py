@@ -222,7 +222,15 @@ def flush_events(timeout: float = 5.0) -> bool:
 
 def push_image_updated(image_id: int) -> None:
     """An image changed: send its current row and the batch's counts, after commit."""
-    transaction.on_commit(lambda: _send_image_updated(image_id))
+    transaction.on_commit(lambda: _send_images_updated(None, [image_id]))
+
+
+def push_images_updated(batch_id: int, image_ids: list[int]) -> None:
+    """Images of one batch changed (a chunk's pass): one event each, built together after
+    commit with one seq range, one read of the rows and one count."""
+    if image_ids:
+        ids = list(dict.fromkeys(image_ids))
+        transaction.on_commit(lambda: _send_images_updated(batch_id, ids))
 
 
 def push_batch_updated(batch_id: int) -> None:
@@ -230,35 +238,46 @@ def push_batch_updated(batch_id: int) -> None:
     transaction.on_commit(lambda: _send_batch_updated(batch_id))
 
 
+def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
+    """Take one seq per image under the batch row's lock, stamp each image with its seq, read
+    the rows and the counts once, queue the events in seq order, commit."""
+    if batch_id is None:
+        batch_id = (
+            ImageJob.objects.filter(pk__in=image_ids).values_list("batch_id", flat=True).first()
+        )
+        if batch_id is None:  # deleted meanwhile
+            return
+    with transaction.atomic():
+        last = Batch.objects.take_seqs(batch_id, len(image_ids))
+        if last is None:  # the batch is gone: no seq may be taken and left unsent
+            transaction.set_rollback(True)
+            return
+        seqs = {image_id: last - len(image_ids) + 1 + n for n, image_id in enumerate(image_ids)}
+        ImageJob.objects.stamp_seqs(seqs)
+        images = ImageJob.objects.filter(pk__in=image_ids, batch_id=batch_id).in_bulk()
+        if len(images) != len(image_ids):
+            # Images leave only with their batch; ids of another batch are a caller's bug. A
+            # seq taken and never sent would leave every socket waiting on a gap: take none.
+            logger.error("batch %s: no event for images %s", batch_id, image_ids)
+            transaction.set_rollback(True)
+            return
+        counts = ImageJob.objects.filter(batch_id=batch_id).status_counts()
+        for image_id, seq in seqs.items():
+            event = {"type": "image.updated", "image": image_data(images[image_id])}
+            send_event(batch_id, {**event, "counts": counts, "seq": seq, "batch_id": batch_id})
+
+
 def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:
     """Take the batch's next seq (locking its row), build the event from what the database
     says under that lock, queue it, commit. When there is nothing to report (the row is gone),
     roll back: a seq taken and never sent would leave every socket waiting on a gap."""
     with transaction.atomic():
-        seq = Batch.take_seq(batch_id)
+        seq = Batch.objects.take_seqs(batch_id)
         event = build(seq) if seq is not None else None
         if event is None:
             transaction.set_rollback(True)
             return
         send_event(batch_id, {**event, "seq": seq, "batch_id": batch_id})
-
-
-def _send_image_updated(image_id: int) -> None:
-    batch_id = ImageJob.objects.filter(pk=image_id).values_list("batch_id", flat=True).first()
-    if batch_id is None:  # deleted meanwhile
-        return
-
-    def build(seq: int) -> dict[str, Any] | None:
-        if not ImageJob.objects.filter(pk=image_id).update(seq=seq):
-            return None
-        image = ImageJob.objects.select_related("batch").get(pk=image_id)
-        return {
-            "type": "image.updated",
-            "image": image_data(image),
-            "counts": image.batch.status_counts(),
-        }
-
-    _send_locked(batch_id, build)
 
 
 def _send_batch_updated(batch_id: int) -> None:

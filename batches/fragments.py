@@ -13,13 +13,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Prefetch
 from django.template.loader import render_to_string
 from django.urls import reverse
 
 from batches import services
 from batches.api.serializers import BatchSummarySerializer, ImageJobSerializer
-from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
+from batches.models import Batch, BatchStatus, ImageStatus
 
 PAGE_TEMPLATE = "batches/batch_detail.html"
 
@@ -143,8 +142,7 @@ def _cost_percent(actual: Decimal, estimate: Decimal) -> int:
 
 
 def load_batch(batch_id: int) -> Batch:
-    images = ImageJob.objects.order_by("index")
-    return Batch.objects.prefetch_related(Prefetch("images", queryset=images)).get(pk=batch_id)
+    return Batch.objects.with_images().get(pk=batch_id)
 
 
 def page_context(batch: Batch, *, csrf_token: str = "", next_url: str = "") -> dict[str, Any]:

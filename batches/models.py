@@ -1,17 +1,22 @@
-"""Batches of panel prompts and the image jobs they are made of.
+"""Batches of panel prompts and the image jobs they are made of, and every move of their state.
 
-A model guards its own row: status transitions are methods that refuse an illegal move.
-Workflows touching several rows, money or RunPod live in services.py.
+Each status change is one method of `BatchQuerySet` or `ImageJobQuerySet` below: a conditional
+UPDATE that names the state it moves from and returns whether this caller won. A webhook, a
+poll, a cancel, a redelivered task and the sweeper may race for the same row; exactly one wins
+each transition and the others change nothing. The chunk loop (chunks.py), the services and the
+webhook only choose which transition to try. Money moves in budgets.services, never here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, Prefetch, Q
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
@@ -50,6 +55,76 @@ BATCH_TERMINAL = (
 IMAGE_TERMINAL = (ImageStatus.COMPLETED, ImageStatus.FAILED, ImageStatus.CANCELLED)
 # Images that hold, or may hold, a RunPod job right now.
 IMAGE_IN_FLIGHT = (ImageStatus.SUBMITTED, ImageStatus.RUNNING)
+# Images waiting for their next attempt (with no RunPod job: see ImageJobQuerySet.waiting).
+IMAGE_WAITING = (ImageStatus.PENDING, ImageStatus.RETRYING)
+
+
+class BatchQuerySet(models.QuerySet["Batch"]):
+    """Which batches a caller may see, how to load one, and the transitions of a batch."""
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def visible_to(self, user: Any) -> BatchQuerySet:
+        """A user's own batches; every batch for staff."""
+        return self if user.is_staff else self.filter(user=user)
+
+    def with_images(self) -> BatchQuerySet:
+        """Batches with their images in panel order, in two queries."""
+        images = ImageJob.objects.order_by("index")
+        return self.prefetch_related(Prefetch("images", queryset=images))
+
+    def open(self) -> BatchQuerySet:
+        return self.exclude(status__in=BATCH_TERMINAL)
+
+    # --- transitions ------------------------------------------------------------------------
+
+    def start(self, batch_id: int) -> bool:
+        """queued -> running, when its first chunk starts."""
+        return bool(
+            self.filter(pk=batch_id, status=BatchStatus.QUEUED).update(
+                status=BatchStatus.RUNNING, started_at=timezone.now()
+            )
+        )
+
+    def request_cancel(self, batch_id: int, reason: str) -> bool:
+        """Mark an unfinished batch as being cancelled; its chunks stop what runs."""
+        return bool(
+            self.filter(pk=batch_id)
+            .open()
+            .update(cancel_requested_at=timezone.now(), cancel_reason=reason)
+        )
+
+    def claim_finish(self, batch_id: int, status: str) -> bool:
+        """An unfinished batch -> a terminal status. Only the caller that wins releases the
+        batch's reservation and announces the end."""
+        return bool(
+            self.filter(pk=batch_id).open().update(status=status, finished_at=timezone.now())
+        )
+
+    def reopen(self, batch_id: int, from_status: str) -> bool:
+        """A finished batch -> running again (the owner retries what failed). Conditional on
+        the status the caller saw, so two retries do not both reserve."""
+        return bool(
+            self.filter(pk=batch_id, status=from_status).update(
+                status=BatchStatus.RUNNING,
+                finished_at=None,
+                cancel_requested_at=None,
+                cancel_reason="",
+            )
+        )
+
+    def take_seqs(self, batch_id: int, count: int = 1) -> int | None:
+        """Take the batch's next `count` event numbers; returns the last (None if the batch is
+        gone). The UPDATE locks the batch row until the caller's transaction ends: events.py
+        builds its events under that lock, so seq order is also the order of the state the
+        events report."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Batch._meta.db_table} SET seq = seq + %s WHERE id = %s RETURNING seq",
+                [count, batch_id],
+            )
+            row = cursor.fetchone()
+        return row[0] if row else None
 
 
 class Batch(models.Model):
@@ -93,6 +168,8 @@ class Batch(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = BatchQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "batches"
@@ -113,27 +190,212 @@ class Batch(models.Model):
     def is_terminal(self) -> bool:
         return self.status in BATCH_TERMINAL
 
-    @classmethod
-    def take_seq(cls, batch_id: int) -> int | None:
-        """Take the batch's next event number (None if the batch is gone). The UPDATE locks the
-        batch row until the caller's transaction ends: events.py builds an event under that
-        lock, so seq order is also the order of the state the events report."""
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {cls._meta.db_table} SET seq = seq + 1 WHERE id = %s RETURNING seq",
-                [batch_id],
-            )
-            row = cursor.fetchone()
-        return row[0] if row else None
-
     def status_counts(self) -> dict[str, int]:
         """Images by status, every status present, plus `total`."""
-        rows = self.images.values("status").annotate(n=Count("id")).order_by()
+        return ImageJob.objects.filter(batch_id=self.pk).status_counts()
+
+
+def _update_returning_ids(sql: str, params: Sequence[Any]) -> list[int]:
+    """Run an UPDATE ... RETURNING id and give the ids it changed: which rows this caller won."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _values_rows(rows: Sequence[Sequence[Any]], casts: Sequence[str]) -> tuple[str, list[Any]]:
+    """A VALUES list for an UPDATE ... FROM, with typed placeholders, and its parameters."""
+    row_sql = "(" + ", ".join(f"%s::{cast}" for cast in casts) + ")"
+    return ", ".join([row_sql] * len(rows)), [value for row in rows for value in row]
+
+
+class ImageJobQuerySet(models.QuerySet["ImageJob"]):
+    """The images of a chunk or a batch, and every transition of an image's attempt.
+
+    An attempt's life: claim (pending/retrying -> submitted, a hold taken) -> record its RunPod
+    job id -> running -> ended (completed, retrying, failed or cancelled; charged once). An
+    attempt whose /run answer was lost has no job id: a webhook may name the job
+    (note_webhook_job), which is adopted once RunPod confirms it, or it is given up on.
+    """
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def of_chunk(self, batch_id: int, chunk_no: int, chunk_size: int) -> ImageJobQuerySet:
+        first = chunk_no * chunk_size
+        return self.filter(batch_id=batch_id, index__gte=first, index__lt=first + chunk_size)
+
+    def unfinished(self) -> ImageJobQuerySet:
+        return self.exclude(status__in=IMAGE_TERMINAL)
+
+    def in_flight(self) -> ImageJobQuerySet:
+        """Images that hold, or may hold, a RunPod job right now."""
+        return self.filter(status__in=IMAGE_IN_FLIGHT)
+
+    def waiting(self) -> ImageJobQuerySet:
+        """Images waiting for an attempt, with no job on RunPod."""
+        return self.filter(status__in=IMAGE_WAITING, runpod_job_id="")
+
+    def status_counts(self) -> dict[str, int]:
+        """These images by status, every status present, plus `total`."""
+        rows = self.values("status").annotate(n=Count("id")).order_by()
         counts = dict.fromkeys(ImageStatus.values, 0)
         for row in rows:
             counts[row["status"]] = row["n"]
         counts["total"] = sum(counts.values())
         return counts
+
+    # --- an attempt starts ------------------------------------------------------------------
+
+    def claim_attempts(self, claims: Sequence[tuple[ImageJob, Decimal]]) -> list[int]:
+        """Start a new attempt of each image with the hold given: waiting -> submitted, its
+        attempt number one up. An image wins only if it is still as the caller loaded it (same
+        status and attempt, no job), so two runners never both start an attempt. Returns the
+        ids won. Call in the transaction that takes the holds from the budget."""
+        if not claims:
+            return []
+        rows = [(image.pk, image.status, image.attempts, hold) for image, hold in claims]
+        values, params = _values_rows(rows, ("bigint", "varchar", "integer", "numeric"))
+        table = ImageJob._meta.db_table
+        return _update_returning_ids(
+            f"UPDATE {table} AS i SET status = %s, attempts = i.attempts + 1, hold = v.hold, "
+            f"submitted_at = %s, next_attempt_at = NULL, webhook_job_id = '' "
+            f"FROM (VALUES {values}) AS v(id, status, attempts, hold) "
+            f"WHERE i.id = v.id AND i.status = v.status AND i.attempts = v.attempts "
+            f"AND i.runpod_job_id = '' RETURNING i.id",
+            [ImageStatus.SUBMITTED, timezone.now(), *params],
+        )
+
+    def record_jobs(self, jobs: Sequence[tuple[int, int, str]]) -> list[int]:
+        """Write the RunPod job id /run returned for each (image id, attempt, job id), unless
+        the attempt moved on meanwhile (its webhook was adopted first). Returns the ids set."""
+        if not jobs:
+            return []
+        values, params = _values_rows(jobs, ("bigint", "integer", "varchar"))
+        table = ImageJob._meta.db_table
+        return _update_returning_ids(
+            f"UPDATE {table} AS i SET runpod_job_id = v.job_id "
+            f"FROM (VALUES {values}) AS v(id, attempts, job_id) "
+            f"WHERE i.id = v.id AND i.attempts = v.attempts AND i.runpod_job_id = '' "
+            f"RETURNING i.id",
+            params,
+        )
+
+    def give_back_attempt(
+        self, image_id: int, attempt: int, status: str, retry_at: datetime
+    ) -> bool:
+        """Undo a claim whose /run surely never reached RunPod (refused connection, 429): the
+        attempt number is free again and the image waits until `retry_at`."""
+        return bool(
+            self.filter(
+                pk=image_id, attempts=attempt, runpod_job_id="", status=ImageStatus.SUBMITTED
+            ).update(
+                status=status,
+                attempts=F("attempts") - 1,
+                hold=Decimal("0"),
+                next_attempt_at=retry_at,
+            )  # fmt: skip
+        )
+
+    # --- a job whose /run answer was lost ----------------------------------------------------
+
+    def note_webhook_job(self, image_id: int, attempt: int, job_id: str) -> bool:
+        """Keep the job a webhook named for an attempt with no job id. Not trusted yet."""
+        return bool(
+            self.filter(pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id="").update(
+                webhook_job_id=job_id
+            )
+        )
+
+    def forget_webhook_job(self, image_id: int, job_id: str) -> bool:
+        """RunPod does not know the job a webhook named: it was never ours."""
+        return bool(self.filter(pk=image_id, webhook_job_id=job_id).update(webhook_job_id=""))
+
+    def adopt_job(self, image_id: int, attempt: int, job_id: str) -> bool:
+        """Take on the job a webhook named (after RunPod's /status confirmed it) as the
+        attempt's own."""
+        return bool(
+            self.filter(
+                pk=image_id,
+                status=ImageStatus.SUBMITTED,
+                runpod_job_id="",
+                attempts=attempt,
+                webhook_job_id=job_id,
+            ).update(runpod_job_id=job_id)  # fmt: skip
+        )
+
+    # --- an attempt runs and ends ------------------------------------------------------------
+
+    def mark_running(self, jobs: Sequence[tuple[int, str]]) -> list[int]:
+        """submitted -> running for each (image id, job id) whose job RunPod says started.
+        Returns the ids changed."""
+        if not jobs:
+            return []
+        values, params = _values_rows(jobs, ("bigint", "varchar"))
+        table = ImageJob._meta.db_table
+        return _update_returning_ids(
+            f"UPDATE {table} AS i SET status = %s FROM (VALUES {values}) AS v(id, job_id) "
+            f"WHERE i.id = v.id AND i.runpod_job_id = v.job_id AND i.status = %s "
+            f"RETURNING i.id",
+            [ImageStatus.RUNNING, *params, ImageStatus.SUBMITTED],
+        )
+
+    def end_attempt(self, image_id: int, attempt: int, job_id: str, **fields: Any) -> bool:
+        """End the attempt running `job_id` (job_id "" for one whose job was never learned):
+        the hold is cleared and `fields` (the outcome: status, error, image, ...) written.
+        Exactly one of a webhook, a poll, a cancel or a redelivered task wins."""
+        return bool(
+            self.filter(pk=image_id, runpod_job_id=job_id, attempts=attempt)
+            .unfinished()
+            .update(hold=Decimal("0"), **fields)
+        )
+
+    def end_without_job(self, image_id: int, attempt: int, status: str, error: str) -> bool:
+        """End an image that holds no RunPod job (refused, cancelled before it ran, no budget
+        left)."""
+        return bool(
+            self.filter(pk=image_id, runpod_job_id="", attempts=attempt)
+            .unfinished()
+            .update(status=status, error=error, finished_at=timezone.now(), hold=Decimal("0"))
+        )
+
+    def cancel_waiting(self, batch_id: int, reason: str) -> list[int]:
+        """Cancel every image of a batch waiting for an attempt (no job on RunPod); returns
+        their ids. Images on RunPod are left to their chunk, which cancels the job there."""
+        table = ImageJob._meta.db_table
+        return _update_returning_ids(
+            f"UPDATE {table} SET status = %s, error = %s, finished_at = %s, "
+            f"next_attempt_at = NULL WHERE batch_id = %s AND status = ANY(%s) "
+            f"AND runpod_job_id = '' RETURNING id",
+            [ImageStatus.CANCELLED, reason, timezone.now(), batch_id, list(IMAGE_WAITING)],
+        )
+
+    def reopen_for_retry(self, image_ids: Iterable[int]) -> int:
+        """failed/cancelled -> pending, for the owner's retry. Attempt numbers go on from where
+        they were (each names one RunPod job, webhook URL and ledger charge); the attempt limit
+        starts again from here."""
+        return self.filter(
+            pk__in=list(image_ids), status__in=[ImageStatus.FAILED, ImageStatus.CANCELLED]
+        ).update(
+            status=ImageStatus.PENDING,
+            attempts_before_retry=F("attempts"),
+            hold=Decimal("0"),
+            error="",
+            runpod_job_id="",
+            next_attempt_at=None,
+            finished_at=None,
+        )
+
+    def stamp_seqs(self, seqs: dict[int, int]) -> None:
+        """Write each image's event number (the seq of its last pushed change)."""
+        if not seqs:
+            return
+        values, params = _values_rows(list(seqs.items()), ("bigint", "bigint"))
+        table = ImageJob._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} AS i SET seq = v.seq FROM (VALUES {values}) AS v(id, seq) "
+                f"WHERE i.id = v.id",
+                params,
+            )
 
 
 class ImageJob(models.Model):
@@ -170,6 +432,8 @@ class ImageJob(models.Model):
     submitted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ImageJobQuerySet.as_manager()
 
     class Meta:
         ordering = ["batch", "index"]

@@ -1,8 +1,10 @@
-"""Batch workflows: submit, enqueue, cancel, retry, finalize, sweep, webhooks.
+"""Batch workflows: submit, enqueue, cancel, retry, finalize, sweep.
 
-The per-chunk loop that talks to RunPod is in chunks.py; Redis coordination in flow.py; money
-in budgets/services.py. PostgreSQL is the source of truth: every state change is a conditional
-UPDATE that says whether this caller won it.
+These orchestrate; the transitions they try are the QuerySet methods of models.py, money moves
+in budgets/services.py, the chunk loop that talks to RunPod is chunks.py, webhooks are
+webhooks.py and Redis coordination flow.py. This module imports none of chunks or tasks: it
+names tasks by their Celery name, so the imports run one way (models <- flow, webhooks, events
+<- chunks <- services, tasks).
 """
 
 from __future__ import annotations
@@ -11,31 +13,24 @@ import hashlib
 import json
 import logging
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from celery import chord, group
+from celery import chord, group, signature
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.utils import timezone
 
-from batches import events, flow
+from batches import events, flow, webhooks
 from batches.models import (
-    BATCH_TERMINAL,
-    IMAGE_TERMINAL,
     Batch,
     BatchStatus,
     ImageJob,
     ImageStatus,
 )
-from batches.runpod import ACTIVE_STATUSES, TERMINAL_STATUSES
 from budgets import estimates
 from budgets import services as budget_services
-from comicgen.db import retry_once_on_a_lost_connection
 
 logger = logging.getLogger(__name__)
 
@@ -159,33 +154,29 @@ def _replayed_batch(user: Any, key: str, fingerprint: str) -> Batch | None:
 def chunk_numbers(batch: Batch, indexes: Iterable[int] | None = None) -> list[int]:
     """The chunks holding the images at these panel indexes (default: every unfinished one)."""
     if indexes is None:
-        unfinished = batch.images.exclude(status__in=IMAGE_TERMINAL)
-        indexes = unfinished.values_list("index", flat=True)
+        indexes = batch.images.unfinished().values_list("index", flat=True)
     return sorted({index // batch.chunk_size for index in indexes})
+
+
+PROCESS_CHUNK_TASK = "batches.tasks.process_chunk_task"
+FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
+ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
 
 
 def enqueue_batch(batch: Batch, chunks: list[int] | None = None) -> None:
     """A chord: one task per chunk on the batch's priority queue, then finalize."""
-    from batches import tasks
-
     chunks = chunk_numbers(batch) if chunks is None else chunks
+    finalize = signature(FINALIZE_BATCH_TASK, args=(batch.pk,), queue=batch.priority)
     if not chunks:
-        tasks.finalize_batch_task.apply_async(args=([], batch.pk), queue=batch.priority)
+        signature(FINALIZE_BATCH_TASK, args=([], batch.pk), queue=batch.priority).apply_async()
         return
     flow.mark_chunks_queued(batch.pk, chunks)
     header = group(
-        tasks.process_chunk_task.si(batch.pk, chunk_no).set(queue=batch.priority)
+        signature(PROCESS_CHUNK_TASK, args=(batch.pk, chunk_no), queue=batch.priority,
+                  immutable=True)
         for chunk_no in chunks
-    )
-    chord(header)(tasks.finalize_batch_task.s(batch.pk).set(queue=batch.priority))
-
-
-def mark_batch_running(batch_id: int) -> None:
-    started = Batch.objects.filter(pk=batch_id, status=BatchStatus.QUEUED).update(
-        status=BatchStatus.RUNNING, started_at=timezone.now()
-    )
-    if started:
-        events.push_batch_updated(batch_id)
+    )  # fmt: skip
+    chord(header)(finalize)
 
 
 def finalize_batch(batch_id: int) -> str | None:
@@ -196,7 +187,7 @@ def finalize_batch(batch_id: int) -> str | None:
         return None
     if batch.is_terminal:
         return batch.status
-    if batch.images.exclude(status__in=IMAGE_TERMINAL).exists():
+    if batch.images.unfinished().exists():
         return None
     counts = batch.status_counts()
     if batch.cancel_requested_at and counts["completed"] < counts["total"]:
@@ -210,12 +201,7 @@ def finalize_batch(batch_id: int) -> str | None:
     else:
         status = BatchStatus.FAILED
     with transaction.atomic():
-        claimed = (
-            Batch.objects.filter(pk=batch_id)
-            .exclude(status__in=BATCH_TERMINAL)
-            .update(status=status, finished_at=timezone.now())
-        )
-        if not claimed:
+        if not Batch.objects.claim_finish(batch_id, status):
             return Batch.objects.values_list("status", flat=True).get(pk=batch_id)
         budget_services.release_batch(batch, note=f"batch {status}")
         events.push_batch_updated(batch_id)
@@ -233,40 +219,25 @@ def cancel_batch(batch: Batch, reason: str = "Cancelled by the user.") -> int:
     """Stop what has not finished. Pending and retrying images are cancelled here; images on
     RunPod are cancelled there by their chunk, which the cancel wakes. Returns how many images
     were cancelled at once."""
-    now = timezone.now()
-    requested = (
-        Batch.objects.filter(pk=batch.pk)
-        .exclude(status__in=BATCH_TERMINAL)
-        .update(cancel_requested_at=now, cancel_reason=reason)
-    )
-    if not requested:
+    if not Batch.objects.request_cancel(batch.pk, reason):
         raise StateConflict(f"The batch is already {batch.status}; there is nothing to cancel.")
-    waiting = list(
-        batch.images.filter(
-            status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
-        ).values_list("pk", flat=True)
-    )
-    cancelled = ImageJob.objects.filter(
-        pk__in=waiting, status__in=[ImageStatus.PENDING, ImageStatus.RETRYING], runpod_job_id=""
-    ).update(status=ImageStatus.CANCELLED, error=reason, finished_at=now, next_attempt_at=None)
-    announce_images(batch, waiting)
+    cancelled = ImageJob.objects.cancel_waiting(batch.pk, reason)
+    announce_images(batch, cancelled)
     events.push_batch_updated(batch.pk)
     for chunk_no in chunk_numbers(batch):
-        flow.wake_chunk(batch.pk, chunk_no)
+        webhooks.wake_chunk(batch.pk, chunk_no)
     # Nothing may be running at all (e.g. a batch still queued): finish it now if so.
     finalize_batch(batch.pk)
-    return cancelled
+    return len(cancelled)
 
 
 def announce_images(batch: Batch, image_ids: list[int]) -> None:
     """Push one event per changed image from a worker, not from the request: a cancel of
     thousands of images answers at once and its events follow."""
-    from batches import tasks
-
     if not image_ids:
         return
     try:
-        tasks.announce_images_task.apply_async(args=(batch.pk, image_ids), queue=batch.priority)
+        signature(ANNOUNCE_IMAGES_TASK, args=(batch.pk, image_ids), queue=batch.priority).delay()
     except Exception:  # the broker is down: pages catch up by snapshot and polling
         logger.warning("batch %s: could not queue events for %s images", batch.pk, len(image_ids))
 
@@ -281,13 +252,7 @@ def retry_batch(batch: Batch) -> int:
         raise StateConflict("No failed or cancelled images to retry.")
     estimate = estimates.estimate_images([image.params for image in images])
     with transaction.atomic():
-        reopened = Batch.objects.filter(pk=batch.pk, status=batch.status).update(
-            status=BatchStatus.RUNNING,
-            finished_at=None,
-            cancel_requested_at=None,
-            cancel_reason="",
-        )
-        if not reopened:
+        if not Batch.objects.reopen(batch.pk, batch.status):
             raise StateConflict("The batch changed meanwhile; reload it and try again.")
         budget_services.reserve_for_batch(batch, estimate.total)
         Batch.objects.filter(pk=batch.pk).update(
@@ -295,17 +260,7 @@ def retry_batch(batch: Batch) -> int:
             expected_cost=F("expected_cost") + estimate.expected_cost,
         )
         image_ids = [image.pk for image in images]
-        # Attempt numbers go on from where they were: each names one RunPod job, one webhook
-        # URL and one ledger charge, so a retried image must never reuse one.
-        ImageJob.objects.filter(pk__in=image_ids).update(
-            status=ImageStatus.PENDING,
-            attempts_before_retry=F("attempts"),
-            hold=Decimal("0"),
-            error="",
-            runpod_job_id="",
-            next_attempt_at=None,
-            finished_at=None,
-        )
+        ImageJob.objects.reopen_for_retry(image_ids)
         transaction.on_commit(lambda: announce_images(batch, image_ids))
         events.push_batch_updated(batch.pk)
         chunks = chunk_numbers(batch, [image.index for image in images])
@@ -331,89 +286,6 @@ def sweep_batches() -> dict[str, int]:
     return {"resumed_chunks": resumed, "finalized": finalized}
 
 
-def receive_webhook(
-    batch_id: int, chunk_no: int, image_id: int, attempt: int, token: str, payload: Any
-) -> bool:
-    """Accept a RunPod webhook for one image attempt. False when the token is wrong or the
-    payload is not a job status; True otherwise, whatever is done with it:
-
-    - a report on the job the attempt recorded is kept for its chunk, which is woken;
-    - a report on a job for an attempt whose /run answer was lost is noted on the image: the
-      chunk adopts that job once RunPod's own /status confirms it (a webhook proves nothing,
-      anyone holding its URL can post one);
-    - a report on an attempt that already ended without knowing its job (charged nothing after
-      the grace) means RunPod did run it: a task charges it, once /status confirms it.
-    Anything else (another job id, a finished image) is acknowledged and dropped.
-    """
-    if not flow.webhook_token_matches(batch_id, chunk_no, image_id, attempt, token):
-        return False
-    if webhook_payload_problem(payload) is not None:
-        return False
-    job_id, status = payload["id"], payload["status"]
-    # A webhook is RunPod's one word on a job whose /run answer may be lost: a dropped database
-    # connection gets one reconnect rather than a 500 (RunPod tries a webhook three times only).
-    image = retry_once_on_a_lost_connection(
-        lambda: (
-            ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
-            .only("attempts", "status", "runpod_job_id", "batch_id")
-            .first()
-        )
-    )
-    if image is None:  # deleted with its batch: nothing left to do
-        return True
-    if image.attempts == attempt and image.status not in IMAGE_TERMINAL:
-        if job_id == image.runpod_job_id:
-            flow.deliver_result(batch_id, chunk_no, job_id, payload)
-            # The GPU is free the moment the job ends: give its slot to waiting work now
-            # rather than after the chunk has stored the image.
-            if status in TERMINAL_STATUSES:
-                flow.release_slot(image_id)
-        elif not image.runpod_job_id and retry_once_on_a_lost_connection(
-            lambda: ImageJob.objects.filter(
-                pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id=""
-            ).update(webhook_job_id=job_id)
-        ):
-            flow.wake_chunk(batch_id, chunk_no)
-        return True
-    if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
-        from batches import tasks
-
-        tasks.charge_late_job_task.delay(image_id, attempt, job_id)
-    return True
-
-
-# RunPod job ids are UUIDs with a suffix (`...-u1`); ImageJob.runpod_job_id holds 100 characters.
-_JOB_ID = re.compile(r"[\x21-\x7e]{1,100}")
-RUNPOD_STATUSES = ACTIVE_STATUSES | TERMINAL_STATUSES
-
-
-def webhook_payload_problem(payload: Any) -> str | None:
-    """What is wrong with a webhook's job status object, in words for the 400, or None when
-    its shape is acceptable (its figures are still not trusted: see receive_webhook)."""
-    if not isinstance(payload, dict):
-        return "The body must be a JSON object: a RunPod job status."
-    job_id = payload.get("id")
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        return "`id` must be the RunPod job id: 1 to 100 printable ASCII characters."
-    status = payload.get("status")
-    if not isinstance(status, str) or status not in RUNPOD_STATUSES:
-        return "`status` must be one of " + ", ".join(sorted(RUNPOD_STATUSES)) + "."
-    return None
-
-
-def webhook_url(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str | None:
-    """Where RunPod reports an attempt's end. The image and attempt in the URL let a chunk
-    adopt a job whose id it never recorded (its task died while /run was answering)."""
-    if not settings.COMICGEN_PUBLIC_URL:
-        return None
-    token = flow.webhook_token(batch_id, chunk_no, image_id, attempt)
-    return (
-        f"{settings.COMICGEN_PUBLIC_URL}/api/v1/runpod/webhook/"
-        f"{batch_id}/{chunk_no}/{image_id}/{attempt}/{token}/"
-    )
-
-
 def scoped_batches(user: Any) -> Any:
     """The batches a user may see: their own, or all for staff."""
-    batches = Batch.objects.all()
-    return batches if user.is_staff else batches.filter(user=user)
+    return Batch.objects.visible_to(user)

@@ -38,8 +38,11 @@ RELIABLE: dict[str, Any] = {
 
 @shared_task(**RELIABLE)
 def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
-    """Run one chunk of a batch on RunPod; returns a small summary (the chord ignores it)."""
-    return chunks.process_chunk(batch_id, chunk_no)
+    """Run one chunk of a batch on RunPod, then finish the batch if that was its last work;
+    returns a small summary (the chord ignores it)."""
+    summary = chunks.process_chunk(batch_id, chunk_no)
+    services.finalize_batch(batch_id)
+    return summary
 
 
 @shared_task(**RELIABLE)

@@ -1,7 +1,8 @@
-"""RunPod's webhook: it POSTs a finished job's status object, unsigned, to the URL we gave it.
+"""RunPod's webhooks: the URL each attempt gives RunPod, the view RunPod POSTs a finished job's
+status object to, what is done with it, and the mailbox that hands results to the chunk.
 
 RunPod signs nothing, so the URL carries the proof: an HMAC of the batch, chunk, image and
-attempt under SECRET_KEY (batches.flow.webhook_token). Anyone may call this URL, so it does the
+attempt under SECRET_KEY (webhook_token). Anyone may call this URL, so the view does the
 cheap, safe things first and only then the expensive ones:
 
 1. the path's numbers are checked as text (no int() of a thousand digits, nothing a database
@@ -13,22 +14,76 @@ cheap, safe things first and only then the expensive ones:
 4. it is parsed with comicgen.parsers' bounds (nesting, digits, UTF-8) and its shape checked
    (an object with a job `id` and one of RunPod's statuses).
 
-Every refusal is a 4xx `{"code", "detail"}`. Only then does services.receive_webhook run.
+Every refusal is a 4xx `{"code", "detail"}`. Only then does receive_webhook run.
+
+The mailbox: a webhook's result waits in Redis under its job id and the chunk following that
+job is woken (a Redis list it blocks on), so a chunk sleeps instead of polling. A cancel or a
+retry wakes a chunk the same way, without a result.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import logging
 import re
+from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from batches import flow, services
+from batches import flow
+from batches.models import IMAGE_TERMINAL, ImageJob
+from batches.runpod import ACTIVE_STATUSES, TERMINAL_STATUSES
+from budgets import services as budget_services
+from comicgen.db import retry_once_on_a_lost_connection
 from comicgen.parsers import JSONBodyError, parse_json, read_capped
 
+logger = logging.getLogger(__name__)
+
+CHARGE_LATE_JOB_TASK = "batches.tasks.charge_late_job_task"
 # Ids are PostgreSQL bigints; chunk and attempt numbers are small. 18 digits always fit.
 _PATH_NUMBER = re.compile(r"[0-9]{1,18}")
+RESULT_TTL_SECONDS = 1800  # RunPod keeps results 30 minutes; so do we
+# RunPod job ids are UUIDs with a suffix (`...-u1`); ImageJob.runpod_job_id holds 100 characters.
+_JOB_ID = re.compile(r"[\x21-\x7e]{1,100}")
+RUNPOD_STATUSES = ACTIVE_STATUSES | TERMINAL_STATUSES
+
+
+# --- the URL and its token -------------------------------------------------------------------
+
+
+def webhook_token(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str:
+    """The unguessable part of an attempt's webhook URL (RunPod signs nothing)."""
+    message = f"webhook:{batch_id}:{chunk_no}:{image_id}:{attempt}".encode()
+    return hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def webhook_token_matches(
+    batch_id: int, chunk_no: int, image_id: int, attempt: int, given: str
+) -> bool:
+    """Whether a webhook URL's token is this attempt's: constant time, over bytes, whatever
+    characters the URL carried (compare_digest refuses a non-ASCII str)."""
+    expected = webhook_token(batch_id, chunk_no, image_id, attempt)
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def webhook_url(batch_id: int, chunk_no: int, image_id: int, attempt: int) -> str | None:
+    """Where RunPod reports an attempt's end. The image and attempt in the URL let a chunk
+    adopt a job whose id it never recorded (its task died while /run was answering)."""
+    if not settings.COMICGEN_PUBLIC_URL:
+        return None
+    token = webhook_token(batch_id, chunk_no, image_id, attempt)
+    return (
+        f"{settings.COMICGEN_PUBLIC_URL}/api/v1/runpod/webhook/"
+        f"{batch_id}/{chunk_no}/{image_id}/{attempt}/{token}/"
+    )
+
+
+# --- the view ---------------------------------------------------------------------------------
 
 
 def error(code: str, detail: str, status: int) -> JsonResponse:
@@ -47,7 +102,7 @@ def runpod_webhook(
     if not all(_PATH_NUMBER.fullmatch(number) for number in numbers):
         return error("not_found", "Unknown webhook.", 404)
     batch, chunk, image, attempt_no = (int(number) for number in numbers)
-    if not flow.webhook_token_matches(batch, chunk, image, attempt_no, token):
+    if not webhook_token_matches(batch, chunk, image, attempt_no, token):
         return error("forbidden", "The webhook token does not match this job attempt.", 403)
 
     try:
@@ -59,10 +114,126 @@ def runpod_webhook(
         payload = parse_json(raw)
     except JSONBodyError as refused:
         return error(refused.code, refused.detail, refused.status)
-    problem = services.webhook_payload_problem(payload)
+    problem = webhook_payload_problem(payload)
     if problem:
         return error("invalid_payload", problem, 400)
 
-    if not services.receive_webhook(batch, chunk, image, attempt_no, token, payload):
+    if not receive_webhook(batch, chunk, image, attempt_no, token, payload):
         return error("not_found", "Unknown webhook.", 404)
     return JsonResponse({"ok": True})
+
+
+# --- what is done with a report ---------------------------------------------------------------
+
+
+def receive_webhook(
+    batch_id: int, chunk_no: int, image_id: int, attempt: int, token: str, payload: Any
+) -> bool:
+    """Accept a RunPod webhook for one image attempt. False when the token is wrong or the
+    payload is not a job status; True otherwise, whatever is done with it:
+
+    - a report on the job the attempt recorded is kept for its chunk, which is woken;
+    - a report on a job for an attempt whose /run answer was lost is noted on the image: the
+      chunk adopts that job once RunPod's own /status confirms it (a webhook proves nothing,
+      anyone holding its URL can post one);
+    - a report on an attempt that already ended without knowing its job (charged nothing after
+      the grace) means RunPod did run it: a task charges it, once /status confirms it.
+    Anything else (another job id, a finished image) is acknowledged and dropped.
+    """
+    if not webhook_token_matches(batch_id, chunk_no, image_id, attempt, token):
+        return False
+    if webhook_payload_problem(payload) is not None:
+        return False
+    job_id, status = payload["id"], payload["status"]
+    # A webhook is RunPod's one word on a job whose /run answer may be lost: a dropped database
+    # connection gets one reconnect rather than a 500 (RunPod tries a webhook three times only).
+    image = retry_once_on_a_lost_connection(
+        lambda: (
+            ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
+            .only("attempts", "status", "runpod_job_id", "batch_id")
+            .first()
+        )
+    )
+    if image is None:  # deleted with its batch: nothing left to do
+        return True
+    if image.attempts == attempt and image.status not in IMAGE_TERMINAL:
+        if job_id == image.runpod_job_id:
+            deliver_result(batch_id, chunk_no, job_id, payload)
+            # The GPU is free the moment the job ends: give its slot to waiting work now
+            # rather than after the chunk has stored the image.
+            if status in TERMINAL_STATUSES:
+                flow.release_slot(image_id)
+        elif not image.runpod_job_id and retry_once_on_a_lost_connection(
+            lambda: ImageJob.objects.note_webhook_job(image_id, attempt, job_id)
+        ):
+            wake_chunk(batch_id, chunk_no)
+        return True
+    if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
+        queue_late_charge(image_id, attempt, job_id)
+    return True
+
+
+def webhook_payload_problem(payload: Any) -> str | None:
+    """What is wrong with a webhook's job status object, in words for the 400, or None when
+    its shape is acceptable (its figures are still not trusted: see receive_webhook)."""
+    if not isinstance(payload, dict):
+        return "The body must be a JSON object: a RunPod job status."
+    job_id = payload.get("id")
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        return "`id` must be the RunPod job id: 1 to 100 printable ASCII characters."
+    status = payload.get("status")
+    if not isinstance(status, str) or status not in RUNPOD_STATUSES:
+        return "`status` must be one of " + ", ".join(sorted(RUNPOD_STATUSES)) + "."
+    return None
+
+
+def queue_late_charge(image_id: int, attempt: int, job_id: str) -> None:
+    """Have a worker charge a job that reported after its attempt ended charged nothing (the
+    task asks RunPod's /status first). Sent by name: the tasks module imports the chunk engine,
+    which imports this module."""
+    current_app.send_task(CHARGE_LATE_JOB_TASK, args=(image_id, attempt, job_id))
+
+
+# --- the mailbox --------------------------------------------------------------------------------
+
+
+def _wake_key(batch_id: int, chunk_no: int) -> str:
+    return f"{flow.PREFIX}:chunk:{batch_id}:{chunk_no}:wake"
+
+
+def deliver_result(batch_id: int, chunk_no: int, job_id: str, payload: dict[str, Any]) -> None:
+    """Keep a webhook's result for the chunk following that job, and wake the chunk. Called
+    only for a job the chunk recorded, so at most one result waits per attempt in flight."""
+    wake = _wake_key(batch_id, chunk_no)
+    pipe = flow.get_redis().pipeline(transaction=False)
+    pipe.set(f"{flow.PREFIX}:result:{job_id}", json.dumps(payload), ex=RESULT_TTL_SECONDS)
+    pipe.rpush(wake, job_id)
+    pipe.expire(wake, RESULT_TTL_SECONDS)
+    pipe.execute()
+
+
+def wake_chunk(batch_id: int, chunk_no: int) -> None:
+    """Interrupt a chunk's wait (a cancel, a retry) without a result."""
+    flow.get_redis().rpush(_wake_key(batch_id, chunk_no), "")
+
+
+def take_results(job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Webhook results stored for these jobs, removed as they are taken."""
+    if not job_ids:
+        return {}
+    keys = [f"{flow.PREFIX}:result:{job_id}" for job_id in job_ids]
+    client = flow.get_redis()
+    values = client.mget(keys)
+    found = {job_id: json.loads(v) for job_id, v in zip(job_ids, values, strict=True) if v}
+    if found:
+        client.delete(*(f"{flow.PREFIX}:result:{job_id}" for job_id in found))
+    return found
+
+
+def wait_for_wake(batch_id: int, chunk_no: int, timeout: float) -> None:
+    """Sleep until a webhook or a cancel wakes the chunk, or `timeout` seconds pass."""
+    client = flow.get_redis()
+    key = _wake_key(batch_id, chunk_no)
+    if timeout > 0 and client.blpop([key], timeout=max(timeout, 0.01)):
+        # Drain the rest: one pass of the loop handles every result that arrived.
+        client.delete(key)

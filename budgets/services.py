@@ -9,13 +9,13 @@ requests and workers can overspend.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, DecimalField, F, Value, When
 from django.utils import timezone
 
 from batches.models import BATCH_TERMINAL, Batch, ImageJob
@@ -169,6 +169,108 @@ def _cover_overrun(batch_id: int, extra: Decimal) -> bool:
     return _extend_reservation(batch, shortfall, note)
 
 
+@dataclass(frozen=True)
+class Charge:
+    """What one ended attempt is charged: `cost` for `billed_ms` of RunPod `job_id` ("" when its
+    id was never learned), freeing the `hold` the attempt took."""
+
+    image_id: int
+    attempt: int
+    cost: Decimal
+    hold: Decimal
+    job_id: str = ""
+    billed_ms: int | None = None
+    note: str = ""
+
+
+def charge_attempts(batch_id: int, charges: list[Charge]) -> list[Charge]:
+    """Charge what RunPod billed for ended attempts of one batch, each once: the ledger rows in
+    one insert, then the images' costs, and one update each of the batch (cost up, reserved and
+    held down) and of the budget (spent up, reserved down) with the sums. Returns the charges
+    made.
+
+    Call inside the transaction that records the attempts' outcomes and clears their holds. The
+    ledger's unique keys (one charge per image attempt, one per RunPod job) make a charge for an
+    attempt or job already charged (a redelivered task, a webhook and a poll racing) insert
+    nothing: it is left out of the sums and of the result. A cost above its hold (RunPod ran past
+    the timeout) is charged in full when the budget has room for the difference; only when it
+    has none is it held to the hold, and that is logged as an error, since the limit may never
+    be passed either."""
+    if not charges:
+        return []
+    charges = [_within_budget(batch_id, charge) for charge in charges]
+    budget_id = Budget.objects.filter(user__batches__id=batch_id).values_list("id", flat=True).get()
+    charged_keys = _insert_charges(budget_id, batch_id, charges)
+    charged = [charge for charge in charges if (charge.image_id, charge.attempt) in charged_keys]
+    for charge in charges:
+        if (charge.image_id, charge.attempt) not in charged_keys:
+            logger.info("image %s attempt %s (job %s) already charged", charge.image_id,
+                        charge.attempt, charge.job_id or "-")  # fmt: skip
+    # A charge refused as a repeat changes nothing, its hold included: the first charge of
+    # that attempt already freed it.
+    held = sum((charge.hold for charge in charged), ZERO)
+    cost = sum((charge.cost for charge in charged), ZERO)
+    if not charged:
+        return []
+    ImageJob.objects.filter(pk__in=[charge.image_id for charge in charged]).update(
+        cost=F("cost")
+        + Case(
+            *(When(pk=charge.image_id, then=Value(charge.cost)) for charge in charged),
+            default=Value(ZERO),
+            output_field=DecimalField(max_digits=12, decimal_places=6),
+        )
+    )
+    Batch.objects.filter(pk=batch_id).update(
+        reserved=F("reserved") - cost, held=F("held") - held, actual_cost=F("actual_cost") + cost
+    )
+    # Batch row before Budget row, the order hold_for_attempt and release_batch lock them in:
+    # the opposite order deadlocks against a concurrent hold (PostgreSQL aborts one of them).
+    Budget.objects.filter(pk=budget_id).update(
+        spent=F("spent") + cost, reserved=F("reserved") - cost
+    )
+    return charged
+
+
+def _within_budget(batch_id: int, charge: Charge) -> Charge:
+    """The charge itself when it fits its hold or the budget has room for the overrun; else
+    the charge held to its hold (see charge_attempts)."""
+    if charge.cost <= charge.hold:
+        return charge
+    with transaction.atomic():
+        covered = _cover_overrun(batch_id, charge.cost - charge.hold)
+    if covered:
+        return charge
+    logger.error(
+        "image %s attempt %s job %s: RunPod billed %s, over its hold %s, and the budget has no "
+        "room for the difference; charged the hold",
+        charge.image_id, charge.attempt, charge.job_id or "-", charge.cost, charge.hold,
+    )  # fmt: skip
+    return replace(charge, cost=charge.hold)
+
+
+def _insert_charges(budget_id: int, batch_id: int, charges: list[Charge]) -> set[tuple[int, int]]:
+    """Insert the charges' ledger rows in one statement; a row a unique key refuses (already
+    charged) is skipped. Returns the (image id, attempt) of the rows inserted."""
+    table = LedgerEntry._meta.db_table
+    now = timezone.now()
+    row = "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    params: list[Any] = []
+    for charge in charges:
+        params += [
+            budget_id, LedgerEntry.Kind.CHARGE, charge.cost, batch_id, charge.image_id,
+            charge.attempt, charge.job_id, charge.billed_ms, charge.note[:300], now,
+        ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (budget_id, kind, amount, batch_id, image_id, attempt, "
+            f"runpod_job_id, billed_ms, note, created_at) VALUES "
+            f"{', '.join([row] * len(charges))} "
+            f"ON CONFLICT DO NOTHING RETURNING image_id, attempt",
+            params,
+        )
+        return {(image_id, attempt) for image_id, attempt in cursor.fetchall()}
+
+
 def charge_attempt(
     image: ImageJob,
     attempt: int,
@@ -179,54 +281,9 @@ def charge_attempt(
     billed_ms: int | None = None,
     note: str = "",
 ) -> bool:
-    """Charge what RunPod billed for one attempt, once: the ledger row, the image's and the
-    batch's cost, the budget's spent, and free the attempt's hold from the batch.
-
-    The ledger's unique keys (one charge per image attempt, one per RunPod job) make a second
-    call for the same attempt or job (a redelivered task, a webhook and a poll racing) change
-    nothing and return False. Call inside the transaction that records the attempt's outcome
-    and clears the image's hold. A cost above the hold (RunPod ran past the timeout) is
-    charged in full when the budget has room for the difference; only when it has none is the
-    charge held to the hold, and that is logged as an error, since the limit may never be
-    passed either.
-    """
-    if cost > hold:
-        with transaction.atomic():
-            covered = _cover_overrun(image.batch_id, cost - hold)
-        if not covered:
-            logger.error(
-                "image %s attempt %s job %s: RunPod billed %s, over its hold %s, and the budget "
-                "has no room for the difference; charged the hold",
-                image.pk, attempt, job_id or "-", cost, hold,
-            )  # fmt: skip
-            cost = hold
-    budget = Budget.objects.only("id").get(user__batches__id=image.batch_id)
-    try:
-        with transaction.atomic():
-            LedgerEntry.objects.create(
-                budget=budget,
-                batch_id=image.batch_id,
-                image=image,
-                attempt=attempt,
-                kind=LedgerEntry.Kind.CHARGE,
-                amount=cost,
-                runpod_job_id=job_id,
-                billed_ms=billed_ms,
-                note=note[:300],
-            )
-    except IntegrityError:
-        logger.info("image %s attempt %s (job %s) already charged", image.pk, attempt, job_id)
-        return False
-    ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
-    Batch.objects.filter(pk=image.batch_id).update(
-        reserved=F("reserved") - cost, held=F("held") - hold, actual_cost=F("actual_cost") + cost
-    )
-    # Batch row before Budget row, the order hold_for_attempt and release_batch lock them in:
-    # the opposite order deadlocks against a concurrent hold (PostgreSQL aborts one of them).
-    Budget.objects.filter(pk=budget.pk).update(
-        spent=F("spent") + cost, reserved=F("reserved") - cost
-    )
-    return True
+    """Charge one attempt (charge_attempts for one); False when it was charged already."""
+    charge = Charge(image.pk, attempt, cost, hold, job_id, billed_ms, note)
+    return bool(charge_attempts(image.batch_id, [charge]))
 
 
 def attempt_charged_nothing(image_id: int, attempt: int) -> bool:

@@ -29,7 +29,7 @@ from comicgen.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (batches.flow.webhook_token):
+# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (batches.webhooks.webhook_token):
 # whoever knows it can forge a job's result. So there is no built-in key. It comes from the
 # SECRET_KEY variable, else from the file SECRET_KEY_FILE names (a Docker or Kubernetes secret),
 # else from .local/secret_key, a random key that `make dev` and `make test` write once per

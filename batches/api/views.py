@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Prefetch
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -24,7 +23,7 @@ from batches.api.serializers import (
     EstimateSerializer,
 )
 from batches.api.throttles import EstimateThrottle, SubmitThrottle
-from batches.models import Batch, ImageJob, ImageStatus, Priority
+from batches.models import Batch, ImageStatus, Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
@@ -72,8 +71,7 @@ def get_user_batch(request: Request, batch_id: int) -> Batch:
 
 
 def batch_with_images(batch_id: int) -> Batch:
-    images = ImageJob.objects.order_by("index")
-    return Batch.objects.prefetch_related(Prefetch("images", queryset=images)).get(pk=batch_id)
+    return Batch.objects.with_images().get(pk=batch_id)
 
 
 class BatchListView(ListAPIView):

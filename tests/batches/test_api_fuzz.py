@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from batches import flow
+from batches import flow, webhooks
 from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
 from tests.factories import UserFactory
 
@@ -233,7 +233,7 @@ def test_no_webhook_makes_the_api_answer_a_server_error(
 
     if token is None:
         token = (
-            flow.webhook_token(*(int(number) for number in numbers))
+            webhooks.webhook_token(*(int(number) for number in numbers))
             if all(number.isascii() and number.isdigit() for number in numbers)
             else "0" * 32
         )

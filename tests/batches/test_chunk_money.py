@@ -21,7 +21,7 @@ from django.db import connection
 from django.utils import timezone
 from PIL import Image
 
-from batches import chunks, flow, services
+from batches import chunks, flow, services, webhooks
 from batches.models import Batch, ImageJob, ImageStatus
 from budgets import pricing
 from budgets.books import check_books
@@ -337,8 +337,8 @@ def test_a_lost_run_answer_with_webhooks_keeps_its_hold_and_adopts_the_job_from_
     assert Batch.objects.get(pk=batch.pk).held == image.hold
     assert len(runpod.jobs) == 1  # not submitted again
 
-    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
-    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 900))
+    token = webhooks.webhook_token(batch.pk, 0, image.pk, 1)
+    assert webhooks.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 900))
     assert ImageJob.objects.get(pk=image.pk).webhook_job_id == "job-1"  # kept in PostgreSQL
     drive(run)
 
@@ -379,16 +379,16 @@ def test_a_forged_webhook_cannot_get_a_job_adopted_or_change_what_is_charged(
     run = chunk_of(batch)
     run.run_pass()
     image = ImageJob.objects.get(batch=batch)
-    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+    token = webhooks.webhook_token(batch.pk, 0, image.pk, 1)
     forged = completed("forged-1", execution_ms=0)
 
-    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, forged)
+    assert webhooks.receive_webhook(batch.pk, 0, image.pk, 1, token, forged)
     run.run_pass()
 
     image.refresh_from_db()
     assert (image.status, image.runpod_job_id, image.webhook_job_id) == ("submitted", "", "")
     # The real job's webhook still gets it adopted, at RunPod's figures.
-    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 5))
+    assert webhooks.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 5))
     drive(run)
     assert charges(ImageJob.objects.get(pk=image.pk)) == [(1, "job-1", price(1200), 1200)]
     assert_books(batch)
@@ -399,7 +399,7 @@ def test_a_job_that_reports_after_its_attempt_ended_uncharged_is_charged_late(
     runpod: FakeRunPod, user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     late: list[tuple[int, int, str]] = []
-    monkeypatch.setattr("batches.tasks.charge_late_job_task.delay", lambda *args: late.append(args))
+    monkeypatch.setattr(webhooks, "queue_late_charge", lambda *args: late.append(args))
     batch = lost_run_ended_after_the_grace(runpod, user, settings)
     image = ImageJob.objects.get(batch=batch)
     assert charges(image)[0] == (1, "", Decimal("0"), 0)
@@ -407,8 +407,8 @@ def test_a_job_that_reports_after_its_attempt_ended_uncharged_is_charged_late(
 
     # job-1 finally ran (1500 ms) and reports on attempt 1's webhook URL.
     runpod.outcome = lambda job_id, _: completed(job_id, execution_ms=1500)
-    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
-    assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 1))
+    token = webhooks.webhook_token(batch.pk, 0, image.pk, 1)
+    assert webhooks.receive_webhook(batch.pk, 0, image.pk, 1, token, completed("job-1", 1))
     assert late == [(image.pk, 1, "job-1")]
     assert chunks.charge_late_job(*late[0]) == "charged"
     assert chunks.charge_late_job(*late[0]) == "nothing to charge"  # once
@@ -449,9 +449,9 @@ def test_a_hostile_webhook_is_refused_and_changes_nothing(
 ) -> None:
     batch = submit(user, ["target"])
     image = ImageJob.objects.get(batch=batch)
-    token = token or flow.webhook_token(batch.pk, 0, image.pk, 0)
+    token = token or webhooks.webhook_token(batch.pk, 0, image.pk, 0)
 
-    assert services.receive_webhook(batch.pk, 0, image.pk, 0, token, payload) is False
+    assert webhooks.receive_webhook(batch.pk, 0, image.pk, 0, token, payload) is False
     image.refresh_from_db()
     assert (image.webhook_job_id, image.runpod_job_id) == ("", "")
 
@@ -466,10 +466,10 @@ def test_webhooks_naming_other_jobs_store_nothing_for_a_running_attempt(
     run = chunk_of(batch)
     run.run_pass()
     image = ImageJob.objects.get(batch=batch)
-    token = flow.webhook_token(batch.pk, 0, image.pk, 1)
+    token = webhooks.webhook_token(batch.pk, 0, image.pk, 1)
 
     for number in range(20):
-        assert services.receive_webhook(batch.pk, 0, image.pk, 1, token, completed(f"x-{number}"))
+        assert webhooks.receive_webhook(batch.pk, 0, image.pk, 1, token, completed(f"x-{number}"))
 
     assert list(flow.get_redis().scan_iter("comicgen:result:*")) == []
 
@@ -598,17 +598,14 @@ def test_a_worker_lost_between_hold_and_claim_leaves_no_hold_behind(
 ) -> None:
     batch = submit(user, ["lost worker"])
     run = chunk_of(batch)
-    real_update = chunks.ImageJob.objects.filter
 
     class WorkerLost(Exception):
         pass
 
     def dies_at_the_claim(*args: Any, **kwargs: Any) -> Any:
-        if "attempts" in kwargs and kwargs.get("runpod_job_id") == "":
-            raise WorkerLost
-        return real_update(*args, **kwargs)
+        raise WorkerLost
 
-    monkeypatch.setattr(chunks.ImageJob.objects, "filter", dies_at_the_claim)
+    monkeypatch.setattr(chunks.ImageJob.objects, "claim_attempts", dies_at_the_claim)
     with pytest.raises(WorkerLost):
         run.run_pass()
     monkeypatch.undo()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.test import Client, RequestFactory
 
-from batches import flow, services
+from batches import flow, services, webhooks
 from batches.models import Batch, ImageJob
 from batches.webhooks import runpod_webhook
 from tests.factories import UserFactory
@@ -22,7 +22,7 @@ BATCH, CHUNK, IMAGE, ATTEMPT = 7, 0, 70, 1
 def url(batch: Any = BATCH, chunk: Any = CHUNK, image: Any = IMAGE, attempt: Any = ATTEMPT,
         token: str | None = None) -> str:  # fmt: skip
     if token is None:
-        token = flow.webhook_token(int(batch), int(chunk), int(image), int(attempt))
+        token = webhooks.webhook_token(int(batch), int(chunk), int(image), int(attempt))
     return f"/api/v1/runpod/webhook/{batch}/{chunk}/{image}/{attempt}/{token}/"
 
 
@@ -39,14 +39,14 @@ def job_status(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def received(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """What reached services.receive_webhook (accepted as a known attempt)."""
+    """What reached webhooks.receive_webhook (accepted as a known attempt)."""
     calls: list[tuple[Any, ...]] = []
 
     def receive(*args: Any) -> bool:
         calls.append(args)
         return True
 
-    monkeypatch.setattr(services, "receive_webhook", receive)
+    monkeypatch.setattr(webhooks, "receive_webhook", receive)
     return calls
 
 
@@ -97,7 +97,7 @@ def test_it_hands_a_valid_report_to_the_service_with_the_attempt_and_token(
 
     assert response.status_code == 200
     assert response.json() == {"ok": True}
-    token = flow.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
+    token = webhooks.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
     assert received == [(BATCH, CHUNK, IMAGE, ATTEMPT, token, payload)]
 
 
@@ -124,7 +124,7 @@ def test_it_refuses_a_forged_webhook_token(
 def test_a_token_is_good_for_its_own_attempt_only(
     client: Client, received: list[tuple[Any, ...]]
 ) -> None:
-    token = flow.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
+    token = webhooks.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
     for batch, chunk, image, attempt in [
         (BATCH + 1, CHUNK, IMAGE, ATTEMPT),  # another (e.g. another user's) batch
         (BATCH, CHUNK + 1, IMAGE, ATTEMPT),
@@ -295,7 +295,7 @@ def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
         batch=batch, index=0, prompt="p", seed=1, params={}, attempts=1, status="submitted"
     )
     good = url(batch.pk, 0, image.pk, 1)
-    forged = url(batch.pk, 0, image.pk, 1, token=flow.webhook_token(batch.pk, 0, image.pk, 2))
+    forged = url(batch.pk, 0, image.pk, 1, token=webhooks.webhook_token(batch.pk, 0, image.pk, 2))
     redis = flow.get_redis()
 
     assert_error(client.post(forged, job_status(), content_type="application/json"), 403)
