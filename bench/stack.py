@@ -246,7 +246,7 @@ class Stack:
 
     def start(self) -> None:
         started = time.monotonic()
-        lib("start_postgres", str(self.dir / "pg"), str(self.pg_port), "fast")
+        lib("start_postgres", str(self.dir / "pg"), str(self.pg_port), "bench")
         lib("start_redis", str(self.dir / "redis"), str(self.redis_port), "ephemeral")
         self._started_db = True
         env = self.env()
@@ -344,6 +344,24 @@ class Stack:
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.db_url) as connection:
             return connection.execute(query, args).fetchall()
+
+    def reset_statement_count(self) -> None:
+        """Start counting SQL statements from zero (pg_stat_statements, loaded by the bench's
+        PostgreSQL)."""
+        with psycopg.connect(self.db_url, autocommit=True) as connection:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            connection.execute("SELECT pg_stat_statements_reset()")
+
+    def statement_count(self) -> int:
+        """SQL statements comicgen ran since reset_statement_count: every statement of every
+        process, but the bench's own reads (its polling of the batch row, this count)."""
+        rows = self.sql(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+            "WHERE query NOT LIKE %s AND query NOT ILIKE %s",
+            "SELECT status, created_at, finished_at FROM batches_batch%",
+            "%pg_stat_statements%",
+        )
+        return int(rows[0][0])
 
     def batch_row(self, batch_id: int) -> dict[str, Any]:
         status, created, finished = self.sql(

@@ -28,6 +28,7 @@ def main() -> dict[str, object]:
         stack.submit(5, prefix="warm-up")
         time.sleep(3)
         stack.reset_emulator()
+        stack.reset_statement_count()
         start = time.time()
         batch = stack.submit(IMAGES, prefix="throughput")
         accepted = time.time() - start
@@ -39,12 +40,15 @@ def main() -> dict[str, object]:
         pushed = max(watcher.completed_at.values(), default=start) - start
         elapsed = max(stored, pushed)
         stats = stack.emulator_stats()
+        statements = stack.statement_count()
     rate = IMAGES / elapsed
+    per_image = statements / IMAGES
     calls = runpod_calls(stats)
     figures = {
         "images": IMAGES, "emulator_workers": WORKERS, "max_in_flight": MAX_IN_FLIGHT,
         "submit_s": round(accepted, 3), "stored_s": round(stored, 3), "pushed_s": round(pushed, 3),
         "images_per_s": round(rate, 1), "status": row["status"],
+        "sql_statements": statements, "sql_statements_per_image": round(per_image, 2),
         "pushed_images": len(watcher.completed_at), "runpod_calls": calls,
         "duplicates": stats["runs_per_input"]["duplicates"],
         "websocket_error": repr(watcher.error) if watcher.error else None,
@@ -58,6 +62,7 @@ def main() -> dict[str, object]:
             ("all pushed (s)", pushed, "", ""),
             ("images pushed over WebSocket", len(watcher.completed_at), str(IMAGES), ""),
             ("images / s", rate, ">= 150", verdict(rate >= TARGET)),
+            ("SQL statements / image (every process)", per_image, "", ""),
         ],
         figures,
     )

@@ -29,7 +29,7 @@ from comicgen.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (batches.webhooks.webhook_token):
+# SECRET_KEY signs sessions, CSRF tokens and every RunPod webhook URL (webhooks.webhook_token):
 # whoever knows it can forge a job's result. So there is no built-in key. It comes from the
 # SECRET_KEY variable, else from the file SECRET_KEY_FILE names (a Docker or Kubernetes secret),
 # else from .local/secret_key, a random key that `make dev` and `make test` write once per
@@ -98,9 +98,27 @@ DATABASE_URL = env_url(
     "postgres://comicgen:comicgen@127.0.0.1:5433/comicgen",
     schemes=("postgres", "postgresql"),
 )
+# A connection pool per process (psycopg's, through Django): under ASGI every request runs its
+# sync code in a thread of its own, so per-thread persistent connections were never reused and
+# every request, RunPod's webhooks included, paid for a new PostgreSQL connection (a SCRAM
+# handshake on both sides). The pool lends connections to any thread; Celery's threads share it
+# too. With conn_health_checks, Django has the pool check a connection before lending it, so
+# one PostgreSQL dropped while it sat idle (a restart) is replaced, not handed out.
+# COMICGEN_DB_POOL_SIZE bounds one process's connections; 0 turns pooling off (then each
+# thread keeps its connection for a minute).
+COMICGEN_DB_POOL_SIZE = env_int("COMICGEN_DB_POOL_SIZE", 20, minimum=0, maximum=500)
 DATABASES = {
-    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    "default": dj_database_url.parse(
+        DATABASE_URL, conn_max_age=0 if COMICGEN_DB_POOL_SIZE else 60, conn_health_checks=True
+    )
 }
+if COMICGEN_DB_POOL_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": COMICGEN_DB_POOL_SIZE,
+        # A thread that finds every connection lent waits this long before an error.
+        "timeout": 30,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6380/0", schemes=("redis", "rediss"))

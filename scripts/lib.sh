@@ -79,8 +79,9 @@ as_pg() {
     if [ "$user" = "$(id -un)" ]; then "$@"; else runuser -u "$user" -- "$@"; fi
 }
 
-# start_postgres DIR PORT [fast]: a cluster in DIR (created on first use, reused after),
-# superuser comicgen/comicgen, database comicgen. "fast" trades durability for speed (tests).
+# start_postgres DIR PORT [fast|bench]: a cluster in DIR (created on first use, reused after),
+# superuser comicgen/comicgen, database comicgen. "fast" trades durability for speed (tests);
+# "bench" also loads pg_stat_statements to count statements.
 start_postgres() {
     local dir="$1" port="$2" mode="${3:-}" bin; bin="$(pg_bindir)" || die "PostgreSQL not found"
     mkdir -p "$dir"
@@ -95,7 +96,12 @@ start_postgres() {
         rm -f "$pwfile"
     fi
     local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
-    [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    case "$mode" in fast|bench)
+        opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off" ;;
+    esac
+    # The benchmarks count the SQL statements comicgen runs per image (pg_stat_statements ships
+    # with PostgreSQL; it only has to be loaded at start).
+    [ "$mode" = bench ] && opts="$opts -c shared_preload_libraries=pg_stat_statements"
     if ! as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w -t 60 start >/dev/null \
             || { tail -20 "$dir/postgres.log"; die "PostgreSQL did not start (port $port in use?)"; }
