@@ -25,12 +25,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from channels.layers import get_channel_layer
 from django.db import transaction
 
 from batches.models import Batch, ImageJob
+from monitoring import pushlag
 
 logger = logging.getLogger(__name__)
 
@@ -247,11 +249,14 @@ def _send_image_updated(image_id: int) -> None:
     batch_id = ImageJob.objects.filter(pk=image_id).values_list("batch_id", flat=True).first()
     if batch_id is None:  # deleted meanwhile
         return
+    finished: list[datetime | None] = []  # the panel's finish, when this event reports it
 
     def build(seq: int) -> dict[str, Any] | None:
         if not ImageJob.objects.filter(pk=image_id).update(seq=seq):
             return None
         image = ImageJob.objects.select_related("batch").get(pk=image_id)
+        if image.is_terminal:
+            finished.append(image.finished_at)
         return {
             "type": "image.updated",
             "image": image_data(image),
@@ -259,6 +264,11 @@ def _send_image_updated(image_id: int) -> None:
         }
 
     _send_locked(batch_id, build)
+    if finished:
+        # Push lag for the monitor: from the panel's finish to its event leaving this function
+        # (queued for the sender thread, which sends at once). Kept out of the locked part: it
+        # is a Redis call.
+        pushlag.observe_since(finished[0])
 
 
 def _send_batch_updated(batch_id: int) -> None:
