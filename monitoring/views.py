@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 from typing import Any
 
 from django.conf import settings
@@ -98,6 +99,15 @@ def _bar(value: float, top: float) -> int:
     return max(2, round(100 * value / top))
 
 
+def _lag_label(seconds: float | None) -> str:
+    """A push-lag quantile as the page shows it: the bound of its histogram bucket."""
+    if seconds is None:
+        return "–"
+    if math.isinf(seconds):
+        return f"> {pushlag.BUCKETS[-1]:g} s"
+    return f"≤ {seconds * 1000:g} ms" if seconds < 1 else f"≤ {seconds:g} s"
+
+
 def queue_figures() -> dict[str, Any]:
     """Everything the page shows, read now: five SQL queries, RunPod's cached /health and the
     push-lag histogram from Redis."""
@@ -148,8 +158,8 @@ def queue_figures() -> dict[str, Any]:
         "lag": {
             "count": lag["count"],
             "mean_ms": 1000 * lag["sum"] / lag["count"] if lag["count"] else None,
-            "p50_ms": None if lag_p50 is None else 1000 * lag_p50,
-            "p95_ms": None if lag_p95 is None else 1000 * lag_p95,
+            "p50_label": _lag_label(lag_p50),
+            "p95_label": _lag_label(lag_p95),
         },
         "attempt_minutes": queries.ATTEMPT_MINUTES,
         "charge_hours": queries.CHARGE_HOURS,

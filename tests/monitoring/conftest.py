@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from django.utils import timezone
 from batches.models import Batch, BatchStatus, ImageJob
 from budgets.models import LedgerEntry
 from budgets.services import get_budget
+from monitoring import queries
 from tests.factories import UserFactory
 
 HEALTH = {
@@ -64,9 +66,13 @@ def charge(
 
 
 @pytest.fixture
-def now() -> dt.datetime:
-    # Mid-minute, so "a few seconds ago" stays in the current minute.
-    return timezone.now().replace(second=30, microsecond=0)
+def now(monkeypatch: pytest.MonkeyPatch) -> dt.datetime:
+    """A fixed "now", mid-minute, that the monitor's queries also take as now: a test whose
+    rows sit "a few seconds ago" must not see them slip into the previous minute or hour
+    because the clock turned while it ran."""
+    fixed = timezone.now().replace(second=30, microsecond=0)
+    monkeypatch.setattr(queries, "timezone", SimpleNamespace(now=lambda: fixed))
+    return fixed
 
 
 @pytest.fixture

@@ -66,3 +66,14 @@ def test_quantiles_are_bucket_bounds() -> None:
     assert pushlag.quantile(histogram, 0.5) == 0.005
     assert pushlag.quantile(histogram, 0.95) == 1.0
     assert pushlag.quantile({"count": 0, "buckets": []}, 0.5) is None
+
+
+def test_the_page_names_a_lag_past_the_last_bucket_plainly() -> None:
+    from monitoring.views import _lag_label
+
+    pushlag.observe(75.0)
+
+    assert _lag_label(pushlag.quantile(pushlag.read(), 0.95)) == "> 60 s"
+    assert _lag_label(0.025) == "≤ 25 ms"
+    assert _lag_label(2.5) == "≤ 2.5 s"
+    assert _lag_label(None) == "–"
