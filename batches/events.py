@@ -31,6 +31,7 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from batches.models import Batch, ImageJob
+from monitoring import pushlag
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,11 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
         for image_id, seq in seqs.items():
             event = {"type": "image.updated", "image": image_data(images[image_id])}
             send_event(batch_id, {**event, "counts": counts, "seq": seq, "batch_id": batch_id})
+    # Push lag for the monitor: from each panel's finish to its event being queued for the
+    # sender thread (which sends at once). Out of the locked part: it is a Redis call.
+    for image in images.values():
+        if image.is_terminal:
+            pushlag.observe_since(image.finished_at)
 
 
 def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:

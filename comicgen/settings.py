@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "comicgen",
     "budgets",
     "batches",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -281,6 +282,9 @@ COMICGEN_SLOT_LEASE_SECONDS = env_int("COMICGEN_SLOT_LEASE_SECONDS", 60, minimum
 # submitted again only if no webhook came for this long.
 COMICGEN_ORPHAN_GRACE_SECONDS = env_float("COMICGEN_ORPHAN_GRACE_SECONDS", 120.0, minimum=1)
 COMICGEN_SWEEP_INTERVAL = env_float("COMICGEN_SWEEP_INTERVAL", 30.0, minimum=1)
+# The bearer token a Prometheus scraper sends to GET /metrics (monitoring/views.py). Empty: only
+# loopback callers and staff sessions may read it.
+COMICGEN_METRICS_TOKEN = env_str("COMICGEN_METRICS_TOKEN", "")
 
 # Extra or changed models for budgets/pricing.py, as JSON:
 # {"my-model": {"gpu": "a100", "overhead_seconds": 1.0, "seconds_per_megapixel_step": 0.1}}
