@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from batches.models import Batch, BatchStatus
+from batches.models import Batch, BatchStatus, ImageStatus
 from tests.conftest import wait_for
+from tests.web.conftest import make_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -48,6 +49,28 @@ WATCH_TILES = """() => {
     window.__seen.push(grid.querySelectorAll(".tile--completed").length);
   }).observe(grid, {childList: true, subtree: true});
 }"""
+
+
+BUSY_ROW = {
+    ImageStatus.COMPLETED: range(0, 12),
+    ImageStatus.FAILED: range(12, 15),
+    ImageStatus.CANCELLED: range(15, 18),
+    ImageStatus.RUNNING: range(18, 20),
+    ImageStatus.SUBMITTED: range(20, 28),
+    ImageStatus.RETRYING: range(28, 30),
+}
+PHONE_WIDTH = 390
+# The elements wider than the viewport, named, so a failure says what overflows.
+OVERFLOWING = """(width) => Array.from(document.querySelectorAll("body *"))
+  .filter((el) => el.getBoundingClientRect().right > width + 0.5)
+  .slice(0, 5)
+  .map((el) => el.tagName.toLowerCase() + "." + Array.from(el.classList).join("."))"""
+
+
+def assert_no_sideways_scroll(page: Any) -> None:
+    """Nothing on the page is wider than a phone's screen."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE_WIDTH, page.evaluate(OVERFLOWING, PHONE_WIDTH)
 
 
 @pytest.fixture
@@ -139,23 +162,35 @@ def test_an_author_submits_a_chapter_and_watches_it_render_live(
     assert batch.images.get(index=3).attempts_this_round <= 3  # a fresh set of attempts
     page.wait_for_selector("[data-testid=batch-status]:has-text('Partial')", timeout=60_000)
 
-    # A phone-sized view of the same page, and the dashboard with the batch on it.
-    page.set_viewport_size({"width": 390, "height": 844})
+    # A phone (390 px wide): the batch page and the dashboard fit without scrolling sideways.
+    page.set_viewport_size({"width": PHONE_WIDTH, "height": 844})
     page.reload()
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "batch-phone.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 900})
+    assert_no_sideways_scroll(page)
+    # A busy row beside it: a long title and every kind of count, the widest a row gets.
+    busy = make_batch(
+        batch.user,
+        [f"panel {n}" for n in range(40)],
+        title="Chapter 4: The longest night in the history of the northern lighthouse keepers",
+    )
+    for status, indexes in BUSY_ROW.items():
+        busy.images.filter(index__in=indexes).update(status=status)
+    Batch.objects.filter(pk=busy.pk).update(status=BatchStatus.RUNNING)
     page.goto(f"{live.web_url}/")
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert "Chapter 3: The vault" in page.inner_text("#batch-list")
+    assert "8 queued at RunPod" in page.inner_text("#batch-list")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    assert_no_sideways_scroll(page)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.reload()
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     assert not [p for p in problems if "favicon" not in p], problems
     wait_for(lambda: Batch.objects.get(pk=batch.pk).is_terminal, timeout=30)
 
 
 def test_staff_follow_a_batch_live_on_its_admin_page(live: Any, browser: Any) -> None:
-    from tests.web.conftest import make_batch
-
     ARTIFACTS.mkdir(exist_ok=True)
     author = get_user_model().objects.create_user("inker", password="pw-inker-1")
     get_user_model().objects.create_superuser("boss", password="pw-boss-1")
