@@ -41,11 +41,18 @@ _IMAGE_LABELS = {
     ImageStatus.RUNNING: "Rendering",
     ImageStatus.RETRYING: "Waiting to retry",
 }
-_STATUS_LABELS = dict(BatchStatus.choices) | dict(ImageStatus.choices) | _IMAGE_LABELS
+_BATCH_STATUS_LABELS = dict(BatchStatus.choices)
+_IMAGE_STATUS_LABELS = dict(ImageStatus.choices) | _IMAGE_LABELS
 
 
 def status_label(status: str) -> str:
-    return str(_STATUS_LABELS.get(status, status.title()))
+    """A batch's status in words ("Running": a batch runs while its panels render)."""
+    return str(_BATCH_STATUS_LABELS.get(status, status.title()))
+
+
+def image_status_label(status: str) -> str:
+    """A panel's status in words ("Queued at RunPod", "Rendering", "Waiting to retry")."""
+    return str(_IMAGE_STATUS_LABELS.get(status, status.title()))
 
 
 def progress(counts: dict[str, int]) -> dict[str, Any]:
@@ -133,7 +140,7 @@ def tile_context(image: dict[str, Any], batch_id: int) -> dict[str, Any]:
         **image,
         "batch_id": batch_id,
         "panel_number": image["index"] + 1,
-        "status_label": status_label(image["status"]),
+        "status_label": image_status_label(image["status"]),
         "is_active": image["status"]
         in (ImageStatus.SUBMITTED, ImageStatus.RUNNING, ImageStatus.RETRYING),
         "url": reverse("panel-detail", args=[batch_id, image["index"]]),

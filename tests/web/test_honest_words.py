@@ -77,6 +77,7 @@ def test_jobs_queued_at_runpod_are_not_counted_as_rendering(
     _set(batch, dict.fromkeys(range(2), ImageStatus.RUNNING), attempts=1)
     _set(batch, dict.fromkeys(range(2, 10), ImageStatus.SUBMITTED), attempts=1)
     _set(batch, {10: ImageStatus.RETRYING}, attempts=1)
+    Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.RUNNING)
 
     html = author_client.get(f"/batches/{batch.pk}/").content.decode()
     dashboard = author_client.get("/").content.decode()
@@ -87,6 +88,9 @@ def test_jobs_queued_at_runpod_are_not_counted_as_rendering(
     assert "1 waiting" in html
     assert "10 rendering" not in html
     assert '<span class="badge badge--submitted">Queued at RunPod</span>' in html
+    # The batch runs; only its panels render.
+    assert 'data-testid="batch-status">Running</span>' in html
+    assert '<span class="badge badge--running">Running</span>' in dashboard
     assert "2 rendering" in dashboard
     assert "8 queued at RunPod" in dashboard
 
