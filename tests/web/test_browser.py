@@ -207,9 +207,26 @@ def test_staff_follow_a_batch_live_on_its_admin_page(live: Any, browser: Any) ->
     page.evaluate("window.__marker = 1")
     page.wait_for_selector("[data-testid=batch-status]:has-text('Completed')", timeout=60_000)
 
+    # The "State and money" fields below follow too (refreshed while the batch ran).
+    page.wait_for_selector("#batch-live-facts [data-field=status]:has-text('Completed')")
     assert page.evaluate("window.__marker") == 1  # updated live, not reloaded
     assert page.locator("#panel-grid .tile--completed").count() == 4
+    charged = page.inner_text("#batch-live-facts [data-field=actual_cost]").split()[0]
+    assert float(charged) > 0
+    assert page.locator("#batch_form select, #batch_form textarea").count() == 0
     page.screenshot(path=str(ARTIFACTS / "admin-batch.png"), full_page=True)
     page.goto(f"{live.web_url}/admin/batches/batch/")
     assert "Staff view" in page.inner_text("#result_list")
     page.screenshot(path=str(ARTIFACTS / "admin-batch-list.png"))
+
+    # The author's budget: the limit is changed from its page, the ledger is a link away.
+    budget = author.budget
+    page.goto(f"{live.web_url}/admin/budgets/budget/{budget.pk}/change/")
+    page.screenshot(path=str(ARTIFACTS / "admin-budget.png"), full_page=True)
+    page.click("#set-limit-link")
+    page.fill("input[name=limit]", "40")
+    page.click("input[name=apply]")
+    page.wait_for_selector(f"text=Monthly limit of {author.username} set to 40.")
+    page.click("#ledger-link")
+    page.wait_for_selector("#result_list")
+    page.screenshot(path=str(ARTIFACTS / "admin-ledger.png"), full_page=True)
