@@ -423,7 +423,7 @@ class BatchAdmin(admin.ModelAdmin):
                 request, f"Already finished, left alone: {', '.join(skipped)}.", messages.WARNING
             )
 
-    @admin.action(description="Retry failed images")
+    @admin.action(description="Retry failed and cancelled panels of the selected batches")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         requeued, problems = 0, []
         for batch in queryset:
