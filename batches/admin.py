@@ -78,6 +78,21 @@ def _delete_files(storage: Any, names: list[str]) -> None:
             logger.warning("could not delete panel file %s", name, exc_info=True)
 
 
+def render_live_facts(batch: Batch, *, refreshed: bool = False) -> str:
+    """Status, counts, money and times as they are now. While the batch runs the block fetches
+    itself again every few seconds (htmx); a finished batch's block stops asking."""
+    batch = Batch.objects.get(pk=batch.pk)  # fresh, whatever the caller holds
+    header = fragments.header_context(batch)
+    poll_url = (
+        None if batch.is_terminal else reverse("admin:batches_batch_live_facts", args=[batch.pk])
+    )
+    return render_to_string(
+        "admin/batches/batch/_live_facts.html",
+        # Asked again by the polling block: the page around it was loaded while it ran.
+        {"batch": batch, "header": header, "poll_url": poll_url, "was_running": refreshed},
+    )
+
+
 class ImageJobInline(admin.TabularInline):
     model = ImageJob
     extra = 0
@@ -153,32 +168,70 @@ class BatchAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user",)
     list_per_page = 50
-    # Only the title is editable. The rest is the request as it was priced and reserved, or
-    # money and scheduling state that belong to the services (staff use the actions).
+    # Only the title is editable (a label for people). The rest is the request as it was priced
+    # and reserved, or state and money that the engine (chunk tasks, finalize) and the ledger
+    # own: staff act on those through the actions (cancel, retry, delete), never by editing.
     readonly_fields = (
         "user",
-        "status",
         "priority",
         "style",
         "negative_prompt",
         "params",
+        "created_at",
+        "live_facts",
         "estimated_cost",
         "expected_cost",
         "estimate_basis",
         "endpoint_id",
-        "actual_cost",
-        "reserved",
-        "held",
         "currency",
+        "chunk_size",
         "idempotency_key",
         "request_hash",
-        "chunk_size",
-        "seq",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "cancel_requested_at",
-        "cancel_reason",
+    )
+    fieldsets = (
+        (
+            "Request",
+            {
+                "fields": (
+                    "title",
+                    "user",
+                    "priority",
+                    "style",
+                    "negative_prompt",
+                    "params",
+                    "created_at",
+                ),
+                "description": "Editable: the title only, at any time (it is a label). The "
+                "rest is the request as it was priced and reserved; changing it would make the "
+                "estimate, the reservation and the panels disagree.",
+            },
+        ),
+        (
+            "State and money",
+            {
+                "fields": ("live_facts",),
+                "description": "Owned by the engine and the ledger, never edited here; "
+                "refreshed every few seconds while the batch runs. To act on it: Cancel batch "
+                "(above) while it runs; Retry and Delete once it has finished.",
+            },
+        ),
+        (
+            "Estimate at submit",
+            {
+                "fields": (
+                    "estimated_cost",
+                    "expected_cost",
+                    "estimate_basis",
+                    "endpoint_id",
+                    "currency",
+                    "chunk_size",
+                ),
+            },
+        ),
+        (
+            "Idempotency",
+            {"fields": ("idempotency_key", "request_hash"), "classes": ("collapse",)},
+        ),
     )
     inlines = [ImageJobInline]
     actions = ["cancel_selected", "retry_failed", "delete_selected"]
@@ -284,13 +337,30 @@ class BatchAdmin(admin.ModelAdmin):
         basis = batch.estimate_basis if isinstance(batch.estimate_basis, dict) else {}
         return f"{error:+.0%} ({basis.get('kind', '-')}, {estimates.batch_model(basis)})"
 
+    @admin.display(description="Now")
+    def live_facts(self, batch: Batch) -> str:
+        return render_live_facts(batch)
+
     def get_urls(self) -> list[URLPattern]:
         accuracy = path(
             "estimates/",
             self.admin_site.admin_view(self.estimate_accuracy_view),
             name="batches_batch_estimates",
         )
-        return [accuracy, *super().get_urls()]
+        live = path(
+            "<path:object_id>/live-facts/",
+            self.admin_site.admin_view(self.live_facts_view),
+            name="batches_batch_live_facts",
+        )
+        return [accuracy, live, *super().get_urls()]
+
+    def live_facts_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The change page's "State and money" values, fetched again while the batch runs."""
+        batch = self.get_object(request, unquote(object_id))
+        if batch is None or not self.has_view_permission(request, batch):
+            raise PermissionDenied
+        # admin_view adds never_cache.
+        return HttpResponse(render_live_facts(batch, refreshed=True))
 
     def estimate_accuracy_view(self, request: HttpRequest) -> HttpResponse:
         """Staff: how far the estimates were off, by model and week."""
@@ -353,7 +423,7 @@ class BatchAdmin(admin.ModelAdmin):
                 request, f"Already finished, left alone: {', '.join(skipped)}.", messages.WARNING
             )
 
-    @admin.action(description="Retry failed images")
+    @admin.action(description="Retry failed and cancelled panels of the selected batches")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         requeued, problems = 0, []
         for batch in queryset:

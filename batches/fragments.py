@@ -13,6 +13,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.urls import reverse
 
@@ -27,19 +28,37 @@ _SEGMENTS = (
     (ImageStatus.COMPLETED, "Completed"),
     (ImageStatus.FAILED, "Failed"),
     (ImageStatus.CANCELLED, "Cancelled"),
-    (ImageStatus.RUNNING, "Running"),
-    (ImageStatus.SUBMITTED, "Submitted"),
-    (ImageStatus.RETRYING, "Retrying"),
+    (ImageStatus.RUNNING, "Rendering"),
+    (ImageStatus.SUBMITTED, "Queued at RunPod"),
+    (ImageStatus.RETRYING, "Waiting to retry"),
 )
-_STATUS_LABELS = dict(ImageStatus.choices) | dict(BatchStatus.choices)
+# What an author reads for each status. `submitted` is a job RunPod accepted but has not started
+# (it waits in RunPod's own queue for a GPU): only `running` is rendering.
+_IMAGE_LABELS = {
+    ImageStatus.PENDING: "Waiting",
+    ImageStatus.SUBMITTED: "Queued at RunPod",
+    ImageStatus.RUNNING: "Rendering",
+    ImageStatus.RETRYING: "Waiting to retry",
+}
+_BATCH_STATUS_LABELS = dict(BatchStatus.choices)
+_IMAGE_STATUS_LABELS = dict(ImageStatus.choices) | _IMAGE_LABELS
 
 
 def status_label(status: str) -> str:
-    return str(_STATUS_LABELS.get(status, status.title()))
+    """A batch's status in words ("Running": a batch runs while its panels render)."""
+    return str(_BATCH_STATUS_LABELS.get(status, status.title()))
+
+
+def image_status_label(status: str) -> str:
+    """A panel's status in words ("Queued at RunPod", "Rendering", "Waiting to retry")."""
+    return str(_IMAGE_STATUS_LABELS.get(status, status.title()))
 
 
 def progress(counts: dict[str, int]) -> dict[str, Any]:
-    """Counts turned into what a progress bar shows: segments in percent, done and total."""
+    """Counts turned into what a progress bar shows: segments in percent, done and total.
+
+    `done` counts every panel that has ended (completed, failed or cancelled: the bar's filled
+    part); `completed` is what the author has. The words never call a cancelled panel done."""
     total = counts.get("total", 0)
     done = sum(
         counts.get(status, 0)
@@ -52,28 +71,57 @@ def progress(counts: dict[str, int]) -> dict[str, Any]:
             segments.append(
                 {"status": status, "label": label, "count": count, "percent": count * 100 / total}
             )
+    completed = counts.get(ImageStatus.COMPLETED, 0)
+    failed = counts.get(ImageStatus.FAILED, 0)
+    cancelled = counts.get(ImageStatus.CANCELLED, 0)
     return {
         "total": total,
         "done": done,
-        "completed": counts.get(ImageStatus.COMPLETED, 0),
-        "failed": counts.get(ImageStatus.FAILED, 0),
-        "cancelled": counts.get(ImageStatus.CANCELLED, 0),
-        "active": sum(
-            counts.get(s, 0)
-            for s in (ImageStatus.SUBMITTED, ImageStatus.RUNNING, ImageStatus.RETRYING)
-        ),
+        "completed": completed,
+        "failed": failed,
+        "cancelled": cancelled,
+        "rendering": counts.get(ImageStatus.RUNNING, 0),
+        "queued": counts.get(ImageStatus.SUBMITTED, 0),
+        "retrying": counts.get(ImageStatus.RETRYING, 0),
         "pending": counts.get(ImageStatus.PENDING, 0),
         "percent": round(done * 100 / total) if total else 0,
         "segments": segments,
+        "summary": summary_in_words(total, completed, failed, cancelled),
     }
+
+
+def summary_in_words(total: int, completed: int, failed: int, cancelled: int) -> str:
+    """ "8 of 40 panels done, 32 cancelled": what the author has, then what ended without an
+    image. A cancelled or failed panel is never counted as done."""
+    text = f"{completed} of {total} panel{pluralize(total)} done"
+    if failed:
+        text += f", {failed} failed"
+    if cancelled:
+        text += f", {cancelled} cancelled"
+    return text
+
+
+def retry_in_words(failed: int, cancelled: int) -> str:
+    """The retry button names what it requeues: "Retry 3 failed and 29 cancelled panels"."""
+    if failed and cancelled:
+        return f"Retry {failed} failed and {cancelled} cancelled panels"
+    if failed:
+        return f"Retry {failed} failed panel{pluralize(failed)}"
+    return f"Retry {cancelled} cancelled panel{pluralize(cancelled)}"
+
+
+# Below this many seconds a count ("about 3 s") would read as a promise to the second.
+FEW_SECONDS = 10
 
 
 def humanize_eta(seconds: float | None) -> str:
     if seconds is None:
         return ""
     seconds = max(0, round(seconds))
+    if seconds < FEW_SECONDS:
+        return "a few seconds left"
     if seconds < 60:
-        return f"about {max(seconds, 1)} s left"
+        return f"about {seconds} s left"
     minutes, rest = divmod(seconds, 60)
     if minutes < 60:
         return (
@@ -91,7 +139,7 @@ def tile_context(image: dict[str, Any], batch_id: int) -> dict[str, Any]:
         **image,
         "batch_id": batch_id,
         "panel_number": image["index"] + 1,
-        "status_label": status_label(image["status"]),
+        "status_label": image_status_label(image["status"]),
         "is_active": image["status"]
         in (ImageStatus.SUBMITTED, ImageStatus.RUNNING, ImageStatus.RETRYING),
         "url": reverse("panel-detail", args=[batch_id, image["index"]]),
@@ -124,6 +172,7 @@ def header_context(
         "can_cancel": not batch.is_terminal,
         "can_retry": batch.is_terminal and retryable > 0,
         "retryable": retryable,
+        "retry_label": retry_in_words(bar["failed"], bar["cancelled"]),
         "can_download": bar["completed"] > 0,
         "seq": batch.seq if seq is None else seq,
         "next_url": next_url,

@@ -203,7 +203,7 @@ def panel_detail(request: HttpRequest, batch_id: int, index: int) -> HttpRespons
     context = {
         "batch": batch,
         "image": image,
-        "status_label": fragments.status_label(image.status),
+        "status_label": fragments.image_status_label(image.status),
         "previous_index": index - 1 if index > 0 else None,
         "next_index": index + 1 if index + 1 < total else None,
         "total": total,

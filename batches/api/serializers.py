@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.utils import timezone
 from rest_framework import serializers
 
-from batches import panels
+from batches import eta, panels
 from batches.models import Batch, ImageJob, Priority
 from budgets import pricing
 
@@ -175,15 +174,8 @@ class BatchSummarySerializer(serializers.ModelSerializer):
         return self._counts(batch)
 
     def get_eta_seconds(self, batch: Batch) -> float | None:
-        """Remaining images at the pace the finished ones have gone so far."""
-        if batch.is_terminal or batch.started_at is None:
-            return None
-        counts = self._counts(batch)
-        done = counts["completed"] + counts["failed"] + counts["cancelled"]
-        if done == 0:
-            return None
-        elapsed = (timezone.now() - batch.started_at).total_seconds()
-        return round(elapsed / done * (counts["total"] - done), 1)
+        """The pace so far, never below a retry backoff still to wait (batches.eta)."""
+        return eta.eta_seconds(batch, self._counts(batch))
 
 
 class BatchSerializer(BatchSummarySerializer):

@@ -65,9 +65,122 @@ def test_set_limit_refuses_a_limit_below_what_is_used(staff_client: Client, user
         follow=True,
     )
 
-    assert "below what is already spent" in response.content.decode()
+    html = response.content.decode()
+    assert "below what is already spent" in html
+    # One message per outcome: the refusal alone, no "Limit set on 0 budget(s)" beside it.
+    assert "set on 0" not in html
+    assert "Monthly limit set" not in html
+    assert html.count('class="error"') == 1
     budget.refresh_from_db()
     assert budget.limit == Decimal("25")
+
+
+def test_set_limit_on_several_budgets_says_which_changed_and_which_were_refused(
+    staff_client: Client, user: Any
+) -> None:
+    refused = get_budget(user)
+    Budget.objects.filter(pk=refused.pk).update(spent=Decimal("10"))
+    changed = get_budget(UserFactory(username="roomy"))
+
+    response = staff_client.post(
+        URL,
+        {
+            "action": "set_limit",
+            "_selected_action": [refused.pk, changed.pk],
+            "apply": "1",
+            "limit": "5",
+        },
+        follow=True,
+    )
+
+    messages = [str(message) for message in response.context["messages"]]
+    assert messages == [
+        "Monthly limit set to 5 for roomy.",
+        f"Limit not changed for {user.username} (The new limit is below what is already spent "
+        "and reserved.)",
+    ]
+    changed.refresh_from_db()
+    assert changed.limit == Decimal("5")
+
+
+def test_the_budget_page_links_to_setting_its_limit(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    set_limit_url = f"{URL}{budget.pk}/set-limit/"
+
+    page = staff_client.get(f"{URL}{budget.pk}/change/").content.decode()
+    form = staff_client.get(set_limit_url)
+
+    assert f'href="{set_limit_url}"' in page
+    assert form.status_code == 200
+    assert 'name="limit"' in form.content.decode()
+
+
+def test_the_limit_is_set_from_the_budget_page(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+
+    response = staff_client.post(
+        f"{URL}{budget.pk}/set-limit/", {"limit": "60", "note": "bigger chapter"}
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == f"{URL}{budget.pk}/change/"
+    budget.refresh_from_db()
+    assert budget.limit == Decimal("60")
+    assert LedgerEntry.objects.get(budget=budget, kind="limit_change").note == "bigger chapter"
+    page = staff_client.get(response["Location"]).content.decode()
+    assert f"Monthly limit of {user.username} set to 60." in page
+
+
+def test_a_refused_limit_stays_on_the_form_with_the_reason(staff_client: Client, user: Any) -> None:
+    budget = get_budget(user)
+    Budget.objects.filter(pk=budget.pk).update(spent=Decimal("10"))
+
+    response = staff_client.post(f"{URL}{budget.pk}/set-limit/", {"limit": "5"})
+
+    assert response.status_code == 200
+    assert "below what is already spent" in response.content.decode()
+    assert [str(message) for message in response.context["messages"]] == []
+    budget.refresh_from_db()
+    assert budget.limit == Decimal("25")
+    assert not LedgerEntry.objects.filter(budget=budget).exists()
+
+
+def test_the_set_limit_page_needs_staff(user: Any) -> None:
+    budget = get_budget(user)
+    client = Client()
+    client.force_login(user)
+
+    response = client.post(f"{URL}{budget.pk}/set-limit/", {"limit": "1000"})
+
+    assert response.status_code == 302  # to the admin login
+    assert "/admin/login/" in response["Location"]
+    budget.refresh_from_db()
+    assert budget.limit == Decimal("25")
+
+
+def test_the_budget_page_links_to_its_ledger_instead_of_listing_every_row(
+    staff_client: Client, user: Any
+) -> None:
+    budget = get_budget(user)
+    other = get_budget(UserFactory(username="someone-else"))
+    for n in range(30):
+        services.set_limit(budget, Decimal(30 + n), f"raise {n}")
+    services.set_limit(other, Decimal("99"), "not theirs")
+
+    page = staff_client.get(f"{URL}{budget.pk}/change/").content.decode()
+    ledger_url = f"/admin/budgets/ledgerentry/?budget__id__exact={budget.pk}"
+    ledger = staff_client.get(ledger_url)
+
+    assert f'href="{ledger_url}"' in page
+    assert "All 30 ledger entries of this budget" in page
+    assert "raise 29" in page  # the latest rows are shown
+    assert "raise 0<" not in page  # not all of them
+    assert ledger.status_code == 200
+    listed = ledger.content.decode()
+    assert "raise 0" in listed
+    assert "raise 29" in listed
+    assert "not theirs" not in listed
+    assert ledger.context["cl"].result_count == 30
 
 
 def test_start_new_period_action_resets_spent(staff_client: Client, user: Any) -> None:
@@ -152,4 +265,4 @@ def test_the_budget_change_page_renders_for_staff(staff_client: Client, user: An
     page = staff_client.get(f"{URL}{budget.pk}/change/")
 
     assert page.status_code == 200
-    assert "raise" in page.content.decode()  # the ledger inline
+    assert "raise" in page.content.decode()  # the latest ledger rows

@@ -3,6 +3,7 @@ no raw forms that bypass the services, and no deletion that strands money."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -332,3 +333,66 @@ def test_the_change_pages_render_for_staff(
     assert staff_client.get(f"/admin/batches/batch/{batch.pk}/change/").status_code == 200
     assert staff_client.get(f"/admin/batches/imagejob/{image.pk}/change/").status_code == 200
     assert staff_client.get("/admin/batches/imagejob/").status_code == 200
+
+
+# -- the change page of a running batch: live values, nothing the engine owns editable --------
+
+
+def test_a_running_batchs_page_offers_only_the_title_for_editing(
+    staff_client: Client, user: Any, batch_factory: Any
+) -> None:
+    batch = _running(batch_factory(user, ["a", "b"]))
+
+    html = staff_client.get(f"/admin/batches/batch/{batch.pk}/change/").content.decode()
+
+    form = html[html.index('id="batch_form"') :]
+    editable = set(re.findall(r'<(?:input|select|textarea)[^>]*name="([a-z_]+)"', form))
+    assert editable <= {"title", "csrfmiddlewaretoken", "_save", "_continue"}, editable
+    assert 'name="title"' in form
+    for owned in ("priority", "params", "status", "actual_cost", "reserved", "held"):
+        assert f'name="{owned}"' not in form, owned
+    # It says what is editable, and when the engine's values may be acted on.
+    assert "Editable: the title only, at any time" in html
+    assert "Cancel batch (above) while it runs; Retry and Delete once it has finished" in html
+
+
+def test_the_state_and_money_fields_refresh_while_the_batch_runs(
+    staff_client: Client, user: Any, batch_factory: Any
+) -> None:
+    batch = _running(batch_factory(user, ["a", "b"]))
+    live_url = f"/admin/batches/batch/{batch.pk}/live-facts/"
+
+    page = staff_client.get(f"/admin/batches/batch/{batch.pk}/change/").content.decode()
+    assert f'hx-get="{live_url}" hx-trigger="every 3s" hx-swap="outerHTML"' in page
+    assert 'data-field="actual_cost">0.000000 USD' in page
+
+    # The engine charges a panel: the next refresh shows it, without reloading the page.
+    batch.images.filter(index=0).update(status=ImageStatus.COMPLETED)
+    Batch.objects.filter(pk=batch.pk).update(actual_cost=Decimal("0.001234"))
+    fresh = staff_client.get(live_url)
+
+    assert fresh.status_code == 200
+    assert "no-store" in fresh["Cache-Control"]
+    facts = fresh.content.decode()
+    assert facts.startswith('<div id="batch-live-facts"')
+    assert 'data-field="actual_cost">0.001234 USD' in facts
+    assert "1 of 2 panels done" in facts
+    assert 'hx-trigger="every 3s"' in facts  # still running: it keeps asking
+
+    # Finished: the block shows the end and stops asking.
+    Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.COMPLETED)
+    final = staff_client.get(live_url).content.decode()
+    assert "hx-trigger" not in final
+    assert "Allowed now that it has finished (reload this page for the Delete link)." in final
+    assert 'data-field="status">Completed<' in final
+
+
+def test_the_live_values_are_for_staff_only(
+    author_client: Client, user: Any, batch_factory: Any
+) -> None:
+    batch = _running(batch_factory(user, ["a"]))
+
+    response = author_client.get(f"/admin/batches/batch/{batch.pk}/live-facts/")
+
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]

@@ -32,7 +32,10 @@ def test_cancel_stops_a_queued_batch_and_releases_its_reservation(
     assert get_budget(user).reserved == 0
     html = messages_on(author_client, response["Location"])
     assert "2 waiting panels cancelled" in html
-    assert "Retry 2 failed panels" in html
+    # Cancelled is not failed, and not done: the page says what happened and what a retry does.
+    assert "0 of 2 panels done, 2 cancelled" in html
+    assert "Retry 2 cancelled panels" in html
+    assert "failed" not in html.split('id="panel-grid"')[0].split('id="batch-progress"')[1]
 
 
 def test_cancelling_a_finished_batch_says_why_not(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from batches.models import Batch, BatchStatus
+from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -48,6 +48,29 @@ WATCH_TILES = """() => {
     window.__seen.push(grid.querySelectorAll(".tile--completed").length);
   }).observe(grid, {childList: true, subtree: true});
 }"""
+
+
+BUSY_ROW = {
+    ImageStatus.COMPLETED: range(0, 12),
+    ImageStatus.FAILED: range(12, 15),
+    ImageStatus.CANCELLED: range(15, 18),
+    ImageStatus.RUNNING: range(18, 20),
+    ImageStatus.SUBMITTED: range(20, 28),
+    ImageStatus.RETRYING: range(28, 30),
+    ImageStatus.PENDING: range(30, 40),
+}
+PHONE_WIDTH = 390
+# The elements wider than the viewport, named, so a failure says what overflows.
+OVERFLOWING = """(width) => Array.from(document.querySelectorAll("body *"))
+  .filter((el) => el.getBoundingClientRect().right > width + 0.5)
+  .slice(0, 5)
+  .map((el) => el.tagName.toLowerCase() + "." + Array.from(el.classList).join("."))"""
+
+
+def assert_no_sideways_scroll(page: Any) -> None:
+    """Nothing on the page is wider than a phone's screen."""
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE_WIDTH, page.evaluate(OVERFLOWING, PHONE_WIDTH)
 
 
 @pytest.fixture
@@ -139,15 +162,42 @@ def test_an_author_submits_a_chapter_and_watches_it_render_live(
     assert batch.images.get(index=3).attempts_this_round <= 3  # a fresh set of attempts
     page.wait_for_selector("[data-testid=batch-status]:has-text('Partial')", timeout=60_000)
 
-    # A phone-sized view of the same page, and the dashboard with the batch on it.
-    page.set_viewport_size({"width": 390, "height": 844})
+    # A phone (390 px wide): the batch page and the dashboard fit without scrolling sideways.
+    page.set_viewport_size({"width": PHONE_WIDTH, "height": 844})
     page.reload()
     page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "batch-phone.png"), full_page=True)
-    page.set_viewport_size({"width": 1280, "height": 900})
+    assert_no_sideways_scroll(page)
+    # A busy row beside it: a long title and every kind of count, the widest a row gets. Made
+    # directly in the database as a batch being cancelled (its last jobs still stopping), so
+    # the live stack's workers and sweeper leave it as it is while the test looks at it.
+    busy = Batch.objects.create(
+        user=batch.user,
+        title="Chapter 4: The longest night in the history of the northern lighthouse keepers",
+        status=BatchStatus.CANCELLED,
+        cancel_reason="Cancelled by the user.",
+    )
+    ImageJob.objects.bulk_create(
+        ImageJob(batch=busy, index=index, prompt=f"panel {index}", seed=index, status=status)
+        for status, indexes in BUSY_ROW.items()
+        for index in indexes
+    )
+    busy.images.filter(status=ImageStatus.CANCELLED).update(error="Cancelled by the user.")
+    page.goto(f"{live.web_url}/batches/{busy.pk}/")
+    legend = page.inner_text("#batch-progress .legend")
+    assert "2 rendering" in legend
+    assert "8 queued at RunPod" in legend
+    assert page.locator(".tile--cancelled .tile__note").count() == 3  # neutral, not an error
+    page.screenshot(path=str(ARTIFACTS / "batch-busy-phone.png"), full_page=True)
+    assert_no_sideways_scroll(page)
     page.goto(f"{live.web_url}/")
-    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert "Chapter 3: The vault" in page.inner_text("#batch-list")
+    assert "8 queued at RunPod" in page.inner_text("#batch-list")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    assert_no_sideways_scroll(page)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.reload()
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     assert not [p for p in problems if "favicon" not in p], problems
     wait_for(lambda: Batch.objects.get(pk=batch.pk).is_terminal, timeout=30)
@@ -172,9 +222,26 @@ def test_staff_follow_a_batch_live_on_its_admin_page(live: Any, browser: Any) ->
     page.evaluate("window.__marker = 1")
     page.wait_for_selector("[data-testid=batch-status]:has-text('Completed')", timeout=60_000)
 
+    # The "State and money" fields below follow too (refreshed while the batch ran).
+    page.wait_for_selector("#batch-live-facts [data-field=status]:has-text('Completed')")
     assert page.evaluate("window.__marker") == 1  # updated live, not reloaded
     assert page.locator("#panel-grid .tile--completed").count() == 4
+    charged = page.inner_text("#batch-live-facts [data-field=actual_cost]").split()[0]
+    assert float(charged) > 0
+    assert page.locator("#batch_form select, #batch_form textarea").count() == 0
     page.screenshot(path=str(ARTIFACTS / "admin-batch.png"), full_page=True)
     page.goto(f"{live.web_url}/admin/batches/batch/")
     assert "Staff view" in page.inner_text("#result_list")
     page.screenshot(path=str(ARTIFACTS / "admin-batch-list.png"))
+
+    # The author's budget: the limit is changed from its page, the ledger is a link away.
+    budget = author.budget
+    page.goto(f"{live.web_url}/admin/budgets/budget/{budget.pk}/change/")
+    page.screenshot(path=str(ARTIFACTS / "admin-budget.png"), full_page=True)
+    page.click("#set-limit-link")
+    page.fill("input[name=limit]", "40")
+    page.click("input[name=apply]")
+    page.wait_for_selector(f"text=Monthly limit of {author.username} set to 40.")
+    page.click("#ledger-link")
+    page.wait_for_selector("#result_list")
+    page.screenshot(path=str(ARTIFACTS / "admin-ledger.png"), full_page=True)
