@@ -11,6 +11,8 @@ Environment:
   folder holding a diffusers pipeline (its ``model_index.json``). Default: SDXL base 1.0. Any
   text-to-image pipeline ``AutoPipelineForText2Image`` knows works (SDXL, SDXL-Turbo, SD 1.5,
   FLUX, a fine-tune saved with ``save_pretrained``).
+- ``DIFFUSERS_VARIANT``: the weights variant to load, e.g. ``fp16`` (what the image baked in:
+  worker/Dockerfile.diffusers' ``MODEL_VARIANT``); empty loads the default weights.
 - ``DIFFUSERS_DEVICE``: ``cuda`` or ``cpu``; default ``cuda`` when a GPU is visible.
 - ``DIFFUSERS_DTYPE``: ``bfloat16``, ``float16`` or ``float32``. Default on CUDA: bfloat16 where
   the GPU supports it (Ampere and later: every class in budgets/pricing.py), else float16 (SDXL's
@@ -109,7 +111,9 @@ def _choose_dtype(torch: Any, device: str, wanted: str) -> str:
     return "float32"
 
 
-def load_source(model: str, *, device: str = "", dtype: str = "") -> DiffusersSource:
+def load_source(
+    model: str, *, device: str = "", dtype: str = "", variant: str = ""
+) -> DiffusersSource:
     """Load `model` (a local folder, or a model id in the local cache) once; raises
     ModelLoadError with what to do when it cannot."""
     try:
@@ -124,7 +128,7 @@ def load_source(model: str, *, device: str = "", dtype: str = "") -> DiffusersSo
     dtype = _choose_dtype(torch, device, dtype)
     try:
         pipeline = AutoPipelineForText2Image.from_pretrained(
-            model, dtype=getattr(torch, dtype), local_files_only=True
+            model, dtype=getattr(torch, dtype), variant=variant or None, local_files_only=True
         )
         pipeline.to(device)
     except Exception as error:  # any failure here is the same fix: a model that loads
@@ -146,4 +150,5 @@ def load_from_env() -> DiffusersSource:
         os.environ.get("DIFFUSERS_MODEL", "").strip() or DEFAULT_MODEL,
         device=os.environ.get("DIFFUSERS_DEVICE", "").strip().lower(),
         dtype=os.environ.get("DIFFUSERS_DTYPE", "").strip().lower(),
+        variant=os.environ.get("DIFFUSERS_VARIANT", "").strip(),
     )
