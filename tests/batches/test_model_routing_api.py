@@ -3,6 +3,7 @@ form), and a submitted panel records the endpoint its model runs on."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -124,3 +125,18 @@ def test_the_form_offers_only_routed_models(client: Client, user: Any, routed: A
     assert '<option value="sdxl"' in html
     assert '<option value="flux-dev"' in html
     assert 'value="sdxl-turbo"' not in html
+
+
+def test_the_migration_gives_older_panels_their_batchs_endpoint(user: Any) -> None:
+    from django.apps import apps
+
+    migration = importlib.import_module("batches.migrations.0005_endpoint_per_image")
+    batch = Batch.objects.create(user=user, title="old", endpoint_id="ep-before")
+    old = batch.images.create(index=0, prompt="p", seed=1, params={"model": "sdxl"})
+    new = batch.images.create(index=1, prompt="q", seed=2, params={}, endpoint_id="ep-flux")
+
+    migration.endpoint_of_batch(apps, None)
+
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.endpoint_id, new.endpoint_id) == ("ep-before", "ep-flux")
