@@ -140,3 +140,19 @@ def test_the_migration_gives_older_panels_their_batchs_endpoint(user: Any) -> No
     old.refresh_from_db()
     new.refresh_from_db()
     assert (old.endpoint_id, new.endpoint_id) == ("ep-before", "ep-flux")
+
+
+def test_the_form_says_why_a_model_without_an_endpoint_is_refused(
+    client: Client, user: Any, routed: Any
+) -> None:
+    client.force_login(user)
+
+    response = client.post(
+        "/batches/new/",
+        {"model": "sdxl-turbo", "width": "512", "height": "512", "steps": "20",
+         "priority": "normal", "panels": "Mara opens the vault door"},
+    )  # fmt: skip
+
+    assert response.status_code == 200
+    assert "is not offered here" in response.content.decode()
+    assert not Batch.objects.exists()
