@@ -75,3 +75,28 @@ def test_endpoint_ids_are_comma_separated_path_segments() -> None:
         EmulatorConfig(endpoint_id="a,b/c").validate()
     with pytest.raises(ConfigError, match="endpoint_id"):
         EmulatorConfig(endpoint_id=" , ").validate()
+
+
+def test_purge_queue_drops_only_its_own_endpoints_queued_jobs(two_endpoints: Any) -> None:
+    two_endpoints.reset()
+    two_endpoints.configure(workers=0)  # everything stays IN_QUEUE
+    try:
+        job_input = {"prompt": "a street", "seed": 1, "width": 64, "height": 64}
+        mine = call(two_endpoints, "POST", FIRST, "run", json={"input": job_input}).json()["id"]
+        theirs = call(two_endpoints, "POST", SECOND, "run", json={"input": job_input}).json()["id"]
+
+        purged = call(two_endpoints, "POST", FIRST, "purge-queue").json()
+
+        assert purged["removed"] == 1
+        assert call(two_endpoints, "GET", FIRST, f"status/{mine}").json()["status"] == "CANCELLED"
+        assert call(two_endpoints, "GET", SECOND, f"status/{theirs}").json()["status"] == "IN_QUEUE"
+        two_endpoints.configure(workers=2)
+        assert run_and_wait(two_endpoints, SECOND, 5)["status"] == "COMPLETED"
+        deadline = time.monotonic() + 20
+        while (
+            call(two_endpoints, "GET", SECOND, f"status/{theirs}").json()["status"] != "COMPLETED"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        two_endpoints.configure(workers=2)

@@ -576,13 +576,22 @@ class Emulator:
 
     async def handle_purge(self, request: web.Request) -> web.Response:
         removed = 0
+        endpoint = request.match_info["endpoint_id"]
+        # Other endpoints' queued jobs go back in their order (no await in between: no worker
+        # takes one meanwhile); stale entries are dropped as before.
+        kept: list[tuple[str, int]] = []
         while not self.queue.empty():
             job_id, generation = self.queue.get_nowait()
             job = self.jobs.get(job_id)
             if job is not None and job.status == IN_QUEUE and job.generation == generation:
+                if job.endpoint_id != endpoint:
+                    kept.append((job_id, generation))
+                    continue
                 # Purged jobs end CANCELLED rather than vanishing, so pollers see an end.
                 self._finish(job, CANCELLED)
                 removed += 1
+        for entry in kept:
+            self.queue.put_nowait(entry)
         return web.json_response({"removed": removed, "status": "completed"})
 
     def health(self) -> dict[str, Any]:
