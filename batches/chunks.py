@@ -78,11 +78,15 @@ LOST_SERVICES = (OperationalError, InterfaceError, redis.ConnectionError, redis.
 MAX_REPORTED_MS = 24 * 3600 * 1000
 
 
-def runpod_client() -> RunPodClient:
-    """One pooled client per worker thread."""
-    client = getattr(_clients, "client", None)
+def runpod_client(endpoint_id: str) -> RunPodClient:
+    """One pooled client per worker thread and endpoint. Each panel names its endpoint
+    (ImageJob.endpoint_id, its model's); an empty one, on panels from before endpoints were per
+    model, is RUNPOD_ENDPOINT_ID."""
+    endpoint_id = endpoint_id or settings.RUNPOD_ENDPOINT_ID
+    clients: dict[str, RunPodClient] = _clients.__dict__.setdefault("by_endpoint", {})
+    client = clients.get(endpoint_id)
     if client is None:
-        client = _clients.client = RunPodClient.from_settings()
+        client = clients[endpoint_id] = RunPodClient.from_settings(endpoint_id=endpoint_id)
     return client
 
 
@@ -278,7 +282,7 @@ class ChunkRun:
         """Submit a claimed attempt to RunPod; its job id, or None when there is none to
         record (the call failed: retried later, or the image failed)."""
         try:
-            job = runpod_client().run(
+            job = runpod_client(image.endpoint_id).run(
                 image.runpod_input(self.batch),
                 webhook=webhooks.webhook_url(
                     self.batch_id, self.chunk_no, image.pk, image.attempts
@@ -378,7 +382,7 @@ class ChunkRun:
         """Take on the job a webhook named for this attempt, once RunPod's /status (which our
         API key authenticates) confirms it; a job RunPod does not know was never ours."""
         try:
-            status = runpod_client().status(job_id)
+            status = runpod_client(image.endpoint_id).status(job_id)
         except JobNotFound:
             logger.warning("image %s: webhook named job %s, which RunPod does not know", image.pk,
                            job_id)  # fmt: skip
@@ -495,7 +499,7 @@ class ChunkRun:
         job_id = image.runpod_job_id
         self.last_checked[job_id] = time.monotonic()
         try:
-            return runpod_client().status(job_id)
+            return runpod_client(image.endpoint_id).status(job_id)
         except JobNotFound:
             self.lost(image, "RunPod no longer knows this job (expired or purged).")
         except TransientRunPodError as error:
@@ -617,14 +621,14 @@ class ChunkRun:
         try:
             if job_id not in self.cancel_sent:
                 try:
-                    runpod_client().cancel(job_id)
+                    runpod_client(image.endpoint_id).cancel(job_id)
                 except PermanentRunPodError as error:
                     # Refused (it may have ended first): what it ran is in its /status anyway.
                     if isinstance(error, JobNotFound):
                         raise
                     logger.info("image %s: /cancel refused (%s); asking /status", image.pk, error)
                 self.cancel_sent.add(job_id)
-            job = runpod_client().status(job_id)
+            job = runpod_client(image.endpoint_id).status(job_id)
         except JobNotFound:
             self.lost(image, reason)
             return
@@ -678,7 +682,7 @@ def charge_late_job(image_id: int, attempt: int, job_id: str) -> str:
     if image is None or not budget_services.attempt_charged_nothing(image_id, attempt):
         return "nothing to charge"
     try:
-        job = runpod_client().status(job_id)
+        job = runpod_client(image.endpoint_id).status(job_id)
     except JobNotFound:
         return "RunPod does not know this job"
     if not job.is_terminal:

@@ -10,7 +10,7 @@ from typing import Any
 
 from django import forms
 
-from batches.api.serializers import DEFAULT_PARAMS, BatchSubmitSerializer
+from batches.api.serializers import DEFAULT_PARAMS, BatchSubmitSerializer, default_params
 from batches.models import Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets import pricing
@@ -152,7 +152,9 @@ class BatchForm(forms.Form):
 
     def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["model"].widget.choices = [(name, name) for name in pricing.model_names()]
+        # Only the models an endpoint renders (RUNPOD_ENDPOINTS): the others are not offered.
+        self.fields["model"].widget.choices = [(name, name) for name in pricing.offered_models()]
+        self.fields["model"].initial = default_params()["model"]
         # High priority is offered, and accepted, only to those the API accepts it from.
         self.may_use_high_priority = may_submit_high_priority(user)
         if not self.may_use_high_priority:

@@ -418,6 +418,11 @@ class ImageJob(models.Model):
     # A job a webhook reported for the current attempt while its id was unknown (the /run answer
     # was lost). Not trusted as it is: the chunk adopts it once RunPod's /status confirms it.
     webhook_job_id = models.CharField(max_length=100, blank=True, default="")
+    # The RunPod endpoint that renders this panel, chosen from its model at submit
+    # (budgets.pricing.endpoint_for) and kept: its retries go where its first attempt went, and
+    # its timings teach that endpoint's estimates only. Empty on rows older than the field: those
+    # ran on RUNPOD_ENDPOINT_ID.
+    endpoint_id = models.CharField(max_length=100, blank=True, default="")
     image = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     # Budget held for the attempt now on RunPod: its maximum cost (see budgets.pricing).
@@ -487,4 +492,8 @@ class ImageJob(models.Model):
             "guidance_scale": self.params["guidance"],
             "seed": self.seed,
             "num_images": 1,
+            # Not part of worker-sdxl's input (it ignores unknown keys); comicgen's own handler
+            # refuses a model it does not serve, so a misrouted panel fails instead of being
+            # drawn, and billed, by the wrong model.
+            "model": self.params["model"],
         }

@@ -188,14 +188,15 @@ class RunPodClient:
         self.session = session
 
     @classmethod
-    def from_settings(cls, **kwargs: Any) -> RunPodClient:
-        """Build from ``RUNPOD_BASE_URL``, ``RUNPOD_ENDPOINT_ID`` and ``RUNPOD_API_KEY``."""
+    def from_settings(cls, endpoint_id: str = "", **kwargs: Any) -> RunPodClient:
+        """Build from ``RUNPOD_BASE_URL`` and ``RUNPOD_API_KEY`` for ``endpoint_id`` (a model's
+        endpoint, see budgets.pricing.endpoint_for), by default ``RUNPOD_ENDPOINT_ID``."""
         # Imported here so this module (and the emulator tests) work without Django configured.
         from django.conf import settings
 
         return cls(
             getattr(settings, "RUNPOD_BASE_URL", DEFAULT_BASE_URL),
-            settings.RUNPOD_ENDPOINT_ID,
+            endpoint_id or settings.RUNPOD_ENDPOINT_ID,
             settings.RUNPOD_API_KEY,
             **kwargs,
         )

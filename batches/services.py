@@ -29,7 +29,7 @@ from batches.models import (
     ImageJob,
     ImageStatus,
 )
-from budgets import estimates
+from budgets import estimates, pricing
 from budgets import services as budget_services
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ def submit_batch(
     # The reservation is the learned estimate: a formula that is 3 to 12 times off would block
     # the author's budget for nothing. Each attempt still holds its worst case while it runs.
     estimate = estimates.estimate_images([image["params"] for image in images])
+    # Each panel goes to its model's endpoint (the serializer offered only routed models).
+    endpoints = [pricing.endpoint_for(image["params"]["model"]) for image in images]
     rng = random.SystemRandom()
     try:
         with transaction.atomic():
@@ -108,7 +110,7 @@ def submit_batch(
                 estimated_cost=estimate.total,
                 expected_cost=estimate.expected_cost,
                 estimate_basis=estimate.basis,
-                endpoint_id=settings.RUNPOD_ENDPOINT_ID,
+                endpoint_id=pricing.batch_endpoint(endpoints),
                 currency=estimate.currency,
                 chunk_size=settings.COMICGEN_CHUNK_SIZE,
                 idempotency_key=idempotency_key,
@@ -123,6 +125,7 @@ def submit_batch(
                         # A chosen seed is stored, so every panel can be reproduced.
                         seed=image["seed"] if image["seed"] is not None else rng.randrange(2**32),
                         params=image["params"],
+                        endpoint_id=endpoints[index],
                     )
                     for index, image in enumerate(images)
                 ],

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Q
 from django.utils import timezone
 
 from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
@@ -158,8 +159,9 @@ def allowance_rate(failure_rate: float) -> Decimal:
 
 
 def endpoint_for(model: str) -> str:
-    """The RunPod endpoint that renders `model` (one endpoint serves the catalogue today)."""
-    return str(settings.RUNPOD_ENDPOINT_ID)
+    """The RunPod endpoint that renders `model` (RUNPOD_ENDPOINTS, budgets.pricing): what is
+    learned about a model is learned on its endpoint only."""
+    return pricing.endpoint_for(model)
 
 
 def measure_history(model: str, endpoint: str) -> History:
@@ -170,8 +172,9 @@ def measure_history(model: str, endpoint: str) -> History:
             status__in=[ImageStatus.COMPLETED, ImageStatus.FAILED],
             finished_at__isnull=False,
             params__model=model,
-            batch__endpoint_id=endpoint,
         )
+        # Each panel records its endpoint; rows made without one ran on their batch's.
+        .filter(Q(endpoint_id=endpoint) | Q(endpoint_id="", batch__endpoint_id=endpoint))
         .order_by("-finished_at")
         .values_list("status", "attempts", "execution_ms", "params")[:WINDOW]
     )
@@ -223,7 +226,9 @@ def model_history(model: str) -> History:
 def forget_history(models: Iterable[str]) -> None:
     """Drop what is cached for these models (a batch of them just finished: its panels are
     history now, and the next estimate should see them)."""
-    keys = [_cache_key(model, endpoint_for(model)) for model in set(models)]
+    offered = pricing.model_endpoints()
+    # A model no longer offered has nothing cached: nothing prices it any more.
+    keys = [_cache_key(model, offered[model]) for model in set(models) if model in offered]
     if not keys:
         return
     try:

@@ -4,6 +4,11 @@ an expected number of seconds per image as a function of its size and steps.
 The catalogue is the estimate before an endpoint has any history: budgets/estimates.py learns
 what each model really takes from the executionTime of its recent panels and uses that instead.
 
+Each model is rendered by its own RunPod endpoint (on RunPod an endpoint runs one worker image,
+so one model): `RUNPOD_ENDPOINTS` maps model -> endpoint id. A model with no endpoint is in the
+catalogue (its past panels are still priced by it) but not offered: the form does not list it
+and a submit naming it is refused, so nobody pays for a model that would not render it.
+
 A RunPod attempt is billed for its executionTime; every attempt is also bounded by the
 executionTimeout comicgen sets on it, so its cost can never exceed `attempt_max_cost` (the
 timeout plus a small margin for what RunPod bills past it). That worst case stays on the
@@ -12,7 +17,10 @@ catalogue: it is what keeps the limit safe, whatever history says.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal
 from typing import Any
@@ -83,7 +91,86 @@ def catalogue() -> dict[str, ModelPrice]:
 
 
 def model_names() -> list[str]:
+    """Every catalogue model, offered or not (what past batches may name)."""
     return sorted(catalogue())
+
+
+# A RunPod endpoint id goes into URL paths (/v2/<id>/run): one path segment of plain characters.
+ENDPOINT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class ModelNotOffered(LookupError):
+    """The model is unknown, or no RunPod endpoint renders it here."""
+
+
+def parse_model_endpoints(name: str, text: str, known_models: Iterable[str]) -> dict[str, str]:
+    """Read a model -> endpoint id mapping: a JSON object (`{"sdxl": "abc123"}`) or
+    `sdxl=abc123,flux-dev=def456`. Raises ValueError, naming `name`, on a malformed entry, an
+    endpoint id that is not one path segment, or a model the catalogue does not have (a typo
+    would otherwise silently withdraw a model)."""
+    text = text.strip()
+    routes: dict[str, str] = {}
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"{name}: not valid JSON ({error})") from None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(key, str) and isinstance(value, str) for key, value in parsed.items()
+        ):
+            raise ValueError(f'{name}: expected a JSON object of strings, {{"sdxl": "<id>"}}')
+        routes = {key.strip(): value.strip() for key, value in parsed.items()}
+    else:
+        for entry in filter(None, (part.strip() for part in text.split(","))):
+            model, sep, endpoint = entry.partition("=")
+            if not sep:
+                raise ValueError(f"{name}: {entry!r} is not model=endpoint_id")
+            routes[model.strip()] = endpoint.strip()
+    known = set(known_models)
+    for model, endpoint in routes.items():
+        if model not in known:
+            raise ValueError(
+                f"{name}: {model!r} is not a catalogue model (known: {', '.join(sorted(known))})"
+            )
+        if not ENDPOINT_ID_PATTERN.match(endpoint):
+            raise ValueError(
+                f"{name}: endpoint id {endpoint!r} for {model!r} must be letters, digits, "
+                "'.', '_' or '-' (RunPod's endpoint id, as in /v2/<id>/run)"
+            )
+    return routes
+
+
+def model_endpoints() -> dict[str, str]:
+    """Each offered model -> the RunPod endpoint that renders it. With `RUNPOD_ENDPOINTS` unset,
+    every catalogue model is on `RUNPOD_ENDPOINT_ID` (one endpoint, as the dev stack had)."""
+    routes: dict[str, str] | None = getattr(settings, "RUNPOD_ENDPOINTS", None)
+    models = catalogue()
+    if routes is None:
+        return {name: str(settings.RUNPOD_ENDPOINT_ID) for name in models}
+    return {name: endpoint for name, endpoint in routes.items() if name in models}
+
+
+def offered_models() -> list[str]:
+    """The models an author may pick: those an endpoint renders."""
+    return sorted(model_endpoints())
+
+
+def endpoint_for(model: str) -> str:
+    """The RunPod endpoint that renders `model`; ModelNotOffered when none does."""
+    try:
+        return model_endpoints()[model]
+    except KeyError:
+        raise ModelNotOffered(model) from None
+
+
+def batch_endpoint(endpoints: Iterable[str]) -> str:
+    """What a batch records as its endpoint: the one all its panels run on, else `mixed`
+    (each panel's own is on the panel: ImageJob.endpoint_id)."""
+    distinct = set(endpoints)
+    return distinct.pop() if len(distinct) == 1 else MIXED_ENDPOINTS
+
+
+MIXED_ENDPOINTS = "mixed"
 
 
 def money(amount: Decimal) -> Decimal:

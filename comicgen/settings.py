@@ -290,6 +290,31 @@ COMICGEN_METRICS_TOKEN = env_str("COMICGEN_METRICS_TOKEN", "")
 # {"my-model": {"gpu": "a100", "overhead_seconds": 1.0, "seconds_per_megapixel_step": 0.1}}
 COMICGEN_MODEL_CATALOGUE = env_json("COMICGEN_MODEL_CATALOGUE", {})
 
+
+def _runpod_endpoints() -> dict[str, str] | None:
+    """RUNPOD_ENDPOINTS: which RunPod endpoint renders each model (an endpoint runs one worker
+    image, so one model), as JSON `{"sdxl": "abc123", "flux-dev": "def456"}` or
+    `sdxl=abc123,flux-dev=def456`. Only the models named are offered. Unset or empty: every
+    catalogue model on RUNPOD_ENDPOINT_ID (one endpoint, as in the tests)."""
+    # Imported here: the catalogue's names are what a typo is checked against.
+    from budgets.pricing import DEFAULT_CATALOGUE, parse_model_endpoints
+
+    text = env_str("RUNPOD_ENDPOINTS", "")
+    if not text:
+        return None
+    try:
+        routes = parse_model_endpoints(
+            "RUNPOD_ENDPOINTS", text, [*DEFAULT_CATALOGUE, *COMICGEN_MODEL_CATALOGUE]
+        )
+    except ValueError as error:
+        raise ImproperlyConfigured(str(error)) from None
+    if not routes:
+        raise ImproperlyConfigured("RUNPOD_ENDPOINTS names no model: unset it, or map one")
+    return routes
+
+
+RUNPOD_ENDPOINTS = _runpod_endpoints()
+
 CELERY_BEAT_SCHEDULE = {
     "sweep-batches": {
         "task": "batches.tasks.sweep_batches_task",

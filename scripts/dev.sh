@@ -18,6 +18,11 @@ export RUNPOD_BASE_URL="${RUNPOD_BASE_URL:-http://127.0.0.1:$EMULATOR_PORT/v2}"
 # Keep RunPod's own queue short (the emulator runs 8 GPU workers): a high-priority panel
 # then starts at the next free worker instead of behind a queue of normal ones.
 export RUNPOD_MAX_IN_FLIGHT="${RUNPOD_MAX_IN_FLIGHT:-10}"
+# One RunPod endpoint per model, as in production: the emulator serves two endpoint ids, and
+# flux-dev panels go to the second, so a batch mixing models lands on two endpoints (its
+# /_emulator/stats count each under "endpoints").
+export EMULATOR_ENDPOINT_ID="${EMULATOR_ENDPOINT_ID:-comicgen-local,comicgen-local-flux}"
+export RUNPOD_ENDPOINTS="${RUNPOD_ENDPOINTS:-sdxl=comicgen-local,sdxl-turbo=comicgen-local,flux-dev=comicgen-local-flux}"
 export COMICGEN_PUBLIC_URL="${COMICGEN_PUBLIC_URL:-http://$COMICGEN_WEB_HOST:$COMICGEN_WEB_PORT}"
 export DEBUG="${DEBUG:-true}"
 export MEDIA_ROOT="${MEDIA_ROOT:-$ROOT/.local/media}"

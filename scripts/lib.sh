@@ -54,6 +54,34 @@ ensure_venv() {
     fi
 }
 
+# The diffusers worker's own virtualenv (.venv-worker): torch, diffusers, transformers,
+# accelerate and the worker SDK, for tests/diffusers. Kept apart so the web app's .venv never
+# holds torch. Reinstalled only when the worker's requirements change. torch is installed
+# first, on its own, at the version pinned in worker/requirements-diffusers.txt: with no torch
+# present, diffusers' and accelerate's loose `torch>=...` would pull the newest CUDA build
+# (several GB). COMICGEN_SKIP_WORKER_VENV=1 skips it (and the tests that need it).
+WORKER_VENV="${WORKER_VENV:-$ROOT/.venv-worker}"
+WORKER_PY="$WORKER_VENV/bin/python"
+ensure_worker_venv() {
+    local stamp="$WORKER_VENV/.comicgen-installed" reqs="$ROOT/worker/requirements-diffusers.txt"
+    local tests="$ROOT/worker/requirements-diffusers-test.txt" torch
+    if [ ! -x "$WORKER_PY" ]; then
+        say "creating the worker virtualenv in $WORKER_VENV"
+        python3 -m venv "$WORKER_VENV" || die "python3 -m venv failed (apt-get install python3-venv?)"
+    fi
+    if [ ! -f "$stamp" ] || [ "$reqs" -nt "$stamp" ] || [ "$tests" -nt "$stamp" ] \
+        || [ "$ROOT/worker/requirements.txt" -nt "$stamp" ]; then
+        torch="$(grep -E '^torch==' "$reqs")" || die "$reqs must pin torch (torch==X.Y.Z)"
+        say "installing the diffusers worker's dependencies ($torch first) in $WORKER_VENV"
+        local started=$SECONDS
+        "$WORKER_PY" -m pip install -q --disable-pip-version-check --upgrade pip
+        "$WORKER_PY" -m pip install -q --disable-pip-version-check "$torch"
+        "$WORKER_PY" -m pip install -q --disable-pip-version-check -r "$tests"
+        say "worker virtualenv ready in $((SECONDS - started)) s"
+        touch "$stamp"
+    fi
+}
+
 # This checkout's Django SECRET_KEY: random, written once to .local/secret_key (readable by its
 # owner only), read by comicgen/settings.py when the SECRET_KEY variable is not set. It is what
 # lets `python manage.py ...` run here with no environment; `make clean` removes it.

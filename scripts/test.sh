@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, start a throwaway PostgreSQL and Redis on free ports,
 # run pytest (arguments pass through), then remove them.
+#
+# Two pytest runs: the web app's suite in .venv, then tests/diffusers (the diffusers worker on a
+# tiny random pipeline: torch, which the web app must never import) in .venv-worker. Arguments
+# that name tests/diffusers go to the second run only; other paths to the first only; options
+# alone (`-k pipeline`) to both. COMICGEN_SKIP_WORKER_VENV=1 skips the second run.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -8,6 +13,21 @@ cd "$ROOT"
 ensure_packages browser
 ensure_venv
 ensure_secret_key
+
+# Which runs these arguments ask for (see the top of this file).
+run_main=1 run_worker=1 named_paths=0
+for arg in "$@"; do
+    case "$arg" in
+        tests/diffusers*) named_paths=1; run_worker=2 ;;
+        tests*|*.py|*::*) named_paths=1; run_main=2 ;;
+    esac
+done
+if [ "$named_paths" = 1 ]; then
+    [ "$run_main" = 2 ] || run_main=0
+    [ "$run_worker" = 2 ] || run_worker=0
+fi
+[ "${COMICGEN_SKIP_WORKER_VENV:-}" = 1 ] && run_worker=0
+[ "$run_worker" != 0 ] && ensure_worker_venv
 
 RUN_DIR="$(mktemp -d /tmp/comicgen-test.XXXXXX)"
 chmod 755 "$RUN_DIR"
@@ -32,4 +52,19 @@ export COMICGEN_TEST_REDIS_DIR="$RUN_DIR/redis"
 export MEDIA_ROOT="$RUN_DIR/media"
 export PYTHONUNBUFFERED=1
 
-"$PY" -m pytest "$@"
+status=0
+if [ "$run_main" != 0 ]; then
+    "$PY" -m pytest "$@" || status=$?
+fi
+if [ "$run_worker" != 0 ]; then
+    say "the diffusers worker's tests, in $WORKER_VENV"
+    worker_status=0
+    # --confcutdir: the suite's top conftest.py imports Django, which .venv-worker does not have.
+    worker_args=("$@")
+    [ "$named_paths" = 1 ] || worker_args+=(tests/diffusers)
+    "$WORKER_PY" -m pytest --confcutdir=tests/diffusers -p no:cacheprovider "${worker_args[@]}" \
+        || worker_status=$?
+    # 5 = no test selected: `-k pipeline` picks none of these, which is not a failure.
+    if [ "$worker_status" != 0 ] && [ "$worker_status" != 5 ]; then status=$worker_status; fi
+fi
+exit "$status"

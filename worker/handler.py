@@ -5,8 +5,14 @@ Input (``job["input"]``): ``prompt`` (required), ``negative_prompt``, ``width``,
 worker-sdxl does. Output: ``{"images": ["data:image/png;base64,..."], "seed": seed}``; image
 ``i`` uses ``seed + i``. Bad input returns ``{"error": "..."}``, which RunPod turns into FAILED.
 
-``IMAGE_SOURCE`` (env, default ``sketch``) picks the renderer from ``IMAGE_SOURCES``; a real
-diffusion pipeline is added by registering a callable with the same signature.
+``IMAGE_SOURCE`` (env, default ``sketch``) picks the renderer: ``sketch`` (Pillow, for the
+emulator, tests and demos) or ``diffusers`` (a real diffusion pipeline, worker/diffusers_source.py,
+loaded once at start by ``prepare_image_source``). Other renderers are added by registering a
+callable with the same signature.
+
+An input may name the catalogue ``model`` it was routed for (comicgen sends it; worker-sdxl
+ignores it). With ``COMICGEN_MODEL`` set, the worker refuses any other model, so a panel sent to
+the wrong endpoint fails at once instead of being drawn by the wrong model.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from __future__ import annotations
 import base64
 import os
 import random
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +66,40 @@ IMAGE_SOURCES: dict[str, ImageSource] = {"sketch": _sketch}
 def register_image_source(name: str, source: ImageSource) -> None:
     """Make ``source`` selectable with ``IMAGE_SOURCE=name``."""
     IMAGE_SOURCES[name] = source
+
+
+class SourceError(RuntimeError):
+    """The configured image source is unknown or could not be loaded."""
+
+
+def _load_diffusers() -> ImageSource:
+    # Imported on demand: torch is heavy, and only the diffusers worker has it.
+    from worker.diffusers_source import ModelLoadError, load_from_env
+
+    try:
+        return load_from_env()
+    except ModelLoadError as error:
+        raise SourceError(str(error)) from None
+
+
+# Sources that load something heavy (a model) once per process, at start.
+SOURCE_LOADERS: dict[str, Callable[[], ImageSource]] = {"diffusers": _load_diffusers}
+_load_lock = threading.Lock()
+
+
+def prepare_image_source(name: str | None = None) -> ImageSource:
+    """The renderer ``IMAGE_SOURCE`` names, loaded now if it loads a model. Called when the
+    worker starts, so a bad model stops it there with its message rather than failing each job.
+    Raises SourceError."""
+    name = name if name is not None else os.environ.get("IMAGE_SOURCE", "sketch")
+    with _load_lock:
+        if name not in IMAGE_SOURCES and name in SOURCE_LOADERS:
+            register_image_source(name, SOURCE_LOADERS[name]())
+    source = IMAGE_SOURCES.get(name)
+    if source is None:
+        known = ", ".join(sorted({*IMAGE_SOURCES, *SOURCE_LOADERS}))
+        raise SourceError(f"unknown IMAGE_SOURCE {name!r} (known: {known})")
+    return source
 
 
 class InputError(ValueError):
@@ -121,10 +163,17 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
         params = validate_input(job.get("input"))
     except InputError as exc:
         return {"error": str(exc)}
-    source_name = os.environ.get("IMAGE_SOURCE", "sketch")
-    source = IMAGE_SOURCES.get(source_name)
-    if source is None:
-        return {"error": f"unknown IMAGE_SOURCE {source_name!r}"}
+    served = os.environ.get("COMICGEN_MODEL", "").strip()
+    asked = job.get("input", {}).get("model")
+    if served and isinstance(asked, str) and asked != served:
+        return {
+            "error": f"this endpoint renders model {served!r}, not {asked!r}: the model is "
+            "routed to the wrong endpoint (check RUNPOD_ENDPOINTS)"
+        }
+    try:
+        source = prepare_image_source()
+    except SourceError as exc:
+        return {"error": str(exc)}
     images = []
     for index in range(params["num_images"]):
         png = source(
@@ -140,7 +189,21 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     return {"images": images, "seed": params["seed"]}
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The worker process: load the image source, then take jobs from RunPod."""
     import runpod  # only in the worker image: the SDK is not a dependency of the web app
 
+    try:
+        source = prepare_image_source()
+    except SourceError as exc:
+        # RunPod shows the worker's log and marks it unhealthy; no job is taken and billed.
+        sys.stderr.write(f"comicgen worker cannot start: {exc}\n")
+        sys.exit(1)
+    name = os.environ.get("IMAGE_SOURCE", "sketch")
+    sys.stdout.write(f"comicgen worker ready: IMAGE_SOURCE={name} ({source!r})\n")
+    sys.stdout.flush()
     runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

@@ -59,10 +59,40 @@ def validate_side(value: int) -> None:
         raise serializers.ValidationError(f"Must be a multiple of 8 (e.g. {value - value % 8}).")
 
 
+class ModelField(serializers.ChoiceField):
+    """A catalogue model that an endpoint renders here (budgets.pricing.offered_models). A
+    model without one is refused with the reason, not as a mere "not a valid choice": the
+    author would otherwise pay for a model that nothing renders."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=[], **kwargs)
+
+    def refresh_choices(self) -> None:
+        # The catalogue and the routes are settings: read per serializer, not at import.
+        self.choices = pricing.offered_models()
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and data in pricing.model_names() and data not in self.choices:
+            raise serializers.ValidationError(
+                f"The model {data!r} is not offered here: no RunPod endpoint renders it "
+                f"(RUNPOD_ENDPOINTS). Choose one of: {', '.join(self.choices)}.",
+                code="model_not_offered",
+            )
+        return super().to_internal_value(data)
+
+
+def default_params() -> dict[str, Any]:
+    """DEFAULT_PARAMS, with the first offered model when the default one is not offered."""
+    offered = pricing.offered_models()
+    if DEFAULT_PARAMS["model"] in offered or not offered:
+        return dict(DEFAULT_PARAMS)
+    return {**DEFAULT_PARAMS, "model": offered[0]}
+
+
 class GenerationParamsSerializer(StrictSerializer):
     """Generation parameters; every one optional, filled from the batch and then defaults."""
 
-    model = serializers.ChoiceField(choices=[], required=False)
+    model = ModelField(required=False)
     width = serializers.IntegerField(
         min_value=MIN_SIDE, max_value=MAX_SIDE, required=False, validators=[validate_side]
     )
@@ -74,10 +104,9 @@ class GenerationParamsSerializer(StrictSerializer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The catalogue can change with settings, so the choices are read per instance.
         model_field = self.fields["model"]
-        assert isinstance(model_field, serializers.ChoiceField)
-        model_field.choices = pricing.model_names()
+        assert isinstance(model_field, ModelField)
+        model_field.refresh_choices()
 
 
 class ImageInputSerializer(StrictSerializer):
@@ -102,7 +131,7 @@ class BatchSubmitSerializer(StrictSerializer):
     def resolved_images(self) -> list[dict[str, Any]]:
         """Each image with its effective params (defaults < batch params < image params)."""
         data = self.validated_data
-        batch_params = {**DEFAULT_PARAMS, **data.get("params", {})}
+        batch_params = {**default_params(), **data.get("params", {})}
         return [
             {
                 "prompt": image["prompt"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 from typing import Any
 
@@ -159,3 +160,33 @@ def test_an_unknown_image_source_is_an_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("IMAGE_SOURCE", "sdxl-not-installed")
 
     assert "IMAGE_SOURCE" in handler({"input": {"prompt": "p"}})["error"]
+
+
+def test_a_worker_serving_one_model_refuses_a_panel_routed_for_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COMICGEN_MODEL", "sdxl")
+
+    refused = handler({"input": {"prompt": "p", "width": 64, "height": 64, "model": "flux-dev"}})
+    served = handler({"input": {"prompt": "p", "width": 64, "height": 64, "model": "sdxl"}})
+    # worker-sdxl's own clients name no model: still served.
+    unnamed = handler({"input": {"prompt": "p", "width": 64, "height": 64}})
+
+    assert "flux-dev" in refused["error"]
+    assert "RUNPOD_ENDPOINTS" in refused["error"]
+    assert "images" in served
+    assert "images" in unnamed
+
+
+def test_the_diffusers_source_without_torch_fails_with_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The web app's venv has no torch, as intended: the source says what the worker needs.
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here; tests/diffusers covers the loaded source")
+    monkeypatch.delitem(handler_module.IMAGE_SOURCES, "diffusers", raising=False)
+    monkeypatch.setenv("IMAGE_SOURCE", "diffusers")
+
+    with pytest.raises(handler_module.SourceError, match="requirements-diffusers.txt"):
+        handler_module.prepare_image_source()
+    assert "requirements-diffusers.txt" in handler({"input": {"prompt": "p"}})["error"]

@@ -26,7 +26,11 @@ GPU workers, and a loopback-only control plane for tests and benchmarks:
   - ``billed_count``: executions billed (a job rerun by ``/retry`` counts again);
   - ``billed_jobs``: job id -> billed ms (a retried job's executions summed under its id), the
     most recent 50,000 jobs; ``billed_ms`` and ``billed_count`` stay exact beyond that;
-  - ``ambiguous_jobs``: ids of the last 1,000 jobs whose /run answer failed.
+  - ``ambiguous_jobs``: ids of the last 1,000 jobs whose /run answer failed;
+  - ``endpoints``: per endpoint id served (``--endpoint-id a,b`` serves several, one per model,
+    sharing the workers): ``submitted``, the jobs that ended ``COMPLETED``, ``FAILED``,
+    ``CANCELLED``, ``TIMED_OUT``, and that endpoint's ``billed_ms`` and ``billed_count``. A job
+    id answers only under the endpoint that took it.
 
   A reset starts a new bill: jobs running at the reset are dropped unbilled.
 - ``POST /_emulator/reset``: forget jobs, queue and counters; ``{"restore_config": true}`` also
@@ -50,8 +54,8 @@ Timing: with ``latency_scale=fixed`` (the default) every execution takes ``laten
 the reference time and scales with it (so it stays the same fraction at every size), and the
 handler renders within that time, so ``executionTime`` is the simulated GPU time. An input that
 names a ``model`` found in ``model_speed`` (``{"flux-dev": 2.5}``) takes that factor longer.
-comicgen's inputs follow worker-sdxl and name no model (on RunPod an endpoint serves one model),
-so on the dev stack every model runs at the endpoint's one speed.
+comicgen's inputs name their catalogue model (an extra key worker-sdxl ignores), so
+``model_speed`` applies to them.
 
 Prompt markers (anywhere in ``input.prompt``):
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from worker.emulator.config import EmulatorConfig, parse_args
 from worker.emulator.server import Emulator
+from worker.handler import SourceError, prepare_image_source
 
 
 async def serve(config: EmulatorConfig) -> None:
@@ -31,8 +32,8 @@ async def serve(config: EmulatorConfig) -> None:
     display_host = f"[{host}]" if ":" in host else host
     per = "per 768 x 768, 25-step image" if config.latency_scale == "pixels" else "per job"
     print(
-        f"RunPod emulator on http://{display_host}:{port}/v2/{config.endpoint_id} "
-        f"(endpoint id {config.endpoint_id}, api key {config.api_key}, "
+        f"RunPod emulator on http://{display_host}:{port}/v2/{config.endpoint_ids[0]} "
+        f"(endpoint id {', '.join(config.endpoint_ids)}, api key {config.api_key}, "
         f"{config.workers} workers, latency {config.latency}s {per})",
         flush=True,
     )
@@ -47,6 +48,13 @@ async def serve(config: EmulatorConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        # The real handler's image source (IMAGE_SOURCE): a diffusion model loads here, before
+        # the port opens, as on a RunPod worker, and a bad one stops the emulator with its reason.
+        prepare_image_source()
+    except SourceError as exc:
+        print(f"emulator: {exc}", file=sys.stderr)
+        sys.exit(1)
     try:
         asyncio.run(serve(config))
     except OSError as exc:  # typically the port is taken: say so without a traceback

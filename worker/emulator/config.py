@@ -71,8 +71,8 @@ class EmulatorConfig:
             ("port", 0 <= self.port <= 65535, "a TCP port (0 picks a free one)"),
             (
                 "endpoint_id",
-                bool(self.endpoint_id) and "/" not in self.endpoint_id,
-                "a path segment",
+                bool(self.endpoint_ids) and all("/" not in part for part in self.endpoint_ids),
+                "a path segment, or several separated by commas",
             ),
             ("api_key", bool(self.api_key), "non-empty"),
             ("workers", 0 <= self.workers <= 2000, "between 0 and 2000"),
@@ -130,6 +130,12 @@ class EmulatorConfig:
             if not ok:
                 raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         return self
+
+    @property
+    def endpoint_ids(self) -> tuple[str, ...]:
+        """The endpoint ids served: ``endpoint_id`` may list several, comma-separated, so one
+        emulator stands in for one RunPod endpoint per model (they share its workers)."""
+        return tuple(part.strip() for part in self.endpoint_id.split(",") if part.strip())
 
     def updated(self, changes: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with ``changes`` (JSON values) applied; unknown or read-only keys are errors."""
@@ -197,7 +203,10 @@ RESTART_ONLY = frozenset({"host", "port", "render_threads"})
 HELP = {
     "host": "interface to listen on",
     "port": "TCP port (0 = any free port)",
-    "endpoint_id": "the endpoint id served under /v2/<endpoint_id>/",
+    "endpoint_id": (
+        "the endpoint id served under /v2/<endpoint_id>/; several, comma-separated, serve one "
+        "endpoint per model (stats count each under `endpoints`)"
+    ),
     "api_key": "the bearer key clients must send",
     "workers": "simulated GPU workers (0 leaves jobs IN_QUEUE)",
     "latency": (

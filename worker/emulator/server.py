@@ -192,6 +192,7 @@ class Job:
         "task",
         "ttl_handle",
         "expiry_handle",
+        "endpoint_id",
     )
 
     def __init__(
@@ -203,8 +204,10 @@ class Job:
         execution_timeout_s: float,
         sync: bool,
         now: float,
+        endpoint_id: str = "",
     ) -> None:
         self.id = job_id
+        self.endpoint_id = endpoint_id
         self.input = job_input
         self.key = input_key(job_input)
         self.webhook = webhook
@@ -310,6 +313,8 @@ class Emulator:
         self.in_flight = 0
         self.max_in_flight = 0
         self.rate_windows: dict[str, deque[float]] = {"run": deque(), "status": deque()}
+        # Per endpoint id served: jobs submitted and ended by status, billed_ms, billed_count.
+        self.endpoint_counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     # -- app wiring ---------------------------------------------------------------------------
 
@@ -393,7 +398,7 @@ class Emulator:
             supplied = supplied[7:].strip()
         if not hmac.compare_digest(supplied.encode(), config.api_key.encode()):
             return _error(401, "Unauthorized")
-        if request.match_info["endpoint_id"] != config.endpoint_id:
+        if request.match_info["endpoint_id"] not in config.endpoint_ids:
             return _error(404, "endpoint not found")
         bucket = RATE_BUCKETS.get(operation)
         if bucket:
@@ -443,7 +448,7 @@ class Emulator:
                 return _error(400, f"policy.{key} must be a positive integer (ms)")
         return body
 
-    def _submit(self, body: dict[str, Any], *, sync: bool) -> Job:
+    def _submit(self, body: dict[str, Any], *, sync: bool, endpoint_id: str = "") -> Job:
         loop = asyncio.get_running_loop()
         policy = body.get("policy") or {}
         prefix = "sync-" if sync else ""
@@ -455,8 +460,10 @@ class Emulator:
             / 1000,
             sync=sync,
             now=loop.time(),
+            endpoint_id=endpoint_id,
         )
         self.jobs[job.id] = job
+        self.endpoint_counts[endpoint_id]["submitted"] += 1
         ttl_s = (policy.get("ttl") or DEFAULT_TTL_MS) / 1000
         job.ttl_handle = loop.call_later(ttl_s, self._expire, job, "ttl")
         self.job_counts["submitted"] += 1
@@ -476,7 +483,7 @@ class Emulator:
         ambiguous = self._ambiguous_answer()
         # The job exists (queued, counted in stats) before any answer leaves: what the client
         # does not hear about still runs, is billed and sends its webhook, as on RunPod.
-        job = self._submit(body, sync=False)
+        job = self._submit(body, sync=False, endpoint_id=request.match_info["endpoint_id"])
         answer = web.json_response({"id": job.id, "status": job.status})
         if ambiguous:
             self.job_counts["ambiguous"] += 1
@@ -514,7 +521,7 @@ class Emulator:
         except ValueError:
             return _error(400, "wait must be milliseconds")
         wait_ms = min(max(wait_ms, 1000), RUNSYNC_MAX_WAIT_MS)
-        job = self._submit(body, sync=True)
+        job = self._submit(body, sync=True, endpoint_id=request.match_info["endpoint_id"])
         # Past the wait RunPod answers the job as it stands (IN_QUEUE / IN_PROGRESS).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.done.wait(), wait_ms / 1000)
@@ -524,7 +531,10 @@ class Emulator:
 
     def _job_or_404(self, request: web.Request) -> Job | web.Response:
         job = self.jobs.get(request.match_info["job_id"])
-        return job if job is not None else _error(404, "job not found")
+        # A job id is known only to the endpoint that took the job, as on RunPod.
+        if job is None or job.endpoint_id != request.match_info["endpoint_id"]:
+            return _error(404, "job not found")
+        return job
 
     async def handle_status(self, request: web.Request) -> web.Response:
         job = self._job_or_404(request)
@@ -566,13 +576,22 @@ class Emulator:
 
     async def handle_purge(self, request: web.Request) -> web.Response:
         removed = 0
+        endpoint = request.match_info["endpoint_id"]
+        # Other endpoints' queued jobs go back in their order (no await in between: no worker
+        # takes one meanwhile); stale entries are dropped as before.
+        kept: list[tuple[str, int]] = []
         while not self.queue.empty():
             job_id, generation = self.queue.get_nowait()
             job = self.jobs.get(job_id)
             if job is not None and job.status == IN_QUEUE and job.generation == generation:
+                if job.endpoint_id != endpoint:
+                    kept.append((job_id, generation))
+                    continue
                 # Purged jobs end CANCELLED rather than vanishing, so pollers see an end.
                 self._finish(job, CANCELLED)
                 removed += 1
+        for entry in kept:
+            self.queue.put_nowait(entry)
         return web.json_response({"removed": removed, "status": "completed"})
 
     def health(self) -> dict[str, Any]:
@@ -616,8 +635,9 @@ class Emulator:
             # Completed, failed, timed out or cancelled mid-run: the GPU ran, RunPod bills it.
             # A job that ends before it started (cancelled in queue, purged) is not billed.
             job.execution_ms = _ms(now - job.started_at)
-            self._bill(job.id, job.execution_ms)
+            self._bill(job, job.execution_ms)
         self.job_counts[status] += 1
+        self.endpoint_counts[job.endpoint_id][status] += 1
         if status == COMPLETED:
             self.ledger.succeeded(job.key)
         job.done.set()
@@ -632,8 +652,11 @@ class Emulator:
             self._webhook_tasks.add(task)
             task.add_done_callback(self._webhook_tasks.discard)
 
-    def _bill(self, job_id: str, execution_ms: int) -> None:
+    def _bill(self, job: Job, execution_ms: int) -> None:
         """Add one execution to the bill; a job rerun by ``/retry`` adds under the same id."""
+        job_id = job.id
+        self.endpoint_counts[job.endpoint_id]["billed_ms"] += execution_ms
+        self.endpoint_counts[job.endpoint_id]["billed_count"] += 1
         self.billed_ms += execution_ms
         self.billed_count += 1
         self.billed_jobs[job_id] = self.billed_jobs.pop(job_id, 0) + execution_ms
@@ -656,7 +679,7 @@ class Emulator:
             self.job_counts["TTL_EXPIRED"] += 1
             if job.started_at is not None:
                 # Deleted mid-run: no status will ever show it, but the GPU time was spent.
-                self._bill(job.id, _ms(asyncio.get_running_loop().time() - job.started_at))
+                self._bill(job, _ms(asyncio.get_running_loop().time() - job.started_at))
             if job.task is not None:
                 job.task.cancel()
         job.done.set()
@@ -884,6 +907,21 @@ class Emulator:
             "billed_count": self.billed_count,
             "billed_jobs": dict(self.billed_jobs),
             "ambiguous_jobs": list(self.ambiguous_jobs),
+            "endpoints": {
+                endpoint: {
+                    key: counts[key]
+                    for key in (
+                        "submitted",
+                        COMPLETED,
+                        FAILED,
+                        CANCELLED,
+                        TIMED_OUT,
+                        "billed_ms",
+                        "billed_count",
+                    )
+                }  # fmt: skip
+                for endpoint, counts in sorted(self.endpoint_counts.items())
+            },
             "webhooks": {
                 key: self.webhooks[key] for key in ("delivered", "failed", "dropped", "attempts")
             },
