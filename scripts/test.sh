@@ -51,6 +51,10 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export COMICGEN_TEST_REDIS_DIR="$RUN_DIR/redis"
 export MEDIA_ROOT="$RUN_DIR/media"
 export PYTHONUNBUFFERED=1
+# The test process itself keeps one connection per thread, no pool: tests kill connections under
+# it and open short-lived threads, and Django does not health-check a pooled connection a thread
+# already holds. The stack it starts pools, as in production (tests/conftest.py).
+export COMICGEN_DB_POOL_SIZE=0
 
 status=0
 if [ "$run_main" != 0 ]; then

@@ -123,6 +123,9 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
         "COMICGEN_PUBLIC_URL": web_url,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "DJANGO_SETTINGS_MODULE": "comicgen.settings",
+        # The real processes pool their connections, as in production (scripts/test.sh turns
+        # pooling off for the test process itself only).
+        "COMICGEN_DB_POOL_SIZE": "20",
     }
     beat_dir = tempfile.mkdtemp(prefix="comicgen-beat-")
     web = daphne(env, web_port).start()

@@ -215,7 +215,8 @@ def test_scripts_write_a_strong_random_key_file_once(tmp_path: Any) -> None:
 # `manage.py check --deploy` with docker-compose.yml's settings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
-_VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
+# Innermost first: a default may itself name a variable (`${ALLOWED_HOSTS:-${COMICGEN_DOMAIN}}`).
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}$]*))?\}")
 
 
 def compose_environment(variables: dict[str, str]) -> dict[str, str]:
@@ -229,19 +230,35 @@ def compose_environment(variables: dict[str, str]) -> dict[str, str]:
             raise LookupError(f"{name}: {argument}")
         return value or (argument if operator == ":-" else "")
 
+    def expand(value: str) -> str:
+        while (expanded := _VARIABLE.sub(substitute, value)) != value:
+            value = expanded
+        return value
+
     environment = yaml.safe_load(COMPOSE.read_text())["x-app"]["environment"]
-    return {key: _VARIABLE.sub(substitute, str(value)) for key, value in environment.items()}
+    return {key: expand(str(value)) for key, value in environment.items()}
 
 
-def test_docker_compose_requires_a_secret_key() -> None:
-    with pytest.raises(LookupError, match="SECRET_KEY"):
-        compose_environment({})
+# What an operator must put in .env (docker-compose.yml refuses to start without each).
+REQUIRED = {
+    "SECRET_KEY": STRONG_KEY,
+    "POSTGRES_PASSWORD": "0123456789abcdef",
+    "RUNPOD_API_KEY": "rp-key",
+    "COMICGEN_DOMAIN": "comicgen.example.com",
+    "ACME_EMAIL": "ops@example.com",
+}
+
+
+# ACME_EMAIL is the proxy's alone; the app's containers require the others.
+@pytest.mark.parametrize("missing", sorted(set(REQUIRED) - {"ACME_EMAIL"}))
+def test_docker_compose_refuses_to_start_the_app_without_a_required_setting(missing: str) -> None:
+    given = {name: value for name, value in REQUIRED.items() if name != missing}
+    with pytest.raises(LookupError, match=f"^{missing}:"):
+        compose_environment(given)
 
 
 def test_check_deploy_is_clean_with_the_docker_compose_settings(tmp_path: Any) -> None:
-    compose = compose_environment(
-        {"SECRET_KEY": STRONG_KEY, "ALLOWED_HOSTS": "comicgen.example.com"}
-    )
+    compose = compose_environment(REQUIRED)
     compose["MEDIA_ROOT"] = str(tmp_path / "media")  # the container's volume path
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
