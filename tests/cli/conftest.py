@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 
-from tests.factories import UserFactory
 from tests.support.processes import REPO_ROOT
 
 # Small, fast panels: the emulator's time is what the tests wait on.
@@ -64,10 +64,7 @@ class Cli:
 
 @pytest.fixture
 def author(live: Any) -> Any:
-    user = UserFactory(username="mara")
-    user.set_password("vault-door-42")
-    user.save(update_fields=["password"])
-    return user
+    return get_user_model().objects.create_user("mara", password="vault-door-42")
 
 
 @pytest.fixture
@@ -96,7 +93,7 @@ def cli(cli_env: Callable[[str | None], Cli], author: Any) -> Cli:
 
 
 @pytest.fixture
-def chapter(tmp_path: Path) -> Callable[[str], Path]:
+def chapter(tmp_path: Path) -> Callable[..., Path]:
     def write(text: str, name: str = "chapter-3.txt") -> Path:
         path = tmp_path / name
         path.write_text(text, encoding="utf-8")

@@ -43,7 +43,7 @@ def test_list_and_show_print_tables_and_json(cli: Cli, author: Any, live: Any) -
 
 
 def test_cancel_stops_a_running_batch(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     live.emulator.configure(latency=1.0, workers=1)
     path = chapter("\n".join(f"p{n}" for n in range(6)))

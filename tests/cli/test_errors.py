@@ -42,7 +42,7 @@ def test_no_token_at_all_exits_3(cli_env: Callable[[str | None], Cli], live: Any
 
 
 def test_a_batch_over_budget_exits_4_and_creates_nothing(
-    cli: Cli, chapter: Callable[[str], Path], author: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any
 ) -> None:
     Budget.objects.filter(pk=get_budget(author).pk).update(limit=Decimal("0.000001"))
 
@@ -54,7 +54,7 @@ def test_a_batch_over_budget_exits_4_and_creates_nothing(
 
 
 def test_invalid_panels_are_named_by_their_file_line(
-    cli: Cli, chapter: Callable[[str], Path], author: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any
 ) -> None:
     path = chapter("# comment\nfine\n\n99999999999 | bad seed\n" + "x" * 2001 + "\n")
 
@@ -81,7 +81,7 @@ def test_invalid_panels_are_named_by_their_file_line(
     ],
 )
 def test_usage_errors_exit_1(
-    args: list[str], message: str, cli: Cli, chapter: Callable[[str], Path]
+    args: list[str], message: str, cli: Cli, chapter: Callable[..., Path]
 ) -> None:
     empty = chapter("# only a comment\n\n", name="empty.txt")
     args = [str(empty) if arg == "EMPTY" else arg for arg in args]

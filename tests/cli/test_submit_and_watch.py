@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_submit_watch_follows_the_batch_live_and_exits_0_when_it_completes(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     live.emulator.configure(latency=0.2, workers=2)
     path = chapter(
@@ -54,7 +54,7 @@ def test_submit_watch_follows_the_batch_live_and_exits_0_when_it_completes(
 
 
 def test_a_batch_that_ends_partial_exits_2(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     path = chapter("panel one\ndoomed [fail:always]\n")
 
@@ -69,7 +69,7 @@ def test_a_batch_that_ends_partial_exits_2(
 
 
 def test_watch_json_prints_the_final_batch(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     path = chapter("doomed [fail:always]\n")
 
@@ -83,7 +83,7 @@ def test_watch_json_prints_the_final_batch(
 
 
 def test_ctrl_c_leaves_the_batch_running_and_watch_reattaches(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     live.emulator.configure(latency=0.4, workers=1)
     path = chapter("\n".join(f"panel {n}" for n in range(8)))
@@ -111,7 +111,7 @@ def test_ctrl_c_leaves_the_batch_running_and_watch_reattaches(
 
 
 def test_watch_falls_back_to_polling_when_the_socket_cannot_open(
-    cli: Cli, chapter: Callable[[str], Path], author: Any, live: Any, tmp_path: Path
+    cli: Cli, chapter: Callable[..., Path], author: Any, live: Any, tmp_path: Path
 ) -> None:
     live.emulator.configure(latency=0.5, workers=1)
     path = chapter("panel one\npanel two\npanel three\n")

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
-
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -75,9 +74,7 @@ def test_the_schema_documents_both_schemes() -> None:
 
 
 def test_a_user_gets_their_token_with_username_and_password() -> None:
-    user = UserFactory(username="mara")
-    user.set_password("vault-door-42")
-    user.save(update_fields=["password"])
+    user = get_user_model().objects.create_user("mara", password="vault-door-42")
 
     response = APIClient().post(
         TOKEN_URL, {"username": "mara", "password": "vault-door-42"}, format="json"
