@@ -194,7 +194,22 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "comicgen API",
-    "DESCRIPTION": "Submit chapters of comic panels, follow them, download the images.",
+    "DESCRIPTION": (
+        "Submit chapters of comic panels, follow them, download the images.\n\n"
+        "**Authentication.** Every call but `auth/token/` and `health/` needs your API token "
+        "(shown on the *API token* page, or from `POST /api/v1/auth/token/` with your username "
+        "and password) as `Authorization: Token <key>` or `Authorization: Bearer <key>`; the "
+        "browser's session works too.\n\n"
+        "**Live updates.** `ws(s)://<host>/ws/batches/<id>/` sends `batch.snapshot` on connect, "
+        "then `image.updated` and `batch.updated` events, each with a per-batch `seq` that only "
+        "grows. Authenticate with the same `Authorization` header, or `?token=<key>` where the "
+        "client cannot set headers (browsers); send an `Origin` header naming this server. A "
+        "missing or wrong token closes the socket with 4401 (the handshake is refused), another "
+        "user's batch with 4403. The events' `image_url` is a path on this server (the REST "
+        "answers give it absolute).\n\n"
+        "**Errors** are JSON `{\"code\", \"detail\"}` on every `/api/v1/` path, unknown "
+        "paths (404 `not_found`) and wrong methods (405 `method_not_allowed`) included."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The docs pages' JavaScript and CSS come from drf-spectacular-sidecar's static files, not a
