@@ -78,3 +78,36 @@ def submit_body(
     if cleaned_params:
         body["params"] = cleaned_params
     return body
+
+
+def serializer_messages(errors: Any) -> list[str]:
+    """Flatten DRF error details (lists, nested dicts) into plain messages."""
+    if isinstance(errors, dict):
+        return [message for value in errors.values() for message in serializer_messages(value)]
+    if isinstance(errors, list | tuple):
+        return [message for value in errors for message in serializer_messages(value)]
+    return [str(errors)]
+
+
+def error_lines(errors: Any, panels: list[PanelLine]) -> list[str]:
+    """The submit serializer's field errors (or the API's `fields`, the same shape in JSON) as
+    `where: message` lines, a panel's named by its line in the chapter file."""
+    if not isinstance(errors, dict):
+        return serializer_messages(errors)
+    lines: list[str] = []
+    for key, detail in errors.items():
+        if key == "images" and isinstance(detail, dict):
+            for index, panel_errors in detail.items():
+                position = int(index) if str(index).isdigit() else -1
+                where = (
+                    f"line {panels[position].line_number}"
+                    if 0 <= position < len(panels)
+                    else f"panel {index}"
+                )
+                lines.extend(f"{where}: {message}" for message in serializer_messages(panel_errors))
+        elif isinstance(detail, dict):
+            for name, value in detail.items():
+                lines.extend(f"{name}: {message}" for message in serializer_messages(value))
+        else:
+            lines.extend(f"{key}: {message}" for message in serializer_messages(detail))
+    return lines

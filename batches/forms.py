@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 
 from batches.api.serializers import DEFAULT_PARAMS, BatchSubmitSerializer
-from batches.chapter import PanelLine, parse_panels, submit_body
+from batches.chapter import PanelLine, parse_panels, serializer_messages, submit_body
 from batches.models import Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets import pricing
@@ -20,15 +20,6 @@ PANELS_HELP = (
     "To fix a panel's seed, start its line with the seed and a bar: "
     "<code>42 | Mara opens the vault door</code>."
 )
-
-
-def serializer_messages(errors: Any) -> list[str]:
-    """Flatten DRF error details (lists, nested dicts) into plain messages."""
-    if isinstance(errors, dict):
-        return [message for value in errors.values() for message in serializer_messages(value)]
-    if isinstance(errors, list | tuple):
-        return [message for value in errors for message in serializer_messages(value)]
-    return [str(errors)]
 
 
 class BatchForm(forms.Form):

@@ -29,7 +29,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from batches.chapter import PanelLine, parse_panels, submit_body
+from batches.chapter import error_lines, parse_panels, submit_body
 from comicgen_cli import config
 from comicgen_cli.client import Api, CliError, ExitCode
 from comicgen_cli.watch import BatchState, Watcher
@@ -120,33 +120,6 @@ def read_chapter(name: str) -> str:
         raise click.UsageError(f"Cannot read {name}: {error}") from None
 
 
-def field_messages(fields: Any, panels: list[PanelLine]) -> list[str]:
-    """The API's field errors as lines a person can act on; a panel's name its file line."""
-    lines: list[str] = []
-
-    def flatten(value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [message for item in value.values() for message in flatten(item)]
-        if isinstance(value, list):
-            return [message for item in value for message in flatten(item)]
-        return [str(value)]
-
-    if not isinstance(fields, dict):
-        return flatten(fields)
-    for key, detail in fields.items():
-        if key == "images" and isinstance(detail, dict):
-            for index, errors in detail.items():
-                where = (
-                    f"line {panels[int(index)].line_number}"
-                    if str(index).isdigit() and int(index) < len(panels)
-                    else f"panel {index}"
-                )
-                lines.extend(f"{where}: {message}" for message in flatten(errors))
-        else:
-            lines.extend(f"{key}: {message}" for message in flatten(detail))
-    return lines
-
-
 @cli.command()
 @click.argument("file")
 @click.option("--title", default="", help="Default: the file's name.")
@@ -192,7 +165,7 @@ def submit(
     except CliError as error:
         if error.data.get("code") == "invalid":
             error.message = "\n  ".join(
-                ["The batch was refused:", *field_messages(error.data.get("fields"), panels)]
+                ["The batch was refused:", *error_lines(error.data.get("fields"), panels)]
             )
         raise
     total = batch["counts"]["total"]

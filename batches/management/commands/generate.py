@@ -24,7 +24,7 @@ from django.urls import reverse
 
 from batches import events, services
 from batches.api.serializers import BatchSubmitSerializer
-from batches.forms import parse_panels, serializer_messages, submit_body
+from batches.chapter import error_lines, parse_panels, submit_body
 from batches.models import Batch, BatchStatus, ImageStatus
 from budgets.services import BudgetExceeded
 from comicgen_cli.watch import BatchState
@@ -97,7 +97,8 @@ class Command(BaseCommand):
         )
         serializer = BatchSubmitSerializer(data=body)
         if not serializer.is_valid():
-            raise CommandError("Invalid batch:\n" + self._errors(serializer.errors, panels))
+            lines = error_lines(serializer.errors, panels)
+            raise CommandError("Invalid batch:\n" + "\n".join(f"  {line}" for line in lines))
         try:
             batch = services.submit_batch(
                 user, serializer.validated_data, serializer.resolved_images()
@@ -129,22 +130,6 @@ class Command(BaseCommand):
             return Path(name).read_text(encoding="utf-8")
         except OSError as error:
             raise CommandError(f"Cannot read {name}: {error.strerror}") from None
-
-    def _errors(self, errors: dict[str, Any], panels: list[Any]) -> str:
-        """Serializer errors as `  where: message` lines; panel errors name their file line."""
-        lines = []
-        for key, detail in errors.items():
-            if key == "images" and isinstance(detail, dict):
-                for index, panel_errors in detail.items():
-                    line = panels[int(index)].line_number
-                    for message in serializer_messages(panel_errors):
-                        lines.append(f"  line {line}: {message}")
-            elif isinstance(detail, dict):
-                for name, value in detail.items():
-                    lines.extend(f"  {name}: {message}" for message in serializer_messages(value))
-            else:
-                lines.extend(f"  {key}: {message}" for message in serializer_messages(detail))
-        return "\n".join(lines)
 
     def _summary(self, batch_id: int, base: str) -> None:
         batch = Batch.objects.get(pk=batch_id)
