@@ -68,7 +68,9 @@ class BatchState:
         self.eta_seconds = float(eta) if isinstance(eta, int | float) else None
         if "images" in batch:
             self.image_costs = {
-                int(image["id"]): _decimal(image.get("cost")) for image in batch["images"]
+                image["id"]: _decimal(image.get("cost"))
+                for image in batch["images"]
+                if isinstance(image, dict) and isinstance(image.get("id"), int)
             }
 
     def apply(self, event: dict[str, Any]) -> bool:
@@ -84,9 +86,10 @@ class BatchState:
         self.seq = seq
         if isinstance(event.get("counts"), dict):
             self.counts = dict(event["counts"])
-        if kind == "image.updated" and isinstance(event.get("image"), dict):
-            image = event["image"]
-            self.image_costs[int(image["id"])] = _decimal(image.get("cost"))
+        image = event.get("image")
+        if kind == "image.updated" and isinstance(image, dict):
+            if isinstance(image.get("id"), int):
+                self.image_costs[image["id"]] = _decimal(image.get("cost"))
             if self.status == "queued":
                 self.status = "running"
         elif kind == "batch.updated":
