@@ -207,7 +207,7 @@ SPECTACULAR_SETTINGS = {
         "missing or wrong token closes the socket with 4401 (the handshake is refused), another "
         "user's batch with 4403. The events' `image_url` is a path on this server (the REST "
         "answers give it absolute).\n\n"
-        "**Errors** are JSON `{\"code\", \"detail\"}` on every `/api/v1/` path, unknown "
+        '**Errors** are JSON `{"code", "detail"}` on every `/api/v1/` path, unknown '
         "paths (404 `not_found`) and wrong methods (405 `method_not_allowed`) included."
     ),
     "VERSION": "1.0.0",
