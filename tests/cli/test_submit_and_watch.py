@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from batches.models import Batch, BatchStatus
 from tests.cli.conftest import PARAMS, Cli
@@ -30,9 +31,13 @@ def test_submit_watch_follows_the_batch_live_and_exits_0_when_it_completes(
     )
 
     result = cli.run("submit", str(path), "--watch", "--priority", "low", *PARAMS)
+    exited = timezone.now()
 
     assert result.returncode == 0, result.stderr
     batch = Batch.objects.get(user=author)
+    # The figure the issue cares about: how long after the batch ended the watcher knew.
+    print(f"CLI exited {(exited - batch.finished_at).total_seconds() * 1000:.0f} ms after "
+          "the batch finished")  # fmt: skip
     assert batch.status == BatchStatus.COMPLETED
     assert batch.title == "chapter-3"
     assert batch.priority == "low"
