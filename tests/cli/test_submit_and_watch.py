@@ -65,7 +65,7 @@ def test_a_batch_that_ends_partial_exits_2(
 
     result = cli.run("submit", str(path), "--watch", *PARAMS)
 
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     batch = Batch.objects.get(user=author)
     assert batch.status == BatchStatus.PARTIAL
     assert f"Batch {batch.pk} partial: 1 completed, 1 failed" in result.stdout
@@ -80,7 +80,7 @@ def test_watch_json_prints_the_final_batch(
 
     result = cli.run("submit", str(path), "--watch", "--json", *PARAMS)
 
-    assert result.returncode == 2
+    assert result.returncode == 1
     batch = json.loads(result.stdout)
     assert batch["status"] == "failed"
     assert batch["counts"]["failed"] == 1
