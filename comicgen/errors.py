@@ -12,10 +12,14 @@ import math
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.http import Http404
+from django.urls import Resolver404, resolve
 from rest_framework import exceptions, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import APIView, exception_handler
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             },
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+    # Django's own exceptions, as DRF would turn them, but with their codes (`not_found`,
+    # `permission_denied`) rather than the `error` an Http404 has no code for.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(
+            "Nothing here: it does not exist, or it is not yours."
+            if not exc.args or "matches the given query" in str(exc.args[0])
+            else str(exc.args[0])
+        )
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -73,3 +87,29 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     )
     response.data = {"code": str(code), "detail": str(detail)}
     return response
+
+
+class ApiNotFoundView(APIView):
+    """Every /api/v1/ path no route matches, whatever the method: the API's JSON 404, never
+    Django's HTML page. Open to anyone (it reveals nothing), and it names the path with a
+    trailing slash when that one exists, since the API's paths all end with one."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+    throttle_classes: list[type] = []
+    schema = None  # not an operation of the API
+
+    def not_found(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        path = request.path
+        detail = f"No API endpoint at {path[:200]}; see /api/v1/docs/ for the list."
+        if not path.endswith("/"):
+            try:
+                match = resolve(path + "/")
+            except Resolver404:
+                match = None
+            if match is not None and getattr(match.func, "view_class", None) is not ApiNotFoundView:
+                detail = f"No API endpoint at {path[:200]}; did you mean {path[:200]}/ ?"
+        raise exceptions.NotFound(detail)
+
+    # Every method lands here: a path that does not exist has no methods to list in a 405.
+    get = post = put = patch = delete = head = options = trace = not_found

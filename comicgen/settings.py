@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc as static files: the docs load offline
     "channels",
     "django_htmx",
     "template_partials",
@@ -196,7 +197,9 @@ CELERY_TASK_DEFAULT_QUEUE = "normal"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # `Token <key>` and `Bearer <key>`, the same tokens (comicgen/authentication.py).
+        "comicgen.authentication.TokenAuthentication",
+        "comicgen.authentication.BearerAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -210,9 +213,30 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "comicgen API",
-    "DESCRIPTION": "Submit chapters of comic panels, follow them, download the images.",
+    "DESCRIPTION": (
+        "Submit chapters of comic panels, follow them, download the images.\n\n"
+        "**Authentication.** Every call but `auth/token/` and `health/` needs your API token "
+        "(shown on the *API token* page, or from `POST /api/v1/auth/token/` with your username "
+        "and password) as `Authorization: Token <key>` or `Authorization: Bearer <key>`; the "
+        "browser's session works too.\n\n"
+        "**Live updates.** `ws(s)://<host>/ws/batches/<id>/` sends `batch.snapshot` on connect, "
+        "then `image.updated` and `batch.updated` events, each with a per-batch `seq` that only "
+        "grows. Authenticate with the same `Authorization` header, or `?token=<key>` where the "
+        "client cannot set headers (browsers); send an `Origin` header naming this server. A "
+        "missing or wrong token closes the socket with 4401 (the handshake is refused), another "
+        "user's batch with 4403. The events' `image_url` is a path on this server (the REST "
+        "answers give it absolute).\n\n"
+        '**Errors** are JSON `{"code", "detail"}` on every `/api/v1/` path, unknown '
+        "paths (404 `not_found`) and wrong methods (405 `method_not_allowed`) included."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The docs pages' JavaScript and CSS come from drf-spectacular-sidecar's static files, not a
+    # CDN: /api/v1/docs/ and /api/v1/redoc/ work with no internet access, pinned to the version
+    # installed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Batches and images both have a `status`: give each choice set its own schema name.
     "ENUM_NAME_OVERRIDES": {
         "BatchStatusEnum": "batches.models.BatchStatus",
@@ -226,6 +250,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 
 # s/min/hour/day. Read at each request (batches/api/throttles.py), counted in the shared cache.
 COMICGEN_THROTTLE_SUBMIT = env_rate("COMICGEN_THROTTLE_SUBMIT", "30/min")
 COMICGEN_THROTTLE_ESTIMATE = env_rate("COMICGEN_THROTTLE_ESTIMATE", "120/min")
+# Per client address, on POST /api/v1/auth/token/ (username + password): password guessing.
+COMICGEN_THROTTLE_LOGIN = env_rate("COMICGEN_THROTTLE_LOGIN", "10/min")
 
 # Throttle counters (and any other cache use) live in Redis so every web process shares them.
 # The prefix keeps them apart from Celery's and Channels' keys in the same database.

@@ -2,17 +2,24 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import URLPattern, URLResolver, include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.urls import URLPattern, URLResolver, include, path, re_path
+from drf_spectacular.views import SpectacularAPIView
 
+from comicgen.api_tokens import ObtainTokenView, api_token_page
+from comicgen.docs import RedocView, SwaggerView
+from comicgen.errors import ApiNotFoundView
 from comicgen.views import HealthView
 
 api_v1: list[URLPattern | URLResolver] = [
     path("health/", HealthView.as_view(), name="health"),
+    path("auth/token/", ObtainTokenView.as_view(), name="api-auth-token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("docs/", SwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("redoc/", RedocView.as_view(url_name="schema"), name="api-redoc"),
     path("", include("budgets.api.urls")),
     path("", include("batches.api.urls")),
+    # Last: whatever no route above matches answers the API's JSON 404, not an HTML page.
+    re_path(r"^.*$", ApiNotFoundView.as_view(), name="api-not-found"),
 ]
 
 urlpatterns = [
@@ -21,6 +28,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("monitoring.urls")),
+    path("account/api-token/", api_token_page, name="api-token"),
     path("", include("batches.urls")),
 ]
 

@@ -162,8 +162,13 @@ class ImageJobSerializer(serializers.ModelSerializer):
         ]
 
     def get_image_url(self, image: ImageJob) -> str | None:
-        """Signed and expiring (batches.panels): it works without headers, for a while."""
-        return panels.panel_url(image)
+        """Signed and expiring (batches.panels): it works without headers, for a while.
+        Absolute when serialized for a request (the API's answers); pushed events have no
+        request and carry the path alone, which the pages and the CLI resolve against the
+        server they talk to."""
+        url = panels.panel_url(image)
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if url and request is not None else url
 
 
 class BatchSummarySerializer(serializers.ModelSerializer):

@@ -119,7 +119,7 @@ class BatchListView(ListAPIView):
         batch = batch_with_images(submission.batch.pk)
         location = request.build_absolute_uri(f"/api/v1/batches/{batch.pk}/")
         return Response(
-            BatchSerializer(batch).data,
+            BatchSerializer(batch, context={"request": request}).data,
             status=status.HTTP_202_ACCEPTED if submission.created else status.HTTP_200_OK,
             headers={"Location": location},
         )
@@ -146,7 +146,9 @@ class BatchDetailView(APIView):
     def get(self, request: Request, batch_id: int) -> Response:
         """One batch with every image, in panel order."""
         batch = get_user_batch(request, batch_id)
-        return Response(BatchSerializer(batch_with_images(batch.pk)).data)
+        return Response(
+            BatchSerializer(batch_with_images(batch.pk), context={"request": request}).data
+        )
 
 
 class BatchCancelView(APIView):

@@ -165,7 +165,8 @@ def test_the_api_image_url_works_without_any_credentials(owner: Any, panel: Imag
 
     response = Client().get(image_url)
 
-    assert image_url.startswith(f"/panels/{panel.pk}.png?sig=")
+    # Absolute in the API's answers, so a client can hand it to any downloader as it is.
+    assert image_url.startswith(f"http://testserver/panels/{panel.pk}.png?sig=")
     assert response.status_code == 200
     assert body(response) == png_bytes()
     max_age = f"max-age={settings.COMICGEN_PANEL_URL_MAX_AGE}"

@@ -157,3 +157,41 @@ def test_watch_exits_with_1_when_the_batch_fails(live: Any, user: Any, tmp_path:
 
     assert exit_info.value.code == 1
     assert Batch.objects.get(user=user).status == BatchStatus.FAILED
+
+
+@pytest.mark.django_db
+def test_it_says_panel_for_one_and_keeps_the_services_info_lines_out(
+    tmp_path: Path, user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    chapter = tmp_path / "one.txt"
+    chapter.write_text("a single splash panel\n")
+    out = StringIO()
+
+    with caplog.at_level("INFO"):
+        call_command("generate", str(chapter), "--user", user.username, stdout=out)
+
+    assert "1 panel, estimated" in out.getvalue()
+    assert "1 panels" not in out.getvalue()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == []
+    # -v 2 shows them, for whoever wants to see what the services did.
+    with caplog.at_level("INFO"):
+        call_command("generate", str(chapter), "--user", user.username, "-v", "2", stdout=out)
+    assert any("submitted" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
+def test_watch_shows_the_cost_growing_while_the_batch_runs(
+    live: Any, user: Any, tmp_path: Path
+) -> None:
+    live.emulator.configure(latency=0.5, workers=1)
+    chapter = tmp_path / "slow.txt"
+    chapter.write_text("one\ntwo\nthree\n")
+    out = StringIO()
+
+    call_command("generate", str(chapter), "--user", user.username, "--watch", stdout=out)
+
+    batch = Batch.objects.get(user=user)
+    assert batch.status == BatchStatus.COMPLETED
+    running = [line for line in out.getvalue().split("\r") if "· running" in line]
+    costs = [Decimal(line.split(" · ")[1].split()[0]) for line in running]
+    assert any(Decimal(0) < cost < batch.actual_cost for cost in costs), running

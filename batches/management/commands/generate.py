@@ -8,6 +8,7 @@ follows the batch live from the same events the pages get, straight from the cha
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 
 from batches import events, services
 from batches.api.serializers import BatchSubmitSerializer
-from batches.forms import parse_panels, serializer_messages, submit_body
-from batches.models import BATCH_TERMINAL, Batch, BatchStatus, ImageStatus
+from batches.chapter import error_lines, parse_panels, submit_body
+from batches.models import Batch, BatchStatus, ImageStatus
 from budgets.services import BudgetExceeded
+from comicgen_cli.watch import BatchState
 
 # With no event for this long, the counts are re-read from PostgreSQL: channel layer delivery
 # is at most once, so a lost event must not leave the bar (or the ending) stuck.
@@ -58,6 +61,16 @@ class Command(BaseCommand):
         parser.add_argument("--watch", action="store_true", help="Follow the batch until done.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The command prints what happened itself; the services' INFO log lines ("batch 12
+        # submitted: ...") would only repeat it, mid-progress-bar. -v 2 shows them.
+        if options["verbosity"] < 2:
+            logging.disable(logging.INFO)
+        try:
+            self._generate(options)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def _generate(self, options: dict[str, Any]) -> None:
         user = get_user_model().objects.filter(username=options["user"]).first()
         if user is None:
             raise CommandError(f"No user named {options['user']!r}.")
@@ -84,7 +97,8 @@ class Command(BaseCommand):
         )
         serializer = BatchSubmitSerializer(data=body)
         if not serializer.is_valid():
-            raise CommandError("Invalid batch:\n" + self._errors(serializer.errors, panels))
+            lines = error_lines(serializer.errors, panels)
+            raise CommandError("Invalid batch:\n" + "\n".join(f"  {line}" for line in lines))
         try:
             batch = services.submit_batch(
                 user, serializer.validated_data, serializer.resolved_images()
@@ -94,7 +108,8 @@ class Command(BaseCommand):
 
         base = options["base_url"].rstrip("/")
         self.stdout.write(
-            f"Batch {batch.pk} submitted: “{batch.title}”, {len(panels)} panels, "
+            f"Batch {batch.pk} submitted: “{batch.title}”, {len(panels)} "
+            f"panel{pluralize(len(panels))}, "
             f"estimated {batch.estimated_cost:.4f} {batch.currency}.\n"
             f"  Follow it at {base}{reverse('batch-detail', args=[batch.pk])}"
         )
@@ -115,22 +130,6 @@ class Command(BaseCommand):
             return Path(name).read_text(encoding="utf-8")
         except OSError as error:
             raise CommandError(f"Cannot read {name}: {error.strerror}") from None
-
-    def _errors(self, errors: dict[str, Any], panels: list[Any]) -> str:
-        """Serializer errors as `  where: message` lines; panel errors name their file line."""
-        lines = []
-        for key, detail in errors.items():
-            if key == "images" and isinstance(detail, dict):
-                for index, panel_errors in detail.items():
-                    line = panels[int(index)].line_number
-                    for message in serializer_messages(panel_errors):
-                        lines.append(f"  line {line}: {message}")
-            elif isinstance(detail, dict):
-                for name, value in detail.items():
-                    lines.extend(f"  {name}: {message}" for message in serializer_messages(value))
-            else:
-                lines.extend(f"  {key}: {message}" for message in serializer_messages(detail))
-        return "\n".join(lines)
 
     def _summary(self, batch_id: int, base: str) -> None:
         batch = Batch.objects.get(pk=batch_id)
@@ -154,17 +153,19 @@ class Command(BaseCommand):
 
 class Watcher:
     """Follows one batch: joins its group on the channel layer, resyncs from PostgreSQL, then
-    draws a progress line from the events until the batch is terminal."""
+    draws a progress line from the events until the batch is terminal. What it knows of the
+    batch is the CLI's BatchState, fed the same events: among them each panel's cost, so the
+    running cost shows as panels are charged, not only once the batch ends."""
 
     def __init__(self, batch_id: int, out: Any) -> None:
         """`out` is the command's OutputWrapper (its `ending` lets a line be redrawn)."""
         self.batch_id = batch_id
         self.out = out
-        self.seq = -1
-        self.status = ""
-        self.counts: dict[str, int] = {}
-        self.cost = "0"
-        self.currency = "USD"
+        self.state = BatchState(batch_id)
+
+    @property
+    def status(self) -> str:
+        return self.state.status
 
     async def run(self) -> str:
         layer = get_channel_layer()
@@ -174,15 +175,16 @@ class Watcher:
         await layer.group_add(group, channel)
         try:
             await self.resync()
-            while self.status not in _TERMINAL:
+            while not self.state.finished:
                 try:
                     message = await asyncio.wait_for(layer.receive(channel), RESYNC_SECONDS)
                 except TimeoutError:
                     await self.resync()
                     continue
                 for event in message.get("events", []):
-                    self.apply(event)
-                if self.status in _TERMINAL:
+                    if self.state.apply(event):
+                        self.draw()
+                if self.state.finished:
                     # The event says so; the database is the truth (and has the final cost).
                     await self.resync()
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -196,27 +198,11 @@ class Watcher:
         return self.status
 
     async def resync(self) -> None:
-        state = await _read_state(self.batch_id)
-        self.seq = max(self.seq, state["seq"])
-        self.status, self.counts = state["status"], state["counts"]
-        self.cost, self.currency = state["cost"], state["currency"]
-        self.draw()
-
-    def apply(self, event: dict[str, Any]) -> None:
-        seq = event.get("seq", 0)
-        if seq <= self.seq:
-            return  # older than what is shown
-        self.seq = seq
-        self.counts = event.get("counts", self.counts)
-        if event.get("type") == "batch.updated":
-            self.status = event["status"]
-            self.cost = event.get("actual_cost", self.cost)
-        elif event.get("type") == "image.updated" and self.status == BatchStatus.QUEUED:
-            self.status = BatchStatus.RUNNING
+        self.state.load(await _read_state(self.batch_id))
         self.draw()
 
     def draw(self) -> None:
-        counts = self.counts
+        counts = self.state.counts
         total = counts.get("total", 0) or 1
         completed = counts.get(ImageStatus.COMPLETED, 0)
         failed = counts.get(ImageStatus.FAILED, 0) + counts.get(ImageStatus.CANCELLED, 0)
@@ -229,13 +215,11 @@ class Watcher:
         bar = "█" * filled + "x" * broken + "·" * max(0, BAR_WIDTH - filled - broken)
         line = (
             f"\r[{bar}] {completed}/{counts.get('total', 0)} done, {failed} failed, "
-            f"{active} rendering · {float(self.cost):.4f} {self.currency} · {self.status:<9}"
+            f"{active} rendering · {self.state.cost:.4f} {self.state.currency} · "
+            f"{self.status:<9}"
         )
         self.out.write(line, ending="")
         self.out.flush()
-
-
-_TERMINAL = {str(status) for status in BATCH_TERMINAL}
 
 
 @database_sync_to_async
@@ -245,6 +229,6 @@ def _read_state(batch_id: int) -> dict[str, Any]:
         "seq": batch.seq,
         "status": batch.status,
         "counts": batch.status_counts(),
-        "cost": str(batch.actual_cost),
+        "actual_cost": str(batch.actual_cost),
         "currency": batch.currency,
     }
