@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any, cast
 
 import factory
 from django.contrib.auth import get_user_model
@@ -102,3 +103,13 @@ class ImageJobFactory(factory.django.DjangoModelFactory):
         cancelled = factory.Trait(
             status=ImageStatus.CANCELLED, error="Cancelled.", finished_at=factory.LazyFunction(now)
         )
+
+
+def make_batch(**traits: Any) -> Batch:
+    """BatchFactory, typed as the model it returns."""
+    return cast(Batch, BatchFactory(**traits))
+
+
+def make_image(**traits: Any) -> ImageJob:
+    """ImageJobFactory, typed as the model it returns."""
+    return cast(ImageJob, ImageJobFactory(**traits))

@@ -9,14 +9,14 @@ import pytest
 from django.db.models import F
 
 from batches.models import ImageJob, ImageStatus
-from tests.factories import BatchFactory, ImageJobFactory
+from tests.factories import make_batch, make_image
 
 pytestmark = pytest.mark.django_db
 
 
 def test_only_submitted_images_whose_job_started_are_marked_running() -> None:
-    image = ImageJobFactory(on_runpod=True)
-    already = ImageJobFactory(running=True, batch=image.batch)
+    image = make_image(on_runpod=True)
+    already = make_image(running=True, batch=image.batch)
 
     changed = ImageJob.objects.mark_running(
         [(image.pk, "wrong-job"), (already.pk, already.runpod_job_id)]
@@ -27,7 +27,7 @@ def test_only_submitted_images_whose_job_started_are_marked_running() -> None:
 
 
 def test_an_attempt_ends_once_whoever_reports_it_first() -> None:
-    image = ImageJobFactory(running=True)
+    image = make_image(running=True)
     job = image.runpod_job_id
 
     assert ImageJob.objects.end_attempt(image.pk, 1, job, status=ImageStatus.COMPLETED)
@@ -38,7 +38,7 @@ def test_an_attempt_ends_once_whoever_reports_it_first() -> None:
 
 
 def test_an_attempt_is_not_ended_by_a_report_on_another_job_or_attempt() -> None:
-    image = ImageJobFactory(running=True)
+    image = make_image(running=True)
 
     assert not ImageJob.objects.end_attempt(image.pk, 1, "another-job", status="completed")
     assert not ImageJob.objects.end_attempt(image.pk, 2, image.runpod_job_id, status="completed")
@@ -46,7 +46,7 @@ def test_an_attempt_is_not_ended_by_a_report_on_another_job_or_attempt() -> None
 
 
 def test_an_attempt_whose_job_was_never_learned_ends_by_its_empty_job_id() -> None:
-    image = ImageJobFactory(submitted=True)
+    image = make_image(submitted=True)
     assert ImageJob.objects.end_attempt(
         image.pk, 1, "", status=ImageStatus.RETRYING,
         attempts_before_retry=F("attempts_before_retry") + 1,
@@ -58,8 +58,8 @@ def test_an_attempt_whose_job_was_never_learned_ends_by_its_empty_job_id() -> No
 
 
 def test_an_image_without_a_job_ends_once_and_an_image_with_one_does_not() -> None:
-    image = ImageJobFactory(submitted=True)
-    on_runpod = ImageJobFactory(on_runpod=True, batch=image.batch)
+    image = make_image(submitted=True)
+    on_runpod = make_image(on_runpod=True, batch=image.batch)
 
     assert ImageJob.objects.end_without_job(image.pk, 1, ImageStatus.FAILED, "refused")
     assert not ImageJob.objects.end_without_job(image.pk, 1, ImageStatus.CANCELLED, "again")
@@ -70,12 +70,12 @@ def test_an_image_without_a_job_ends_once_and_an_image_with_one_does_not() -> No
 
 
 def test_cancel_waiting_cancels_only_the_batchs_images_without_a_job() -> None:
-    batch = BatchFactory(running=True)
-    pending = ImageJobFactory(batch=batch)
-    retrying = ImageJobFactory(batch=batch, retrying=True)
-    on_runpod = ImageJobFactory(batch=batch, on_runpod=True)
-    completed = ImageJobFactory(batch=batch, completed=True)
-    elsewhere = ImageJobFactory()
+    batch = make_batch(running=True)
+    pending = make_image(batch=batch)
+    retrying = make_image(batch=batch, retrying=True)
+    on_runpod = make_image(batch=batch, on_runpod=True)
+    completed = make_image(batch=batch, completed=True)
+    elsewhere = make_image()
 
     cancelled = ImageJob.objects.cancel_waiting(batch.pk, "Cancelled by the user.")
 
@@ -88,10 +88,10 @@ def test_cancel_waiting_cancels_only_the_batchs_images_without_a_job() -> None:
 
 
 def test_a_retry_reopens_failed_and_cancelled_images_with_a_fresh_attempt_limit() -> None:
-    batch = BatchFactory(failed=True)
-    failed = ImageJobFactory(batch=batch, failed=True, hold=Decimal("0.1"))
-    cancelled = ImageJobFactory(batch=batch, cancelled=True)
-    completed = ImageJobFactory(batch=batch, completed=True)
+    batch = make_batch(failed=True)
+    failed = make_image(batch=batch, failed=True, hold=Decimal("0.1"))
+    cancelled = make_image(batch=batch, cancelled=True)
+    completed = make_image(batch=batch, completed=True)
 
     assert ImageJob.objects.reopen_for_retry([failed.pk, cancelled.pk, completed.pk]) == 2
     failed.refresh_from_db()
@@ -101,7 +101,7 @@ def test_a_retry_reopens_failed_and_cancelled_images_with_a_fresh_attempt_limit(
 
 
 def test_each_image_is_stamped_with_its_own_event_number() -> None:
-    first = ImageJobFactory()
-    second = ImageJobFactory(batch=first.batch)
+    first = make_image()
+    second = make_image(batch=first.batch)
     ImageJob.objects.stamp_seqs({first.pk: 11, second.pk: 12})
     assert dict(ImageJob.objects.values_list("pk", "seq")) == {first.pk: 11, second.pk: 12}

@@ -9,15 +9,15 @@ import pytest
 from django.utils import timezone
 
 from batches.models import ImageJob, ImageStatus
-from tests.factories import ImageJobFactory
+from tests.factories import make_image
 
 pytestmark = pytest.mark.django_db
 HOLD = Decimal("0.004")
 
 
 def test_a_claim_starts_the_next_attempt_of_waiting_images_with_their_hold() -> None:
-    pending = ImageJobFactory()
-    retrying = ImageJobFactory(retrying=True, batch=pending.batch)
+    pending = make_image()
+    retrying = make_image(retrying=True, batch=pending.batch)
 
     won = ImageJob.objects.claim_attempts([(pending, HOLD), (retrying, Decimal("0.002"))])
 
@@ -31,7 +31,7 @@ def test_a_claim_starts_the_next_attempt_of_waiting_images_with_their_hold() -> 
 
 
 def test_a_claim_loses_for_an_image_another_runner_moved_since_it_was_read() -> None:
-    image = ImageJobFactory()
+    image = make_image()
     stale = ImageJob.objects.get(pk=image.pk)
     assert ImageJob.objects.claim_attempts([(image, HOLD)]) == [image.pk]
 
@@ -41,9 +41,9 @@ def test_a_claim_loses_for_an_image_another_runner_moved_since_it_was_read() -> 
 
 
 def test_a_claim_never_starts_an_image_that_holds_a_job_or_has_ended() -> None:
-    on_runpod = ImageJobFactory(on_runpod=True)
-    completed = ImageJobFactory(completed=True, batch=on_runpod.batch)
-    cancelled = ImageJobFactory(cancelled=True, batch=on_runpod.batch)
+    on_runpod = make_image(on_runpod=True)
+    completed = make_image(completed=True, batch=on_runpod.batch)
+    cancelled = make_image(cancelled=True, batch=on_runpod.batch)
     # Read as waiting (a stale copy): the row says otherwise.
     for image in (on_runpod, completed, cancelled):
         image.status = ImageStatus.PENDING
@@ -55,14 +55,14 @@ def test_a_claim_never_starts_an_image_that_holds_a_job_or_has_ended() -> None:
 
 
 def test_a_claim_clears_a_job_a_webhook_named_for_an_earlier_attempt() -> None:
-    image = ImageJobFactory(retrying=True, webhook_job_id="job-of-attempt-1")
+    image = make_image(retrying=True, webhook_job_id="job-of-attempt-1")
     ImageJob.objects.claim_attempts([(image, HOLD)])
     assert ImageJob.objects.get(pk=image.pk).webhook_job_id == ""
 
 
 def test_the_job_id_is_recorded_once_and_only_for_the_attempt_that_ran_it() -> None:
-    image = ImageJobFactory(submitted=True)
-    other = ImageJobFactory(submitted=True, batch=image.batch)
+    image = make_image(submitted=True)
+    other = make_image(submitted=True, batch=image.batch)
 
     rows = [(image.pk, 1, "job-a"), (other.pk, 2, "job-b")]  # `other` is on attempt 1, not 2
     assert ImageJob.objects.record_jobs(rows) == [image.pk]
@@ -72,7 +72,7 @@ def test_the_job_id_is_recorded_once_and_only_for_the_attempt_that_ran_it() -> N
 
 
 def test_a_claim_whose_run_never_reached_runpod_is_given_back() -> None:
-    image = ImageJobFactory(submitted=True)
+    image = make_image(submitted=True)
     retry_at = timezone.now() + timedelta(seconds=5)
 
     assert ImageJob.objects.give_back_attempt(image.pk, 1, ImageStatus.RETRYING, retry_at)
@@ -81,5 +81,5 @@ def test_a_claim_whose_run_never_reached_runpod_is_given_back() -> None:
     assert image.next_attempt_at == retry_at
     # Only once, and never for an attempt that has a job.
     assert not ImageJob.objects.give_back_attempt(image.pk, 1, ImageStatus.RETRYING, retry_at)
-    on_runpod = ImageJobFactory(on_runpod=True, batch=image.batch)
+    on_runpod = make_image(on_runpod=True, batch=image.batch)
     assert not ImageJob.objects.give_back_attempt(on_runpod.pk, 1, ImageStatus.PENDING, retry_at)

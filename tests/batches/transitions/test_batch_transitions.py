@@ -8,13 +8,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from batches.models import Batch, BatchStatus, ImageJob
-from tests.factories import BatchFactory, ImageJobFactory, UserFactory
+from tests.factories import UserFactory, make_batch, make_image
 
 pytestmark = pytest.mark.django_db
 
 
 def test_a_queued_batch_starts_once() -> None:
-    batch = BatchFactory()
+    batch = make_batch()
     assert Batch.objects.start(batch.pk)
     assert not Batch.objects.start(batch.pk)
     batch.refresh_from_db()
@@ -23,8 +23,8 @@ def test_a_queued_batch_starts_once() -> None:
 
 
 def test_a_cancel_is_requested_only_of_an_unfinished_batch() -> None:
-    running = BatchFactory(running=True)
-    done = BatchFactory(completed=True)
+    running = make_batch(running=True)
+    done = make_batch(completed=True)
 
     assert Batch.objects.request_cancel(running.pk, "Stop.")
     assert not Batch.objects.request_cancel(done.pk, "Stop.")
@@ -34,7 +34,7 @@ def test_a_cancel_is_requested_only_of_an_unfinished_batch() -> None:
 
 
 def test_exactly_one_caller_claims_a_batchs_finish() -> None:
-    batch = BatchFactory(running=True)
+    batch = make_batch(running=True)
     assert Batch.objects.claim_finish(batch.pk, BatchStatus.COMPLETED)
     assert not Batch.objects.claim_finish(batch.pk, BatchStatus.FAILED)
     batch.refresh_from_db()
@@ -43,7 +43,7 @@ def test_exactly_one_caller_claims_a_batchs_finish() -> None:
 
 
 def test_a_finished_batch_reopens_only_from_the_status_the_caller_saw() -> None:
-    batch = BatchFactory(failed=True, cancel_reason="Stop.")
+    batch = make_batch(failed=True, cancel_reason="Stop.")
 
     assert not Batch.objects.reopen(batch.pk, BatchStatus.COMPLETED)
     assert Batch.objects.reopen(batch.pk, BatchStatus.FAILED)
@@ -53,7 +53,7 @@ def test_a_finished_batch_reopens_only_from_the_status_the_caller_saw() -> None:
 
 
 def test_event_numbers_are_taken_in_ranges_without_gaps() -> None:
-    batch = BatchFactory()
+    batch = make_batch()
     assert Batch.objects.take_seqs(batch.pk) == 1
     assert Batch.objects.take_seqs(batch.pk, 5) == 6
     assert Batch.objects.take_seqs(batch.pk) == 7
@@ -61,8 +61,8 @@ def test_event_numbers_are_taken_in_ranges_without_gaps() -> None:
 
 
 def test_authors_see_their_own_batches_and_staff_see_all() -> None:
-    mine = BatchFactory()
-    theirs = BatchFactory()
+    mine = make_batch()
+    theirs = make_batch()
     staff = UserFactory(is_staff=True)
 
     assert list(Batch.objects.visible_to(mine.user)) == [mine]
@@ -70,9 +70,9 @@ def test_authors_see_their_own_batches_and_staff_see_all() -> None:
 
 
 def test_a_batch_loads_with_its_images_in_panel_order_in_two_queries() -> None:
-    batch = BatchFactory()
+    batch = make_batch()
     for index in (2, 0, 1):
-        ImageJobFactory(batch=batch, index=index)
+        make_image(batch=batch, index=index)
 
     with CaptureQueriesContext(connection) as queries:
         loaded = Batch.objects.with_images().get(pk=batch.pk)
@@ -82,10 +82,10 @@ def test_a_batch_loads_with_its_images_in_panel_order_in_two_queries() -> None:
 
 
 def test_counts_name_every_status_and_the_total() -> None:
-    batch = BatchFactory(running=True)
-    ImageJobFactory(batch=batch, completed=True)
-    ImageJobFactory(batch=batch, completed=True)
-    ImageJobFactory(batch=batch, running=True)
+    batch = make_batch(running=True)
+    make_image(batch=batch, completed=True)
+    make_image(batch=batch, completed=True)
+    make_image(batch=batch, running=True)
 
     counts = batch.status_counts()
     assert counts["completed"] == 2
