@@ -31,7 +31,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, outputs, panels, services
+from batches import events, flow, limiter, outputs, panels, services
 from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
 from batches.runpod import (
     CANCELLED,
@@ -53,8 +53,11 @@ _clients = threading.local()
 # A transient /run failure retries the call after this backoff, without using an attempt.
 CALL_RETRY_BASE = 0.5
 CALL_RETRY_MAX = 10.0
-# A chunk waiting for a slot looks again this often: a freed slot is taken within this delay.
+# A chunk stopping to cancel looks again this often.
 SLOT_RETRY_SECONDS = 0.1
+# A chunk refused a slot is woken when one frees for it (batches.limiter); it also looks again
+# after this long, in case the wake-up was lost.
+SLOT_WAIT_SECONDS = 0.5
 # How long a chunk sleeps at most between passes (also bounds how late it sees a cancel).
 MAX_WAIT_SECONDS = 2.0
 # A database or Redis that went away is not a bad answer from RunPod: the task fails and is
@@ -137,7 +140,10 @@ class ChunkRun:
     def load(self, batch: Batch) -> None:
         self.batch = batch
         self.priority = batch.priority
-        self.waiter = f"{self.batch_id}:{self.chunk_no}"
+        # Refused a slot, the chunk sleeps on its wake list; the limiter pushes to it when a
+        # slot frees for this chunk.
+        self.waiter = flow._wake_key(self.batch_id, self.chunk_no)
+        self.endpoint = batch.endpoint_id or limiter.default_endpoint()
         first = self.chunk_no * batch.chunk_size
         self.images = ImageJob.objects.filter(
             batch_id=self.batch_id, index__gte=first, index__lt=first + batch.chunk_size
@@ -150,7 +156,9 @@ class ChunkRun:
         if not open_images:
             return None
         # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
-        flow.refresh_slots([image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT])
+        limiter.refresh_slots(
+            [image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT]
+        )
         if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
             self.cancel(open_images)
             return SLOT_RETRY_SECONDS
@@ -247,7 +255,9 @@ class ChunkRun:
             logger.warning("image %s attempt %s: %s", image.pk, image.attempts, reason)
 
     def submit(self, image: ImageJob) -> None:
-        if not flow.acquire_slot(image.pk, self.priority, self.waiter):
+        if not limiter.acquire_slot(
+            self.endpoint, image.pk, self.priority, self.batch.user_id, self.waiter
+        ):
             self.waiting_for_slot = True
             return
         previous_status = image.status
@@ -275,14 +285,14 @@ class ChunkRun:
                     if not claimed:  # another runner, or a cancel, moved the image first
                         transaction.set_rollback(True)
         except budget_services.BatchClosed:
-            flow.release_slot(image.pk)  # cancelled or finished meanwhile: the next pass sees it
+            limiter.release_slot(image.pk)  # cancelled or finished meanwhile: the next pass sees it
             return
         if not held:
-            flow.release_slot(image.pk)
+            limiter.release_slot(image.pk)
             self.out_of_budget(image)
             return
         if not claimed:
-            flow.release_slot(image.pk)
+            limiter.release_slot(image.pk)
             return
         image.attempts += 1
         image.hold = max_cost
@@ -302,7 +312,7 @@ class ChunkRun:
             return
         except PermanentRunPodError as error:
             # RunPod refused the request outright (4xx): no job exists, nothing is billed.
-            flow.release_slot(image.pk)
+            limiter.release_slot(image.pk)
             self.finish(image, ImageStatus.FAILED, error=f"RunPod refused the job: {error}")
             return
         self.call_failures = 0
@@ -350,7 +360,7 @@ class ChunkRun:
             )  # fmt: skip
             if given_back:
                 budget_services.release_hold(self.batch_id, image.hold)
-        flow.release_slot(image.pk)
+        limiter.release_slot(image.pk)
         logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
 
     def out_of_budget(self, image: ImageJob) -> None:
@@ -479,7 +489,7 @@ class ChunkRun:
                     note=note,
                 )  # fmt: skip
                 events.push_image_updated(panel.pk)
-        flow.release_slot(panel.pk)
+        limiter.release_slot(panel.pk)
         return bool(won)
 
     def completed(self, image: ImageJob, job: JobStatus, png: bytes) -> None:
@@ -583,7 +593,7 @@ class ChunkRun:
 
     def wait_time(self) -> float:
         if self.waiting_for_slot:
-            return SLOT_RETRY_SECONDS
+            return SLOT_WAIT_SECONDS
         now = timezone.now()
         due = [MAX_WAIT_SECONDS, poll_interval()]
         retry_times = self.images.filter(

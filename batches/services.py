@@ -23,7 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow
+from batches import events, flow, limiter
 from batches.models import (
     BATCH_TERMINAL,
     IMAGE_TERMINAL,
@@ -367,7 +367,7 @@ def receive_webhook(
             # The GPU is free the moment the job ends: give its slot to waiting work now
             # rather than after the chunk has stored the image.
             if status in TERMINAL_STATUSES:
-                flow.release_slot(image_id)
+                limiter.release_slot(image_id)
         elif not image.runpod_job_id and retry_once_on_a_lost_connection(
             lambda: ImageJob.objects.filter(
                 pk=image_id, attempts=attempt, runpod_job_id="", webhook_job_id=""
