@@ -9,11 +9,17 @@ as keeps the GPUs busy, and no longer, unless RunPod's autoscaler needs to see j
                                                job there while ours is on its way
     target    = workers + feed                 (minus jobs other clients hold at the endpoint)
 
-    while comicgen has normal or low work waiting for a slot and no high work waits, the queue
-    also shows RunPod's queue-delay scaler jobs that wait longer than its delay D
-    (RUNPOD_SCALER_QUEUE_DELAY): feed grows to ceil(rate x (D + 1)), rate = jobs finished per
-    second, and stays so while the endpoint keeps growing. When it has not grown for 2D + 3 s
-    the endpoint is at its maximum: no more showing for a minute, the queue drains back to feed.
+    while comicgen has normal or low work waiting for a slot, no high work waits and the
+    endpoint is below its maximum of workers, the queue also shows RunPod's autoscaler the
+    demand it grows on:
+      queue-delay scaler (delay D): jobs that wait longer than D, so feed grows to
+        ceil(rate x (D + 1)), rate = jobs finished per second;
+      request-count scaler (value v): (in queue + in progress) / v reaching the maximum, so
+        the target grows to max_workers x v.
+    The endpoint's maximum and scaler come from RunPod's REST API (GET /endpoints/<id>, read
+    every CONFIG_SECONDS); when it cannot be read, a queue-delay scaler of
+    RUNPOD_SCALER_QUEUE_DELAY is assumed, and an endpoint that has not grown for 2D + 3 s of
+    showing is taken to be at its maximum for a minute.
 
     /health failing: the last target /health justified; none yet: the ceiling.
     Always between 1 and RUNPOD_MAX_IN_FLIGHT.
@@ -26,6 +32,7 @@ trade-offs with measured figures.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -59,6 +66,38 @@ AT_MAX_HOLD_SECONDS = 60.0
 # How quickly the finish-rate estimate follows a change (weight of the newest sample).
 RATE_SMOOTHING = 0.5
 HEALTH_TIMEOUT = (1.0, 2.0)
+# The endpoint's scaling settings change rarely (by hand, in RunPod's console).
+CONFIG_SECONDS = 30
+QUEUE_DELAY = "QUEUE_DELAY"
+REQUEST_COUNT = "REQUEST_COUNT"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """How the endpoint grows: RunPod's `workersMax`, `scalerType` and `scalerValue`.
+    `max_workers` None: not known (the law then learns when the endpoint stops growing)."""
+
+    max_workers: int | None = None
+    scaler: str = QUEUE_DELAY
+    value: float = 4.0
+
+    @classmethod
+    def from_json(cls, data: Any) -> Scaling:
+        """Read RunPod's endpoint object; ValueError when it lacks the scaling fields."""
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        maximum, scaler, value = (
+            data.get("workersMax"),
+            data.get("scalerType"),
+            data.get("scalerValue"),
+        )
+        if isinstance(maximum, bool) or not isinstance(maximum, int) or maximum < 0:
+            raise ValueError(f"workersMax is not a count: {maximum!r}")
+        if scaler not in (QUEUE_DELAY, REQUEST_COUNT):
+            raise ValueError(f"unknown scalerType {scaler!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"scalerValue is not a number: {value!r}")
+        return cls(maximum, scaler, float(value))
 
 
 @dataclass(frozen=True)
@@ -141,7 +180,7 @@ def control_target(
     state: LawState,
     *,
     ceiling: int,
-    scaler_delay: float,
+    scaling: Scaling,
     now: float,
 ) -> Decision:
     """The in-flight target for one endpoint (the module docstring states the law)."""
@@ -151,8 +190,10 @@ def control_target(
     workers = health.able + health.initializing
     feed = max(1, math.ceil(health.able * QUEUE_FRACTION))
     reason = "workers + feed"
+    below_max = scaling.max_workers is None or workers < scaling.max_workers
     showing = (
-        scaler_delay > 0
+        scaling.value > 0
+        and below_max
         and demand.waiting_other > 0
         and demand.waiting_high == 0
         and now >= state.at_max_until
@@ -162,15 +203,20 @@ def control_target(
             # Starting, or the endpoint grew: keep showing RunPod the demand.
             state = dataclasses.replace(state, showing_since=now, workers_when_showing=workers)
         assert state.showing_since is not None
-        if now - state.showing_since > 2 * scaler_delay + STALL_GRACE_SECONDS:
+        stalled = now - state.showing_since > 2 * scaling.value + STALL_GRACE_SECONDS
+        if scaling.max_workers is None and stalled:
             state = dataclasses.replace(
                 state, showing_since=None, at_max_until=now + AT_MAX_HOLD_SECONDS
             )
-            reason = "endpoint at its maximum: feed only"
+            reason = "endpoint stopped growing: feed only"
+        elif scaling.scaler == REQUEST_COUNT:
+            wanted = math.ceil((scaling.max_workers or workers + 1) * scaling.value)
+            feed = max(feed, wanted - workers)
+            reason = "showing demand to RunPod's request-count scaler"
         else:
             rate = demand.finish_rate or float(max(1, health.able))
-            feed = max(feed, math.ceil(rate * (scaler_delay + 1)))
-            reason = "showing demand to RunPod's autoscaler"
+            feed = max(feed, math.ceil(rate * (scaling.value + 1)))
+            reason = "showing demand to RunPod's queue-delay scaler"
     elif state.showing_since is not None:
         state = dataclasses.replace(state, showing_since=None)
     # Jobs at the endpoint that are not ours (another client of it) take its workers too.
@@ -214,6 +260,41 @@ def read_health(endpoint: str) -> Health | None:
         return None
 
 
+def rest_url() -> str:
+    """RunPod's REST API root: RUNPOD_REST_URL, else next to RUNPOD_BASE_URL (RunPod's own
+    https://rest.runpod.io/v1, or the emulator's /v1 beside its /v2)."""
+    configured = getattr(settings, "RUNPOD_REST_URL", "")
+    if configured:
+        return str(configured).rstrip("/")
+    base = str(settings.RUNPOD_BASE_URL).rstrip("/")
+    if "api.runpod.ai" in base:
+        return "https://rest.runpod.io/v1"
+    return base[: -len("/v2")] + "/v1" if base.endswith("/v2") else base
+
+
+def read_scaling(endpoint: str) -> Scaling:
+    """The endpoint's scaling settings, cached in Redis for CONFIG_SECONDS; the assumed ones
+    (a queue-delay scaler of RUNPOD_SCALER_QUEUE_DELAY, maximum unknown) when unreadable."""
+    client = get_redis()
+    key = limiter.endpoint_key(endpoint, "scaling")
+    cached = client.get(key)
+    if cached:
+        with contextlib.suppress(ValueError, TypeError):
+            return Scaling(**json.loads(cached))
+    scaling = Scaling(value=float(settings.RUNPOD_SCALER_QUEUE_DELAY))
+    try:
+        response = requests.get(
+            f"{rest_url()}/endpoints/{endpoint}", timeout=HEALTH_TIMEOUT,
+            headers={"Authorization": f"Bearer {settings.RUNPOD_API_KEY}"},
+        )  # fmt: skip
+        response.raise_for_status()
+        scaling = Scaling.from_json(response.json())
+    except (requests.RequestException, ValueError) as error:
+        logger.info("RunPod endpoint settings of %s unreadable (%s): assumed", endpoint, error)
+    client.set(key, json.dumps(dataclasses.asdict(scaling)), ex=CONFIG_SECONDS)
+    return scaling
+
+
 def refresh(endpoint: str) -> Decision:
     """Read /health, run the law and publish the target. The caller holds the turn."""
     health = read_health(endpoint)
@@ -235,7 +316,7 @@ def refresh(endpoint: str) -> Decision:
     )
     decision = control_target(
         health, demand, state, ceiling=settings.RUNPOD_MAX_IN_FLIGHT,
-        scaler_delay=settings.RUNPOD_SCALER_QUEUE_DELAY, now=now,
+        scaling=read_scaling(endpoint), now=now,
     )  # fmt: skip
     client.set(state_key, json.dumps(dataclasses.asdict(decision.state)), ex=3600)
     limiter.publish_target(endpoint, decision.target)

@@ -14,7 +14,7 @@ import requests
 import responses
 
 from batches import capacity, limiter
-from batches.capacity import Decision, Demand, Health, LawState, control_target
+from batches.capacity import Decision, Demand, Health, LawState, Scaling, control_target
 
 CEILING = 10_000
 DELAY = 4.0
@@ -31,10 +31,12 @@ def health(able: int, *, init: int = 0, queue: int = 0, busy: int | None = None)
 def decide(
     h: Health | None, demand: Demand | None = None, state: LawState | None = None,
     *, ceiling: int = CEILING, delay: float = DELAY, now: float = 1000.0,
+    scaling: Scaling | None = None,
 ) -> Decision:  # fmt: skip
     return control_target(
-        h, demand or Demand(), state or LawState(), ceiling=ceiling, scaler_delay=delay, now=now
-    )
+        h, demand or Demand(), state or LawState(), ceiling=ceiling,
+        scaling=scaling or Scaling(value=delay), now=now,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -110,6 +112,35 @@ def test_no_scaler_delay_means_no_showing() -> None:
     assert decide(health(2), demand, delay=0).target == 3
 
 
+def test_an_endpoint_at_its_known_maximum_is_shown_nothing() -> None:
+    demand = Demand(in_flight=4, waiting_other=50, finish_rate=4.0)
+    fixed = Scaling(max_workers=4, value=4.0)
+    assert decide(health(4), demand, scaling=fixed).target == 5
+
+
+def test_below_its_known_maximum_the_demand_is_shown_for_as_long_as_it_takes() -> None:
+    demand = Demand(in_flight=22, waiting_other=50, finish_rate=4.0)
+    growing = Scaling(max_workers=20, value=4.0)
+    first = decide(health(2), demand, scaling=growing, now=1000.0)
+    later = decide(health(2, queue=20), demand, first.state, scaling=growing, now=1100.0)
+    assert (first.target, later.target) == (22, 22)
+
+
+def test_a_request_count_scaler_is_shown_enough_jobs_to_reach_the_maximum() -> None:
+    # RunPod wants ceil((in queue + in progress) / 2) workers: 20 workers need 40 jobs.
+    demand = Demand(in_flight=2, waiting_other=50)
+    scaling = Scaling(max_workers=20, scaler="REQUEST_COUNT", value=2)
+    assert decide(health(2), demand, scaling=scaling).target == 40
+
+
+def test_runpods_endpoint_settings_are_read() -> None:
+    body = {"id": "x", "workersMax": 20, "workersMin": 2, "scalerType": "QUEUE_DELAY",
+            "scalerValue": 4}  # fmt: skip
+    assert Scaling.from_json(body) == Scaling(20, "QUEUE_DELAY", 4.0)
+    with pytest.raises(ValueError, match="scalerType"):
+        Scaling.from_json({**body, "scalerType": "GUESS"})
+
+
 def test_health_is_read_from_runpods_shape() -> None:
     body = {
         "jobs": {"completed": 3, "failed": 0, "inProgress": 2, "inQueue": 1, "retried": 0},
@@ -144,11 +175,11 @@ def health_body(ready: int) -> dict[str, Any]:
 @responses.activate
 def test_one_process_at_a_time_reads_health_and_all_share_its_target(endpoint: str) -> None:
     url = re.compile(rf"https://runpod\.test/v2/{endpoint}/health")
-    responses.get(url, json=health_body(8))
+    health_reads = responses.get(url, json=health_body(8))
     for _ in range(5):  # five processes, each at its own first check
         capacity._next_check.clear()
         capacity.follow(endpoint)
-    assert len(responses.calls) == 1
+    assert health_reads.call_count == 1
     assert limiter.snapshot(endpoint)["target"] == 10
 
 
@@ -158,6 +189,24 @@ def test_every_acquire_obeys_the_target_health_gives(endpoint: str) -> None:
     responses.get(re.compile(r".*/health"), json=health_body(1))
     granted = [limiter.acquire_slot(endpoint, n, "normal", 1, "w") for n in range(4)]
     assert granted == [True, True, False, False]  # 1 GPU + 1 queued
+
+
+@pytest.mark.django_db
+@responses.activate
+def test_the_endpoint_settings_come_from_runpods_rest_api_and_are_cached(endpoint: str) -> None:
+    body = {"workersMax": 7, "scalerType": "REQUEST_COUNT", "scalerValue": 1}
+    settings_reads = responses.get(f"https://runpod.test/v1/endpoints/{endpoint}", json=body)
+    assert capacity.read_scaling(endpoint) == Scaling(7, "REQUEST_COUNT", 1.0)
+    assert capacity.read_scaling(endpoint) == Scaling(7, "REQUEST_COUNT", 1.0)
+    assert settings_reads.call_count == 1
+
+
+@pytest.mark.django_db
+@responses.activate
+def test_unreadable_endpoint_settings_are_assumed(endpoint: str, settings: Any) -> None:
+    settings.RUNPOD_SCALER_QUEUE_DELAY = 2.5
+    responses.get(re.compile(r".*/v1/endpoints/.*"), status=403)
+    assert capacity.read_scaling(endpoint) == Scaling(None, "QUEUE_DELAY", 2.5)
 
 
 @pytest.mark.django_db

@@ -128,6 +128,17 @@ def test_limits_change_live_and_nonsense_is_refused(emulator: EmulatorProcess) -
         emulator.configure(scaler_delay=-1)
 
 
+def test_the_endpoint_settings_are_served_as_runpods_rest_api_shows_them(
+    emulator: EmulatorProcess,
+) -> None:
+    url = f"{emulator.url}/v1/endpoints/{emulator.endpoint_id}"
+    answer = requests.get(url, headers=emulator.auth_headers, timeout=5).json()
+    assert answer["workersMin"] == 1
+    assert answer["workersMax"] == 4
+    assert (answer["scalerType"], answer["scalerValue"]) == ("QUEUE_DELAY", 0.2)
+    assert requests.get(url, timeout=5).status_code == 401
+
+
 def test_a_fixed_pool_never_scales() -> None:
     with EmulatorProcess(workers=2, latency=0.05, scaler_delay=0.1) as fixed:
         for n in range(6):
@@ -135,3 +146,7 @@ def test_a_fixed_pool_never_scales() -> None:
         time.sleep(0.5)  # past the delay: an autoscaler would have added workers by now
         assert workers_total(health(fixed)) == 2
         assert scaling(fixed)["enabled"] is False
+        settings = requests.get(
+            f"{fixed.url}/v1/endpoints/{fixed.endpoint_id}", headers=fixed.auth_headers, timeout=5
+        ).json()
+        assert (settings["workersMin"], settings["workersMax"]) == (2, 2)

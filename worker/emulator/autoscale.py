@@ -9,9 +9,11 @@ active workers) and, every ``TICK_S``:
   ``initializing`` (in ``/health``) for ``cold_start`` seconds before it takes jobs;
 - retires a worker idle for ``idle_timeout`` seconds, never below ``min_workers``.
 
-``GET /_emulator/scaling`` answers the scale curve since the start or the last reset:
-``history``, a list of ``[seconds, able, initializing]`` at every change (``able`` = idle +
-running workers), and ``workers`` now.
+``GET /v1/endpoints/<id>`` answers the endpoint's settings as RunPod's REST API does
+(``workersMin``, ``workersMax``, ``scalerType``, ``scalerValue``, ``idleTimeout``; a fixed pool
+shows min = max = ``workers``). ``GET /_emulator/scaling`` answers the scale curve since the
+start or the last reset: ``history``, a list of ``[seconds, able, initializing]`` at every
+change (``able`` = idle + running workers), and ``workers`` now.
 """
 
 from __future__ import annotations
@@ -142,6 +144,19 @@ class Autoscaler:
         if state != self._last and len(self.history) < MAX_HISTORY:
             self._last = state
             self.history.append([round(now - self.epoch, 3), *state])
+
+    def endpoint_settings(self) -> dict[str, Any]:
+        """The endpoint as RunPod's REST API shows it: a fixed pool is min = max = workers."""
+        config = self.emulator.config
+        autoscaled = self.enabled
+        return {
+            "id": config.endpoint_id,
+            "workersMin": config.min_workers if autoscaled else config.workers,
+            "workersMax": config.max_workers if autoscaled else config.workers,
+            "scalerType": "QUEUE_DELAY",
+            "scalerValue": config.scaler_delay,
+            "idleTimeout": config.idle_timeout,
+        }
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -330,6 +330,7 @@ class Emulator:
             ("emulator_stats", "/_emulator/stats", ("GET",), self.handle_stats),
             ("emulator_reset", "/_emulator/reset", ("POST",), self.handle_reset),
             ("emulator_scaling", "/_emulator/scaling", ("GET",), self.handle_scaling),
+            ("rest_endpoint", "/v1/endpoints/{endpoint_id}", ("GET",), self.handle_endpoint),
         ]
         for name, path, methods, view in routes:
             resource = app.router.add_resource(path, name=name)
@@ -924,6 +925,17 @@ class Emulator:
             "workers": self.health()["workers"],
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
+
+    async def handle_endpoint(self, request: web.Request) -> web.Response:
+        """RunPod's REST API `GET /v1/endpoints/<id>`: the endpoint's scaling settings."""
+        supplied = request.headers.get("Authorization", "")
+        if supplied.lower().startswith("bearer "):
+            supplied = supplied[7:].strip()
+        if not hmac.compare_digest(supplied.encode(), self.config.api_key.encode()):
+            return _error(401, "Unauthorized")
+        if request.match_info["endpoint_id"] != self.config.endpoint_id:
+            return _error(404, "endpoint not found")
+        return web.json_response(self.autoscaler.endpoint_settings())
 
     async def handle_scaling(self, request: web.Request) -> web.Response:
         refused = self._loopback_only(request)
