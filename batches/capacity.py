@@ -7,7 +7,13 @@ as keeps the GPUs busy, and no longer, unless RunPod's autoscaler needs to see j
     workers   = able to take a job (ready, or idle + running) + initializing
     feed      = max(1, ceil(able / 4))        jobs queued so a GPU that finishes finds its next
                                                job there while ours is on its way
-    target    = workers + feed                 (minus jobs other clients hold at the endpoint)
+    target    = workers + feed + in transit    so that RunPod itself holds workers + feed jobs
+
+    in transit = comicgen's slots - the jobs RunPod reports (queued + in progress): slots taken
+    for a job whose /run is still on its way, or held by a job that ended while its webhook is
+    on its way. Counting them keeps RunPod's own count at workers + feed however slow comicgen's
+    side is (at most doubling the target); negative, it is jobs other clients hold there, whose
+    workers comicgen leaves them.
 
     while comicgen has normal or low work waiting for a slot, no high work waits and the
     endpoint is below its maximum of workers, the queue also shows RunPod's autoscaler the
@@ -219,9 +225,9 @@ def control_target(
             reason = "showing demand to RunPod's queue-delay scaler"
     elif state.showing_since is not None:
         state = dataclasses.replace(state, showing_since=None)
-    # Jobs at the endpoint that are not ours (another client of it) take its workers too.
-    foreign = max(0, health.in_queue + health.in_progress - demand.in_flight)
-    target = min(ceiling, max(1, workers + feed - foreign))
+    wanted = workers + feed
+    transit = min(wanted, demand.in_flight - (health.in_queue + health.in_progress))
+    target = min(ceiling, max(1, wanted + transit))
     return Decision(target, reason, dataclasses.replace(state, last_target=target))
 
 

@@ -61,6 +61,13 @@ def test_the_target_never_exceeds_the_ceiling() -> None:
     assert decide(health(1000), Demand(in_flight=100), ceiling=300).target == 300
 
 
+def test_slots_whose_jobs_are_not_at_runpod_yet_are_added_so_runpod_stays_fed() -> None:
+    # comicgen holds 30 slots, RunPod reports 20 jobs: 10 are on their way.
+    assert decide(health(20, queue=0), Demand(in_flight=30)).target == 35
+    # However slow comicgen's side, at most twice workers + feed.
+    assert decide(health(20, queue=0), Demand(in_flight=500)).target == 50
+
+
 def test_jobs_other_clients_hold_at_the_endpoint_are_left_their_workers() -> None:
     # 20 GPUs; 20 jobs at RunPod, of which comicgen holds 5.
     assert decide(health(20, queue=0), Demand(in_flight=5)).target == 10
@@ -89,18 +96,18 @@ def test_high_work_waiting_stops_the_showing() -> None:
 
 def test_an_endpoint_that_stopped_growing_is_left_with_the_feed_for_a_while() -> None:
     demand = Demand(in_flight=22, waiting_other=5, finish_rate=4.0)
-    first = decide(health(2), demand, now=1000.0)
+    first = decide(health(2, queue=20), demand, now=1000.0)
     stalled = decide(health(2, queue=20), demand, first.state, now=1012.0)
     assert stalled.target == 3
-    later = decide(health(2), demand, stalled.state, now=1030.0)
+    later = decide(health(2, queue=20), demand, stalled.state, now=1030.0)
     assert later.target == 3  # still held at the feed
-    again = decide(health(2), demand, later.state, now=1100.0)
+    again = decide(health(2, queue=20), demand, later.state, now=1100.0)
     assert again.target == 22  # tried again after AT_MAX_HOLD_SECONDS
 
 
 def test_an_endpoint_that_grows_keeps_being_shown_the_demand() -> None:
     demand = Demand(in_flight=22, waiting_other=5, finish_rate=4.0)
-    first = decide(health(2), demand, now=1000.0)
+    first = decide(health(2, queue=20), demand, now=1000.0)
     growing = decide(health(2, init=10, queue=20), demand, first.state, now=1008.0)
     still = decide(health(12, queue=20), demand, growing.state, now=1016.0)
     assert still.target > 12 + 3
@@ -121,7 +128,7 @@ def test_an_endpoint_at_its_known_maximum_is_shown_nothing() -> None:
 def test_below_its_known_maximum_the_demand_is_shown_for_as_long_as_it_takes() -> None:
     demand = Demand(in_flight=22, waiting_other=50, finish_rate=4.0)
     growing = Scaling(max_workers=20, value=4.0)
-    first = decide(health(2), demand, scaling=growing, now=1000.0)
+    first = decide(health(2, queue=20), demand, scaling=growing, now=1000.0)
     later = decide(health(2, queue=20), demand, first.state, scaling=growing, now=1100.0)
     assert (first.target, later.target) == (22, 22)
 
