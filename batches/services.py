@@ -174,10 +174,21 @@ def enqueue_batch(batch: Batch, chunks: list[int] | None = None) -> None:
         return
     flow.mark_chunks_queued(batch.pk, chunks)
     header = group(
-        tasks.process_chunk_task.si(batch.pk, chunk_no).set(queue=batch.priority)
+        tasks.process_chunk_task.si(batch.pk, chunk_no).set(
+            queue=batch.priority, priority=chunk_task_priority(chunk_no)
+        )
         for chunk_no in chunks
     )
     chord(header)(tasks.finalize_batch_task.s(batch.pk).set(queue=batch.priority))
+
+
+def chunk_task_priority(chunk_no: int) -> int:
+    """The broker priority of a chunk's task (Redis transport: 0 is served first, then 3, 6,
+    9). A batch's first chunks go before the later chunks of batches already waiting: a chunk
+    task holds a worker thread while it runs, so without this a 10-panel batch would wait in
+    the broker behind all 50 chunk tasks of another author's 500-panel batch, and the limiter's
+    turn-taking between authors could not begin until most of that batch was done."""
+    return 0 if chunk_no == 0 else 3 if chunk_no == 1 else 6 if chunk_no < 4 else 9
 
 
 def mark_batch_running(batch_id: int) -> None:
