@@ -57,25 +57,32 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local function key(ep, name) return PREFIX .. ep .. ':' .. name end
 
+-- HDEL/ZREM in slices: Lua's unpack() fails past a few thousand arguments.
+local function remove_all(command, target, members)
+  for i = 1, #members, 1000 do
+    redis.call(command, target, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
 local function prune(ep)
   for _, p in ipairs(PRIORITIES) do
     local waiters = key(ep, 'waiters:' .. p)
     local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
     if #gone > 0 then
-      redis.call('HDEL', key(ep, 'wuser:' .. p), unpack(gone))
+      remove_all('HDEL', key(ep, 'wuser:' .. p), gone)
       redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
     end
     local uexp = key(ep, 'uexp:' .. p)
     local left = redis.call('ZRANGEBYSCORE', uexp, '-inf', now)
     if #left > 0 then
-      redis.call('ZREM', key(ep, 'users:' .. p), unpack(left))
+      remove_all('ZREM', key(ep, 'users:' .. p), left)
       redis.call('ZREMRANGEBYSCORE', uexp, '-inf', now)
     end
   end
   local slots = key(ep, 'slots')
   local expired = redis.call('ZRANGEBYSCORE', slots, '-inf', now)
   if #expired > 0 then
-    redis.call('HDEL', 'comicgen:limiter:holders', unpack(expired))
+    remove_all('HDEL', 'comicgen:limiter:holders', expired)
     redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
   end
 end

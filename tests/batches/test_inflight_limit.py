@@ -205,3 +205,16 @@ def test_a_refused_waiter_stops_counting_once_it_stops_asking(endpoint: str) -> 
     limiter.release_slot(1)
     assert limiter.snapshot(endpoint)["waiting"]["high"] == 0
     assert acquire(endpoint, 3, "normal", user=1)
+
+
+@pytest.mark.django_db
+def test_a_slot_whose_lease_ran_out_is_free_again(endpoint: str) -> None:
+    """A worker that died holding slots frees them when their leases run out."""
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1)
+    assert acquire(endpoint, 2)
+    client = flow.get_redis()
+    client.zadd(limiter.endpoint_key(endpoint, "slots"), {"1": 0, "2": 0})  # leases over
+    assert acquire(endpoint, 3)
+    assert acquire(endpoint, 4)
+    assert client.hget(limiter.HOLDERS_KEY, "1") is None
