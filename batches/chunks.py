@@ -37,7 +37,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, outputs, panels, webhooks
+from batches import events, flow, limiter, outputs, panels, webhooks
 from batches.models import (
     IMAGE_IN_FLIGHT,
     IMAGE_TERMINAL,
@@ -65,8 +65,11 @@ _clients = threading.local()
 # A transient /run failure retries the call after this backoff, without using an attempt.
 CALL_RETRY_BASE = 0.5
 CALL_RETRY_MAX = 10.0
-# A chunk waiting for a slot looks again this often: a freed slot is taken within this delay.
+# A chunk stopping to cancel looks again this often.
 SLOT_RETRY_SECONDS = 0.1
+# A chunk refused a slot is woken when one frees for it (batches.limiter); it also looks again
+# after this long, in case the wake-up was lost.
+SLOT_WAIT_SECONDS = 0.5
 # How long a chunk sleeps at most between passes (also bounds how late it sees a cancel).
 MAX_WAIT_SECONDS = 2.0
 # A database or Redis that went away is not a bad answer from RunPod: the task fails and is
@@ -175,7 +178,9 @@ class ChunkRun:
     def load(self, batch: Batch) -> None:
         self.batch = batch
         self.priority = batch.priority
-        self.waiter = f"{self.batch_id}:{self.chunk_no}"
+        # Refused a slot, the chunk sleeps on its wake list; the limiter pushes to it when a
+        # slot frees for this chunk.
+        self.waiter = webhooks.wake_key(self.batch_id, self.chunk_no)
         self.images = ImageJob.objects.of_chunk(self.batch_id, self.chunk_no, batch.chunk_size)
 
     def run_pass(self) -> float | None:
@@ -188,7 +193,9 @@ class ChunkRun:
             return None
         self.finished, self.retry_times, self.changed = set(), [], []
         # An attempt whose /run answer was lost may hold a running job: it keeps its slot.
-        flow.refresh_slots([image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT])
+        limiter.refresh_slots(
+            [image.pk for image in open_images if image.status in IMAGE_IN_FLIGHT]
+        )
         if getattr(open_images[0], "cancelling", None) is not None:
             self.cancel(open_images)
             self.announce()
@@ -219,7 +226,11 @@ class ChunkRun:
             if image.status == ImageStatus.SUBMITTED:
                 self.adopt_or_resubmit(image)
             elif image.next_attempt_at is None or image.next_attempt_at <= now:
-                if not flow.acquire_slot(image.pk, self.priority, self.waiter):
+                endpoint = image.endpoint_id or limiter.default_endpoint()
+                user_id = self.batch.user_id
+                if not limiter.acquire_slot(
+                    endpoint, image.pk, self.priority, user_id, self.waiter
+                ):
                     self.waiting_for_slot = True
                     break
                 due.append(image)
@@ -246,7 +257,7 @@ class ChunkRun:
             claims, won, closed = [], set(), True
         for image in images:
             if image.pk not in won:
-                flow.release_slot(image.pk)
+                limiter.release_slot(image.pk)
         if not closed and len(claims) < len(images):
             self.out_of_budget(images[len(claims) :])
         started = []
@@ -295,7 +306,7 @@ class ChunkRun:
             return None
         except PermanentRunPodError as error:
             # RunPod refused the request outright (4xx): no job exists, nothing is billed.
-            flow.release_slot(image.pk)
+            limiter.release_slot(image.pk)
             self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {error}")
             return None
         self.call_failures = 0
@@ -339,14 +350,14 @@ class ChunkRun:
             if ImageJob.objects.give_back_attempt(image.pk, image.attempts, previous, retry_at):
                 budget_services.release_hold(self.batch_id, image.hold)
                 self.retry_times.append(retry_at)
-        flow.release_slot(image.pk)
+        limiter.release_slot(image.pk)
         logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
 
     def out_of_budget(self, images: list[ImageJob]) -> None:
         """No room left for another attempt. While other attempts run, their holds may come
         back; with none running, the rest of the chunk cannot run."""
         for image in images:
-            flow.release_slot(image.pk)
+            limiter.release_slot(image.pk)
         if self.images.in_flight().exists():
             self.waiting_for_slot = True
             return
@@ -565,7 +576,7 @@ class ChunkRun:
             ]
             budget_services.charge_attempts(self.batch_id, [charge_of(e) for e in won])
         for ending in endings:
-            flow.release_slot(ending.image.pk)
+            limiter.release_slot(ending.image.pk)
             if ending.stored and ending not in won:
                 default_storage.delete(ending.stored)
         for ending in won:
@@ -648,7 +659,7 @@ class ChunkRun:
         """How long to sleep, from what this pass read and wrote: until the next retry is due,
         the next poll, or at most MAX_WAIT_SECONDS (a webhook or a cancel wakes it sooner)."""
         if self.waiting_for_slot:
-            return SLOT_RETRY_SECONDS
+            return SLOT_WAIT_SECONDS
         now = timezone.now()
         due = [MAX_WAIT_SECONDS, poll_interval()]
         due += [(at - now).total_seconds() for at in self.retry_times]

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from batches import flow
+from batches import flow, limiter
 from batches.models import IMAGE_TERMINAL, ImageJob
 from batches.runpod import ACTIVE_STATUSES, TERMINAL_STATUSES
 from budgets import services as budget_services
@@ -162,7 +162,7 @@ def receive_webhook(
             # The GPU is free the moment the job ends: give its slot to waiting work now
             # rather than after the chunk has stored the image.
             if status in TERMINAL_STATUSES:
-                flow.release_slot(image_id)
+                limiter.release_slot(image_id)
         elif not image.runpod_job_id and retry_once_on_a_lost_connection(
             lambda: ImageJob.objects.note_webhook_job(image_id, attempt, job_id)
         ):
@@ -197,14 +197,15 @@ def queue_late_charge(image_id: int, attempt: int, job_id: str) -> None:
 # --- the mailbox --------------------------------------------------------------------------------
 
 
-def _wake_key(batch_id: int, chunk_no: int) -> str:
+def wake_key(batch_id: int, chunk_no: int) -> str:
+    """The Redis list a chunk sleeps on: webhooks, cancels and the limiter push to it."""
     return f"{flow.PREFIX}:chunk:{batch_id}:{chunk_no}:wake"
 
 
 def deliver_result(batch_id: int, chunk_no: int, job_id: str, payload: dict[str, Any]) -> None:
     """Keep a webhook's result for the chunk following that job, and wake the chunk. Called
     only for a job the chunk recorded, so at most one result waits per attempt in flight."""
-    wake = _wake_key(batch_id, chunk_no)
+    wake = wake_key(batch_id, chunk_no)
     pipe = flow.get_redis().pipeline(transaction=False)
     pipe.set(f"{flow.PREFIX}:result:{job_id}", json.dumps(payload), ex=RESULT_TTL_SECONDS)
     pipe.rpush(wake, job_id)
@@ -214,7 +215,7 @@ def deliver_result(batch_id: int, chunk_no: int, job_id: str, payload: dict[str,
 
 def wake_chunk(batch_id: int, chunk_no: int) -> None:
     """Interrupt a chunk's wait (a cancel, a retry) without a result."""
-    flow.get_redis().rpush(_wake_key(batch_id, chunk_no), "")
+    flow.get_redis().rpush(wake_key(batch_id, chunk_no), "")
 
 
 def take_results(job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -233,7 +234,7 @@ def take_results(job_ids: list[str]) -> dict[str, dict[str, Any]]:
 def wait_for_wake(batch_id: int, chunk_no: int, timeout: float) -> None:
     """Sleep until a webhook or a cancel wakes the chunk, or `timeout` seconds pass."""
     client = flow.get_redis()
-    key = _wake_key(batch_id, chunk_no)
+    key = wake_key(batch_id, chunk_no)
     if timeout > 0 and client.blpop([key], timeout=max(timeout, 0.01)):
         # Drain the rest: one pass of the loop handles every result that arrived.
         client.delete(key)

@@ -269,7 +269,12 @@ RUNPOD_BASE_URL = env_url(
 ).rstrip("/")
 RUNPOD_ENDPOINT_ID = env_str("RUNPOD_ENDPOINT_ID", "comicgen-local")
 RUNPOD_API_KEY = env_str("RUNPOD_API_KEY", "local-dev-key")
-RUNPOD_MAX_IN_FLIGHT = env_int("RUNPOD_MAX_IN_FLIGHT", 40, minimum=1)
+# A ceiling: the limiter keeps in flight what the endpoint's /health says it can take
+# (batches/capacity.py), never more than this.
+RUNPOD_MAX_IN_FLIGHT = env_int("RUNPOD_MAX_IN_FLIGHT", 1000, minimum=1)
+# The endpoint's queue-delay scaler setting (RunPod's default: 4 s): while work waits in
+# comicgen, jobs are left in RunPod's queue this long so the endpoint grows. 0: it does not scale.
+RUNPOD_SCALER_QUEUE_DELAY = env_float("RUNPOD_SCALER_QUEUE_DELAY", 4.0, minimum=0)
 RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 1.0, minimum=0.05)
 # With webhooks on, /status is polled only this often per job, in case a webhook was lost.
 RUNPOD_WEBHOOK_POLL_INTERVAL = env_float("RUNPOD_WEBHOOK_POLL_INTERVAL", 10.0, minimum=0.05)

@@ -15,9 +15,6 @@ DATA="${COMICGEN_DATA_DIR:-$ROOT/.local/dev}"
 export DATABASE_URL="${DATABASE_URL:-postgres://comicgen:comicgen@127.0.0.1:$COMICGEN_PG_PORT/comicgen}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$COMICGEN_REDIS_PORT/0}"
 export RUNPOD_BASE_URL="${RUNPOD_BASE_URL:-http://127.0.0.1:$EMULATOR_PORT/v2}"
-# Keep RunPod's own queue short (the emulator runs 8 GPU workers): a high-priority panel
-# then starts at the next free worker instead of behind a queue of normal ones.
-export RUNPOD_MAX_IN_FLIGHT="${RUNPOD_MAX_IN_FLIGHT:-10}"
 # One RunPod endpoint per model, as in production: the emulator serves two endpoint ids, and
 # flux-dev panels go to the second, so a batch mixing models lands on two endpoints (its
 # /_emulator/stats count each under "endpoints").

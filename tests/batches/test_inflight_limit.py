@@ -1,49 +1,220 @@
-"""The shared in-flight limit on real Redis: it counts jobs across workers, and a Redis that
+"""The shared in-flight limiter on real Redis: it counts jobs across callers per endpoint, serves
+high before normal before low and users in turn, wakes the waiter next in line, and a Redis that
 restarted empty counts again, from PostgreSQL, the jobs that are still running."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from batches import flow
+from batches import capacity, flow, limiter
 from batches.models import ImageStatus
 from tests.budgets.test_budget_services import make_batch
 
 
+@pytest.fixture(autouse=True)
+def _no_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests set the target themselves: no /health is read."""
+    monkeypatch.setattr(capacity, "follow", lambda endpoint: None)
+
+
+@pytest.fixture
+def endpoint(settings: Any) -> Iterator[str]:
+    """An endpoint of this test's own, so the session's Celery worker never shares its keys."""
+    settings.RUNPOD_MAX_IN_FLIGHT = 1000
+    yield f"ep-{uuid.uuid4().hex[:8]}"
+    client = flow.get_redis()
+    for key in client.scan_iter("waiter:*"):
+        client.delete(key)
+
+
+def acquire(endpoint: str, image: int, priority: str = "normal", user: int = 1) -> bool:
+    return limiter.acquire_slot(endpoint, image, priority, user, f"waiter:{user}:{priority}")
+
+
+def doorbells(*waiters: str) -> dict[str, int]:
+    client = flow.get_redis()
+    return {waiter: int(client.llen(waiter)) for waiter in waiters}
+
+
 @pytest.mark.django_db
-def test_the_limit_holds_across_callers(user: Any, settings: Any) -> None:
+def test_the_ceiling_holds_across_callers(settings: Any, endpoint: str) -> None:
     settings.RUNPOD_MAX_IN_FLIGHT = 2
-    assert flow.acquire_slot(1, "normal", "a")
-    assert flow.acquire_slot(2, "normal", "b")
-    assert not flow.acquire_slot(3, "normal", "c")
-    flow.release_slot(1)
-    assert flow.acquire_slot(3, "normal", "c")
+    assert acquire(endpoint, 1)
+    assert acquire(endpoint, 2)
+    assert not acquire(endpoint, 3)
+    limiter.release_slot(1)
+    assert acquire(endpoint, 3)
+
+
+@pytest.mark.django_db
+def test_a_published_target_below_the_ceiling_is_the_limit(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1)
+    assert acquire(endpoint, 2)
+    assert not acquire(endpoint, 3)
+    assert limiter.snapshot(endpoint)["in_flight"] == 2
+
+
+@pytest.mark.django_db
+def test_a_published_target_above_the_ceiling_is_capped(settings: Any, endpoint: str) -> None:
+    settings.RUNPOD_MAX_IN_FLIGHT = 1
+    limiter.publish_target(endpoint, 50)
+    assert acquire(endpoint, 1)
+    assert not acquire(endpoint, 2)
+
+
+@pytest.mark.django_db
+def test_endpoints_are_limited_independently(endpoint: str) -> None:
+    other = endpoint + "-other"
+    limiter.publish_target(endpoint, 1)
+    limiter.publish_target(other, 1)
+    assert acquire(endpoint, 1)
+    assert not acquire(endpoint, 2)
+    assert acquire(other, 2)
+    limiter.release_slot(2)  # found at `other` by its holder record
+    assert limiter.snapshot(other)["in_flight"] == 0
+    assert limiter.snapshot(endpoint)["in_flight"] == 1
+
+
+@pytest.mark.django_db
+def test_an_image_that_holds_a_slot_keeps_it(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 1)
+    assert acquire(endpoint, 1)
+    assert acquire(endpoint, 1)
+    assert limiter.snapshot(endpoint)["in_flight"] == 1
+
+
+@pytest.mark.django_db
+def test_high_is_served_before_normal_and_normal_before_low(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 1)
+    assert acquire(endpoint, 1, "normal", user=1)
+    assert not acquire(endpoint, 2, "low", user=2)
+    assert not acquire(endpoint, 3, "normal", user=3)
+    assert not acquire(endpoint, 4, "high", user=4)
+    limiter.release_slot(1)
+    # The high waiter is rung, and the others are refused while it waits.
+    assert doorbells("waiter:4:high", "waiter:3:normal", "waiter:2:low") == {
+        "waiter:4:high": 1, "waiter:3:normal": 0, "waiter:2:low": 0,
+    }  # fmt: skip
+    assert not acquire(endpoint, 2, "low", user=2)
+    assert not acquire(endpoint, 3, "normal", user=3)
+    assert acquire(endpoint, 4, "high", user=4)
+    limiter.release_slot(4)
+    assert not acquire(endpoint, 2, "low", user=2)
+    assert acquire(endpoint, 3, "normal", user=3)
+    limiter.release_slot(3)
+    assert acquire(endpoint, 2, "low", user=2)
+
+
+@pytest.mark.django_db
+def test_users_of_one_priority_take_turns(endpoint: str) -> None:
+    """A's big batch holds every slot; B asks once. From then on freed slots alternate between
+    them, whoever asks first."""
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1, user=1)
+    assert acquire(endpoint, 2, user=1)
+    assert not acquire(endpoint, 100, user=2)  # B waits
+    assert not acquire(endpoint, 3, user=1)  # A waits too
+
+    limiter.release_slot(1)
+    assert doorbells("waiter:2:normal", "waiter:1:normal") == {
+        "waiter:2:normal": 1, "waiter:1:normal": 0,
+    }  # fmt: skip
+    assert not acquire(endpoint, 3, user=1)  # A asks first, but it is B's turn
+    assert acquire(endpoint, 100, user=2)
+
+    limiter.release_slot(2)
+    assert not acquire(endpoint, 101, user=2)  # now A's turn: A was served less recently
+    assert acquire(endpoint, 3, user=1)
+
+    limiter.release_slot(3)
+    assert not acquire(endpoint, 4, user=1)
+    assert acquire(endpoint, 101, user=2)
+
+
+@pytest.mark.django_db
+def test_one_user_alone_takes_every_free_slot(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 3)
+    assert [acquire(endpoint, n, user=1) for n in range(4)] == [True, True, True, False]
+
+
+@pytest.mark.django_db
+def test_a_larger_target_wakes_as_many_waiters_as_it_makes_room_for(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 1)
+    assert acquire(endpoint, 1, user=1)
+    assert not acquire(endpoint, 2, user=2)
+    assert not acquire(endpoint, 3, user=3)
+    assert not acquire(endpoint, 4, user=4)
+    limiter.publish_target(endpoint, 3)
+    rung = doorbells("waiter:2:normal", "waiter:3:normal", "waiter:4:normal")
+    assert sorted(rung.values()) == [0, 1, 1]
 
 
 @pytest.mark.django_db
 def test_after_redis_loses_its_keys_jobs_still_running_are_counted_again(
-    user: Any, settings: Any
+    user: Any, settings: Any, endpoint: str
 ) -> None:
     settings.RUNPOD_MAX_IN_FLIGHT = 2
     batch = make_batch(user, images=3)
+    batch.endpoint_id = endpoint
+    batch.save(update_fields=["endpoint_id"])
     running, submitted, waiting = batch.images.order_by("index")
     running.status, submitted.status = ImageStatus.RUNNING, ImageStatus.SUBMITTED
     running.save(update_fields=["status"])
     submitted.save(update_fields=["status"])
-    assert flow.acquire_slot(running.pk, "normal", "a")
-    assert flow.acquire_slot(submitted.pk, "normal", "a")
+    assert acquire(endpoint, running.pk)
+    assert acquire(endpoint, submitted.pk)
 
     flow.get_redis().flushdb()  # as a Redis restarted with no data
 
-    assert not flow.acquire_slot(waiting.pk, "normal", "b")
-    flow.release_slot(running.pk)  # its job ended
-    assert flow.acquire_slot(waiting.pk, "normal", "b")
+    assert not acquire(endpoint, waiting.pk, user=2)
+    limiter.release_slot(running.pk)  # its job ended
+    assert acquire(endpoint, waiting.pk, user=2)
 
 
 @pytest.mark.django_db
-def test_a_rebuild_happens_once_however_many_callers_race_for_it(user: Any) -> None:
-    flow.get_redis().flushdb()
-    assert flow.rebuild_slots() is True
-    assert flow.rebuild_slots() is False
+def test_a_rebuild_counts_only_the_jobs_of_its_endpoint(user: Any, endpoint: str) -> None:
+    batch = make_batch(user, images=1)
+    batch.images.update(status=ImageStatus.RUNNING)
+    batch.endpoint_id = endpoint + "-other"
+    batch.save(update_fields=["endpoint_id"])
+    assert limiter.rebuild_slots(endpoint) is True
+    assert limiter.snapshot(endpoint)["in_flight"] == 0
+
+
+@pytest.mark.django_db
+def test_a_rebuild_happens_once_however_many_callers_race_for_it(endpoint: str) -> None:
+    assert limiter.rebuild_slots(endpoint) is True
+    assert limiter.rebuild_slots(endpoint) is False
+
+
+@pytest.mark.django_db
+def test_a_refused_waiter_stops_counting_once_it_stops_asking(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 1)
+    assert acquire(endpoint, 1, user=1)
+    assert not acquire(endpoint, 2, "high", user=2)
+    assert limiter.snapshot(endpoint)["waiting"]["high"] == 1
+    client = flow.get_redis()
+    # Its registration runs out (as WAITER_TTL_SECONDS after its last ask).
+    client.zadd(limiter.endpoint_key(endpoint, "waiters:high"), {"waiter:2:high": 0})
+    assert limiter.snapshot(endpoint)["waiting"]["high"] == 1
+    limiter.release_slot(1)
+    assert limiter.snapshot(endpoint)["waiting"]["high"] == 0
+    assert acquire(endpoint, 3, "normal", user=1)
+
+
+@pytest.mark.django_db
+def test_a_slot_whose_lease_ran_out_is_free_again(endpoint: str) -> None:
+    """A worker that died holding slots frees them when their leases run out."""
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1)
+    assert acquire(endpoint, 2)
+    client = flow.get_redis()
+    client.zadd(limiter.endpoint_key(endpoint, "slots"), {"1": 0, "2": 0})  # leases over
+    assert acquire(endpoint, 3)
+    assert acquire(endpoint, 4)
+    assert client.hget(limiter.HOLDERS_KEY, "1") is None

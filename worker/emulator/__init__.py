@@ -35,6 +35,10 @@ GPU workers, and a loopback-only control plane for tests and benchmarks:
   A reset starts a new bill: jobs running at the reset are dropped unbilled.
 - ``POST /_emulator/reset``: forget jobs, queue and counters; ``{"restore_config": true}`` also
   restores the settings the process started with.
+- ``GET /_emulator/scaling``: the scale curve of an autoscaling endpoint (``--min-workers``,
+  ``--max-workers``, ``--scaler-delay``, ``--idle-timeout``, ``--cold-start``), and
+  ``GET /v1/endpoints/<id>``: its settings as RunPod's REST API shows them
+  (worker/emulator/autoscale.py).
 
 Every job that ends sends its webhook (RunPod's final status object), cancelled and purged ones
 included; a job deleted by its ``policy.ttl`` sends none.

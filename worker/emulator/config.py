@@ -51,6 +51,14 @@ class EmulatorConfig:
     # {"flux-dev": 2.5} makes flux-dev jobs take 2.5 times as long.
     model_speed: dict[str, float] = dataclasses.field(default_factory=dict)
     cold_start: float = 0.0
+    # Autoscaling (worker/emulator/autoscale.py), on when max_workers > 0: `workers` is then
+    # ignored and the pool moves between min_workers and max_workers.
+    min_workers: int = 0
+    max_workers: int = 0
+    # RunPod's queue-delay scaler: add workers once the oldest queued job waited this long.
+    scaler_delay: float = 4.0
+    # RunPod's idle timeout: a worker idle this long stops (down to min_workers).
+    idle_timeout: float = 5.0
     fail_rate: float = 0.0
     http_error_rate: float = 0.0
     rate_limit_run: int = 1000
@@ -97,6 +105,14 @@ class EmulatorConfig:
                 f"a JSON object of at most {MAX_MODEL_SPEEDS} model names to factors in (0, 1000]",
             ),
             ("cold_start", self.cold_start >= 0, ">= 0 seconds"),
+            ("min_workers", 0 <= self.min_workers <= 2000, "between 0 and 2000"),
+            (
+                "max_workers",
+                self.max_workers == 0 or self.min_workers <= self.max_workers <= 2000,
+                "0 (no autoscaling) or between min_workers and 2000",
+            ),
+            ("scaler_delay", self.scaler_delay >= 0, ">= 0 seconds"),
+            ("idle_timeout", self.idle_timeout >= 0, ">= 0 seconds"),
             ("fail_rate", 0 <= self.fail_rate <= 1, "a fraction between 0 and 1"),
             ("http_error_rate", 0 <= self.http_error_rate <= 1, "a fraction between 0 and 1"),
             ("drop_webhooks", 0 <= self.drop_webhooks <= 1, "a fraction between 0 and 1"),
@@ -183,6 +199,10 @@ FIELD_TYPES: dict[str, Callable[[Any], Any]] = {
     "latency_scale": str,
     "model_speed": _model_speeds,
     "cold_start": float,
+    "min_workers": int,
+    "max_workers": int,
+    "scaler_delay": float,
+    "idle_timeout": float,
     "fail_rate": float,
     "http_error_rate": float,
     "rate_limit_run": int,
@@ -226,6 +246,14 @@ HELP = {
         "'{\"flux-dev\": 2.5}'); other inputs take 1.0"
     ),
     "cold_start": "seconds a worker spends initializing before its first job",
+    "min_workers": "with --max-workers: workers always on (warm at start)",
+    "max_workers": (
+        "autoscale up to this many workers by queue delay (0 = a fixed pool of --workers)"
+    ),
+    "scaler_delay": (
+        "autoscaling: add workers once the oldest queued job has waited this many seconds"
+    ),
+    "idle_timeout": "autoscaling: a worker idle this many seconds stops (down to --min-workers)",
     "fail_rate": "fraction of jobs that end FAILED",
     "http_error_rate": "fraction of /v2 requests answered HTTP 500 before doing anything",
     "rate_limit_run": "/run + /runsync requests per 10 s before 429 (0 = off)",

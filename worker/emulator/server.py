@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 from PIL import Image
 
+from worker.emulator.autoscale import Autoscaler
 from worker.emulator.config import (
     REFERENCE_HEIGHT,
     REFERENCE_STEPS,
@@ -262,13 +263,14 @@ def blank_output(job: dict[str, Any]) -> dict[str, Any]:
 class WorkerSlot:
     """A simulated GPU worker: ``idle``, ``initializing`` (cold start) or ``running``."""
 
-    __slots__ = ("id", "state", "warm", "retiring", "task")
+    __slots__ = ("id", "state", "warm", "retiring", "task", "idle_since")
 
     def __init__(self, worker_id: str) -> None:
         self.id = worker_id
         self.state = "idle"
         self.warm = False
         self.retiring = False
+        self.idle_since = 0.0
         self.task: asyncio.Task[None] | None = None
 
 
@@ -294,6 +296,7 @@ class Emulator:
         self._webhook_tasks: set[asyncio.Task[None]] = set()
         self.started_at = time.monotonic()
         self._closed = False
+        self.autoscaler = Autoscaler(self)
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -331,6 +334,8 @@ class Emulator:
             ("emulator_config", "/_emulator/config", ("GET", "POST"), self.handle_config),
             ("emulator_stats", "/_emulator/stats", ("GET",), self.handle_stats),
             ("emulator_reset", "/_emulator/reset", ("POST",), self.handle_reset),
+            ("emulator_scaling", "/_emulator/scaling", ("GET",), self.handle_scaling),
+            ("rest_endpoint", "/v1/endpoints/{endpoint_id}", ("GET",), self.handle_endpoint),
         ]
         for name, path, methods, view in routes:
             resource = app.router.add_resource(path, name=name)
@@ -345,7 +350,9 @@ class Emulator:
             timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S),
             connector=aiohttp.TCPConnector(limit=100),
         )
-        self._resize_workers(self.config.workers)
+        if not self.autoscaler.enabled:
+            self._resize_workers(self.config.workers)
+        self.autoscaler.start()
 
     async def _on_cleanup(self, app: web.Application) -> None:
         await self.close()
@@ -356,6 +363,8 @@ class Emulator:
             return
         self._closed = True
         tasks = [slot.task for slot in self.slots.values() if slot.task]
+        if self.autoscaler.task is not None:
+            tasks.append(self.autoscaler.task)
         for job in self.jobs.values():
             self._cancel_timers(job)
             if job.task:
@@ -475,6 +484,7 @@ class Emulator:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.queue.put_nowait((job.id, job.generation))
+        self.autoscaler.queued(job.id, job.generation, job.queued_at)
 
     async def handle_run(self, request: web.Request) -> web.Response:
         body = await self._read_run_body(request)
@@ -702,10 +712,33 @@ class Emulator:
                 slot.task.cancel()
                 del self.slots[slot.id]
 
+    def _add_workers(self, count: int, *, cold: bool) -> None:
+        """Start `count` workers; a cold one is initializing for cold_start seconds first."""
+        for _ in range(max(0, count)):
+            self._slot_counter += 1
+            slot = WorkerSlot(f"emu-worker-{self._slot_counter}")
+            if cold and self.config.cold_start > 0:
+                slot.state = "initializing"
+            else:
+                slot.warm = True
+            self.slots[slot.id] = slot
+            slot.task = asyncio.create_task(self._worker_loop(slot))
+
+    def _retire(self, slot: WorkerSlot) -> None:
+        """Stop a worker: at once when idle or initializing, after its job when running."""
+        slot.retiring = True
+        if slot.state != "running" and slot.task is not None:
+            slot.task.cancel()
+            self.slots.pop(slot.id, None)
+
     async def _worker_loop(self, slot: WorkerSlot) -> None:
         try:
+            if slot.state == "initializing":
+                await asyncio.sleep(self.config.cold_start)
+                slot.warm = True
             while not slot.retiring:
                 slot.state = "idle"
+                slot.idle_since = asyncio.get_running_loop().time()
                 job_id, generation = await self.queue.get()
                 job = self.jobs.get(job_id)
                 if job is None or job.status != IN_QUEUE or job.generation != generation:
@@ -868,8 +901,10 @@ class Emulator:
         previous, self.config = self.config, config
         if config.seed != previous.seed:
             self.rng = random.Random(config.seed)
-        if config.workers != previous.workers:
+        if config.workers != previous.workers and not self.autoscaler.enabled:
             self._resize_workers(config.workers)
+        if (config.min_workers, config.max_workers) != (previous.min_workers, previous.max_workers):
+            self.autoscaler.reconfigure()
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         refused = self._loopback_only(request)
@@ -929,6 +964,23 @@ class Emulator:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
+    async def handle_endpoint(self, request: web.Request) -> web.Response:
+        """RunPod's REST API `GET /v1/endpoints/<id>`: the endpoint's scaling settings."""
+        supplied = request.headers.get("Authorization", "")
+        if supplied.lower().startswith("bearer "):
+            supplied = supplied[7:].strip()
+        if not hmac.compare_digest(supplied.encode(), self.config.api_key.encode()):
+            return _error(401, "Unauthorized")
+        if request.match_info["endpoint_id"] != self.config.endpoint_id:
+            return _error(404, "endpoint not found")
+        return web.json_response(self.autoscaler.endpoint_settings())
+
+    async def handle_scaling(self, request: web.Request) -> web.Response:
+        refused = self._loopback_only(request)
+        if refused:
+            return refused
+        return web.json_response(self.autoscaler.as_json())
+
     async def handle_reset(self, request: web.Request) -> web.Response:
         refused = self._loopback_only(request)
         if refused:
@@ -956,6 +1008,7 @@ class Emulator:
         for task in self._webhook_tasks:
             task.cancel()
         self._reset_counters()
+        self.autoscaler.reset()
         if restore_config:
             self.apply_config(self.initial_config)
         # A fixed seed should replay the same fault pattern after every reset.

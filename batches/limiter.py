@@ -1,0 +1,327 @@
+"""The in-flight limiter: how many RunPod jobs comicgen keeps at each endpoint, and whose turn is
+next, shared through Redis by every worker process.
+
+Per endpoint (`comicgen:limiter:<endpoint>:...`):
+
+- `slots`: a sorted set of image ids holding a slot, scored by when their lease runs out (a
+  worker that died holding one frees it by itself); `holders` maps an image to its endpoint, so
+  a release or a lease refresh needs only the image id;
+- `target`: how many jobs to keep in flight, published by batches.capacity from the endpoint's
+  /health and capped by RUNPOD_MAX_IN_FLIGHT (the ceiling, used alone while no target is known);
+- per priority, the waiters refused a slot (`waiters:<p>`, a chunk each, expiring unless they
+  keep asking) and the users they belong to (`users:<p>`, scored by when each user was last
+  served). A slot goes to high before normal before low; within a priority, to the waiting user
+  served least recently, so users take turns (round robin) whatever the size of their batches;
+- a waiter is a Redis list key its chunk sleeps on (BLPOP): freeing a slot pushes to the lists
+  of the waiters next in line, so a chunk takes a freed slot within milliseconds, not a poll.
+
+PostgreSQL stays the source of truth: a Redis restarted empty loses the slots, and the next
+acquire counts again every job PostgreSQL says is in flight (`rebuild_slots`) before it grants
+anything.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+
+from batches.flow import get_redis
+from batches.models import IMAGE_IN_FLIGHT, ImageJob
+
+PREFIX = "comicgen:limiter"
+HOLDERS_KEY = f"{PREFIX}:holders"
+PRIORITIES = ("high", "normal", "low")
+# A refused waiter counts as waiting this long unless it asks again (a chunk asks at every pass,
+# at least every SLOT_WAIT seconds): a chunk that died or stopped wanting a slot soon stops
+# holding others back.
+WAITER_TTL_SECONDS = 3
+# A waiter's list outlives a chunk that went away without reading it, but not for ever.
+DOORBELL_TTL_SECONDS = 60
+# How long a published target stands without a fresh /health behind it.
+TARGET_TTL_SECONDS = 30
+
+
+def endpoint_key(endpoint: str, name: str) -> str:
+    return f"{PREFIX}:{endpoint}:{name}"
+
+
+# Shared Lua: the clock, the per-endpoint key names, pruning of expired waiters, and ringing the
+# doorbells of the waiters next in line. Keys are derived from the endpoint inside the script
+# (one Redis, not a cluster), so a release needs no more than the image id.
+_COMMON = """
+local PREFIX = 'comicgen:limiter:'
+local PRIORITIES = {'high', 'normal', 'low'}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local function key(ep, name) return PREFIX .. ep .. ':' .. name end
+
+-- HDEL/ZREM in slices: Lua's unpack() fails past a few thousand arguments.
+local function remove_all(command, target, members)
+  for i = 1, #members, 1000 do
+    redis.call(command, target, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+
+local function prune(ep)
+  for _, p in ipairs(PRIORITIES) do
+    local waiters = key(ep, 'waiters:' .. p)
+    local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+    if #gone > 0 then
+      remove_all('HDEL', key(ep, 'wuser:' .. p), gone)
+      redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+    end
+    local uexp = key(ep, 'uexp:' .. p)
+    local left = redis.call('ZRANGEBYSCORE', uexp, '-inf', now)
+    if #left > 0 then
+      remove_all('ZREM', key(ep, 'users:' .. p), left)
+      redis.call('ZREMRANGEBYSCORE', uexp, '-inf', now)
+    end
+  end
+  local slots = key(ep, 'slots')
+  local expired = redis.call('ZRANGEBYSCORE', slots, '-inf', now)
+  if #expired > 0 then
+    remove_all('HDEL', 'comicgen:limiter:holders', expired)
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  end
+end
+
+local function target_of(ep, ceiling)
+  local published = tonumber(redis.call('GET', key(ep, 'target')))
+  if published == nil or published > ceiling then return ceiling end
+  return published
+end
+
+-- Ring up to n doorbells, in the order slots are granted: priorities in turn; within one, one
+-- waiter per user, least recently served user first, then again round the users.
+local function ring(ep, n)
+  for _, p in ipairs(PRIORITIES) do
+    if n <= 0 then return end
+    local owners = redis.call('HGETALL', key(ep, 'wuser:' .. p))
+    if #owners > 0 then
+      local by_user = {}
+      for i = 1, #owners, 2 do
+        local user = owners[i + 1]
+        by_user[user] = by_user[user] or {}
+        table.insert(by_user[user], owners[i])
+      end
+      local order = redis.call('ZRANGE', key(ep, 'users:' .. p), 0, -1)
+      local round = 1
+      local rang = true
+      while n > 0 and rang do
+        rang = false
+        for _, user in ipairs(order) do
+          local list = by_user[user]
+          if n > 0 and list and list[round] then
+            redis.call('RPUSH', list[round], '')
+            redis.call('EXPIRE', list[round], tonumber(ARGV[#ARGV]))
+            n = n - 1
+            rang = true
+          end
+        end
+        round = round + 1
+      end
+    end
+  end
+end
+"""
+
+# ARGV: endpoint, image id, lease, priority, waiter, waiter ttl, user, ceiling, doorbell ttl.
+# 1 granted, 0 refused (the waiter is registered), -1 the slot set must be rebuilt first.
+_ACQUIRE = (
+    _COMMON
+    + """
+local ep, member, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local priority, waiter, waiter_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local user, ceiling = ARGV[7], tonumber(ARGV[8])
+if redis.call('EXISTS', key(ep, 'built')) == 0 then return -1 end
+prune(ep)
+local slots = key(ep, 'slots')
+if redis.call('ZSCORE', slots, member) then
+  redis.call('ZADD', slots, now + lease, member)
+  return 1
+end
+local free = target_of(ep, ceiling) - redis.call('ZCARD', slots)
+local ahead = 0
+for _, p in ipairs(PRIORITIES) do
+  if p == priority then break end
+  ahead = ahead + redis.call('ZCARD', key(ep, 'waiters:' .. p))
+end
+local users = key(ep, 'users:' .. priority)
+local served = key(ep, 'served')
+local mine = tonumber(redis.call('HGET', served, user)) or 0
+ahead = ahead + redis.call('ZCOUNT', users, '-inf', '(' .. mine)
+if free > ahead then
+  redis.call('ZADD', slots, now + lease, member)
+  redis.call('HSET', 'comicgen:limiter:holders', member, ep)
+  local seq = redis.call('INCR', key(ep, 'seq'))
+  redis.call('HSET', served, user, seq)
+  redis.call('ZADD', users, 'XX', seq, user)
+  redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter)
+  redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
+  redis.call('INCR', key(ep, 'granted'))
+  return 1
+end
+redis.call('ZADD', key(ep, 'waiters:' .. priority), now + waiter_ttl, waiter)
+redis.call('HSET', key(ep, 'wuser:' .. priority), waiter, user)
+redis.call('ZADD', users, mine, user)
+redis.call('ZADD', key(ep, 'uexp:' .. priority), now + waiter_ttl, user)
+return 0
+"""
+)
+
+# ARGV: image id, default endpoint, ceiling, doorbell ttl. Frees the slot wherever it is held
+# and rings the doorbells of as many waiters as there are free slots.
+_RELEASE = (
+    _COMMON
+    + """
+local member, ceiling = ARGV[1], tonumber(ARGV[3])
+local ep = redis.call('HGET', 'comicgen:limiter:holders', member) or ARGV[2]
+redis.call('HDEL', 'comicgen:limiter:holders', member)
+if redis.call('ZREM', key(ep, 'slots'), member) == 1 then
+  redis.call('INCR', key(ep, 'released'))
+end
+prune(ep)
+ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
+return 1
+"""
+)
+
+# ARGV: endpoint, target, target ttl, ceiling, doorbell ttl. Publish a new target and ring the
+# doorbells of waiters it makes room for.
+_PUBLISH = (
+    _COMMON
+    + """
+local ep = ARGV[1]
+redis.call('SET', key(ep, 'target'), ARGV[2], 'EX', tonumber(ARGV[3]))
+prune(ep)
+ring(ep, target_of(ep, tonumber(ARGV[4])) - redis.call('ZCARD', key(ep, 'slots')))
+return 1
+"""
+)
+
+# ARGV: endpoint, lease, image ids... Count the in-flight jobs PostgreSQL knows, unless another
+# process rebuilt the set first.
+_REBUILD = """
+local ep = ARGV[1]
+local slots = 'comicgen:limiter:' .. ep .. ':slots'
+local built = 'comicgen:limiter:' .. ep .. ':built'
+if redis.call('EXISTS', built) == 1 then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local lease = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  redis.call('ZADD', slots, 'NX', now + lease, ARGV[i])
+  redis.call('HSET', 'comicgen:limiter:holders', ARGV[i], ep)
+end
+redis.call('SET', built, '1')
+return 1
+"""
+
+# ARGV: lease, default endpoint, image ids... Extend the leases of slots still held.
+_REFRESH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local lease = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local ep = redis.call('HGET', 'comicgen:limiter:holders', ARGV[i]) or ARGV[2]
+  redis.call('ZADD', 'comicgen:limiter:' .. ep .. ':slots', 'XX', now + lease, ARGV[i])
+end
+return 1
+"""
+
+
+@functools.cache
+def _script(source: str) -> Any:
+    return get_redis().register_script(source)
+
+
+def default_endpoint() -> str:
+    return str(settings.RUNPOD_ENDPOINT_ID)
+
+
+def image_endpoint(image: ImageJob) -> str:
+    """The RunPod endpoint an image's jobs run on: its batch's, else the configured one. The
+    one place that says so for the limiter (the rebuild counts each job at its endpoint)."""
+    return image.batch.endpoint_id or default_endpoint()
+
+
+# --- the limiter -------------------------------------------------------------------------------
+
+
+def acquire_slot(endpoint: str, image_id: int, priority: str, user_id: int, waiter: str) -> bool:
+    """Take one of the endpoint's in-flight slots for an image's RunPod job. False when none is
+    free for this caller: the endpoint is at its target, or higher-priority work or another
+    user's turn comes first. The refused `waiter` (a Redis list key the caller then sleeps on
+    with BLPOP) is pushed to when a slot frees for it. An image that holds a slot keeps it."""
+    from batches import capacity  # capacity reads this module's keys
+
+    capacity.follow(endpoint)
+    args = [
+        endpoint, str(image_id), settings.COMICGEN_SLOT_LEASE_SECONDS, priority, waiter,
+        WAITER_TTL_SECONDS, str(user_id), settings.RUNPOD_MAX_IN_FLIGHT, DOORBELL_TTL_SECONDS,
+    ]  # fmt: skip
+    taken = _script(_ACQUIRE)(keys=[], args=args)
+    if taken == -1:
+        rebuild_slots(endpoint)
+        taken = _script(_ACQUIRE)(keys=[], args=args)
+    return bool(taken == 1)
+
+
+def release_slot(image_id: int, endpoint: str | None = None) -> None:
+    """Free an image's slot (wherever it is held; `endpoint` only names where to look when the
+    holder record is gone) and wake the waiters next in line."""
+    args = [
+        str(image_id), endpoint or default_endpoint(), settings.RUNPOD_MAX_IN_FLIGHT,
+        DOORBELL_TTL_SECONDS,
+    ]  # fmt: skip
+    _script(_RELEASE)(keys=[], args=args)
+
+
+def refresh_slots(image_ids: list[int], endpoint: str | None = None) -> None:
+    """Extend the leases of these images' slots (jobs still running), at whichever endpoint."""
+    if image_ids:
+        args = [settings.COMICGEN_SLOT_LEASE_SECONDS, endpoint or default_endpoint()]
+        _script(_REFRESH)(keys=[], args=[*args, *map(str, image_ids)])
+
+
+def rebuild_slots(endpoint: str) -> bool:
+    """Count again every job PostgreSQL says is in flight at this endpoint (after Redis lost the
+    set), so the limit still holds for jobs that were running when Redis restarted. False when
+    another process had rebuilt it first."""
+    in_flight = ImageJob.objects.filter(status__in=IMAGE_IN_FLIGHT).select_related("batch")
+    ids = [str(image.pk) for image in in_flight.only("pk", "batch__endpoint_id")
+           if image_endpoint(image) == endpoint]  # fmt: skip
+    args = [endpoint, settings.COMICGEN_SLOT_LEASE_SECONDS, *ids]
+    return bool(_script(_REBUILD)(keys=[], args=args))
+
+
+def publish_target(endpoint: str, target: int) -> None:
+    """Set how many jobs the endpoint should hold (batches.capacity decides), and wake waiters
+    a larger target makes room for."""
+    args = [
+        endpoint, int(target), TARGET_TTL_SECONDS, settings.RUNPOD_MAX_IN_FLIGHT,
+        DOORBELL_TTL_SECONDS,
+    ]  # fmt: skip
+    _script(_PUBLISH)(keys=[], args=args)
+
+
+def snapshot(endpoint: str) -> dict[str, Any]:
+    """What the limiter holds for an endpoint now: in flight, the published target, waiters by
+    priority and slots granted and released so far (for the control law and for metrics)."""
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.zcard(endpoint_key(endpoint, "slots"))
+    pipe.get(endpoint_key(endpoint, "target"))
+    pipe.get(endpoint_key(endpoint, "granted"))
+    pipe.get(endpoint_key(endpoint, "released"))
+    for priority in PRIORITIES:
+        pipe.zcard(endpoint_key(endpoint, f"waiters:{priority}"))
+    in_flight, target, granted, released, *waiting = pipe.execute()
+    return {
+        "in_flight": int(in_flight),
+        "target": int(target) if target is not None else None,
+        "granted": int(granted or 0),
+        "released": int(released or 0),
+        "waiting": dict(zip(PRIORITIES, map(int, waiting), strict=True)),
+    }

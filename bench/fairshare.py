@@ -1,0 +1,85 @@
+"""Fair share: a second author's 10-panel batch, alone and while another author's 500-panel
+batch runs, on 20 GPUs x 0.5 s, default settings. Time from its POST to its finished_at.
+
+Within a priority, freed slots go to the waiting users in turn (batches/limiter.py), so B's ten
+panels take every other slot A's batch frees instead of waiting behind A's 490 others.
+Target: B within 2 x its time alone.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import requests
+
+from bench.stack import ROOT, VENV_BIN, Stack, StackConfig, report, verdict
+
+WORKERS = 20
+LATENCY = 0.5
+BIG, SMALL = 500, 10
+TARGET = 2.0
+
+_CREATE_AUTHOR = """
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+user = get_user_model().objects.create_user("author-b", password="bench")
+print(Token.objects.create(user=user).key)
+"""
+
+
+def second_author(stack: Stack) -> requests.Session:
+    token = subprocess.run(
+        [str(VENV_BIN / "python"), "manage.py", "shell", "-c", _CREATE_AUTHOR],
+        cwd=ROOT, env=stack.env(), check=True,
+        capture_output=True, text=True,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    session = requests.Session()
+    session.headers["Authorization"] = f"Token {token}"
+    return session
+
+
+def timed_small(stack: Stack, author: requests.Session, prefix: str) -> float:
+    start = time.time()
+    batch = stack.submit(SMALL, prefix=prefix, session=author)
+    row = stack.wait_terminal(batch["id"], timeout=120)
+    return float(row["finished_at"].timestamp() - start)
+
+
+def main() -> dict[str, Any]:
+    config = StackConfig(emulator={"workers": WORKERS, "latency": LATENCY})
+    with Stack(config) as stack:
+        author_b = second_author(stack)
+        stack.submit(5, prefix="warm-up")
+        time.sleep(3)
+        alone = timed_small(stack, author_b, "alone")
+        time.sleep(1)
+        big = stack.submit(BIG, prefix="author A")
+        time.sleep(3)  # A's batch holds every slot by now
+        shared = timed_small(stack, author_b, "beside A")
+        done = stack.sql(
+            "SELECT count(*) FROM batches_imagejob WHERE batch_id = %s AND status = 'completed'",
+            big["id"],
+        )[0][0]
+        stack.session.post(f"{stack.web_url}/api/v1/batches/{big['id']}/cancel/", timeout=30)
+    ratio = shared / alone
+    figures = {
+        "emulator_workers": WORKERS, "latency_s": LATENCY, "big_batch": BIG, "small_batch": SMALL,
+        "alone_s": round(alone, 3), "beside_big_s": round(shared, 3), "ratio": round(ratio, 3),
+        "big_completed_meanwhile": done,
+    }  # fmt: skip
+    report(
+        "fairshare",
+        [
+            ("B's 10 panels alone (s)", alone, "", ""),
+            ("B's 10 panels beside A's 500 (s)", shared, "", ""),
+            ("beside / alone", ratio, "<= 2", verdict(ratio <= TARGET)),
+        ],
+        figures,
+    )
+    return figures
+
+
+if __name__ == "__main__":
+    main()
