@@ -15,6 +15,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from batches import chunks, events, services
+from batches.models import Batch
 from batches.runpod import TransientRunPodError
 
 TRANSIENT_ERRORS = (
@@ -40,6 +41,16 @@ RELIABLE: dict[str, Any] = {
 def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
     """Run one chunk of a batch on RunPod; returns a small summary (the chord ignores it)."""
     return chunks.process_chunk(batch_id, chunk_no)
+
+
+@shared_task(**RELIABLE)
+def enqueue_batch_task(batch_id: int) -> None:
+    """Build and send a new batch's chord, off the submit request (services.submit_batch).
+    Twice is harmless: a chunk runs under a lease and finalize is idempotent."""
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:  # deleted before a worker got to it
+        return
+    services.enqueue_batch(batch)
 
 
 @shared_task(**RELIABLE)
