@@ -96,9 +96,9 @@ def submit_batch(
     `images` carry their effective params. Raises BudgetExceeded (nothing created) or
     IdempotencyConflict. A replay with the same key and body returns the first batch.
 
-    The request does the least it must: five statements in one transaction (batch, images in
-    one insert, budget read, conditional reserve, ledger row) and, after commit, one message
-    to a worker that builds the chord (enqueue_batch_task): sending a chord of N chunks from
+    The request does the least it must: five statements in one transaction (the batch, its
+    images in one insert, the budget read, its conditional reserve, the ledger row) and, after
+    commit, one message to a worker that builds the chord (enqueue_batch_task): sending a chord of N chunks from
     the request cost about as much as everything else in it.
     """
     if idempotency_key:
@@ -122,6 +122,8 @@ def submit_batch(
                 estimated_cost=estimate.total,
                 expected_cost=estimate.expected_cost,
                 estimate_basis=estimate.basis,
+                # Reserved in this transaction (reserve_for_batch below), or rolled back.
+                reserved=estimate.total,
                 endpoint_id=settings.RUNPOD_ENDPOINT_ID,
                 currency=estimate.currency,
                 chunk_size=settings.COMICGEN_CHUNK_SIZE,
@@ -146,7 +148,9 @@ def submit_batch(
             )
             # Last in the transaction: the budget row stays locked from this UPDATE to COMMIT,
             # and concurrent submits of one author queue on that lock.
-            budget_services.reserve_for_batch(batch, estimate.total, images=len(images))
+            budget_services.reserve_for_batch(
+                batch, estimate.total, images=len(images), created_reserved=True
+            )
             chunks = list(range(math.ceil(len(images) / batch.chunk_size)))
             # robust: with the broker down the batch is still accepted; the sweeper enqueues it.
             transaction.on_commit(

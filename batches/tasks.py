@@ -43,7 +43,9 @@ def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
     return chunks.process_chunk(batch_id, chunk_no)
 
 
-@shared_task(**RELIABLE)
+# ignore_result: nobody reads it, and a task with a result makes apply_async subscribe to its
+# result channel in Redis, round trips the submit request would wait for.
+@shared_task(**RELIABLE, ignore_result=True)
 def enqueue_batch_task(batch_id: int) -> None:
     """Build and send a new batch's chord, off the submit request (services.submit_batch).
     Twice is harmless: a chunk runs under a lease and finalize is idempotent."""

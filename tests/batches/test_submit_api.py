@@ -480,9 +480,9 @@ class TestTheAnswer:
         for sql in statements:
             print("   ", sql[:120])
         assert response.status_code == 202
-        # BEGIN, the batch, its 50 images in one INSERT, the budget read and its conditional
-        # reserve, the batch's reserved, the ledger row, COMMIT; nothing read back.
-        assert len(statements) <= 8
+        # BEGIN, the batch (with its reservation), its 50 images in one INSERT, the budget read
+        # and its conditional reserve, the ledger row, COMMIT; nothing read back.
+        assert len(statements) <= 7
         assert sum('INSERT INTO "batches_imagejob"' in sql for sql in statements) == 1
         assert not [sql for sql in statements if sql.startswith("SELECT") and "imagejob" in sql]
         data = response.json()
