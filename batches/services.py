@@ -98,8 +98,8 @@ def submit_batch(
 
     The request does the least it must: five statements in one transaction (the batch, its
     images in one insert, the budget read, its conditional reserve, the ledger row) and, after
-    commit, one message to a worker that builds the chord (enqueue_batch_task): sending a chord of N chunks from
-    the request cost about as much as everything else in it.
+    commit, one message to a worker that builds the chord (enqueue_batch_task): sending a
+    chord of N chunks from the request cost about as much as everything else in it.
     """
     if idempotency_key:
         existing = _replayed_batch(user, idempotency_key, fingerprint)
