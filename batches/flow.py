@@ -91,6 +91,14 @@ def mark_chunks_queued(batch_id: int, chunk_numbers: list[int]) -> None:
     pipe.execute()
 
 
+def unmark_chunks_queued(batch_id: int, chunk_numbers: list[int]) -> None:
+    """Undo mark_chunks_queued when the task could not be sent after all (the sweeper then
+    enqueues the chunks on its next pass instead of when the marks expire)."""
+    keys = [_chunk_key(batch_id, chunk_no, "queued") for chunk_no in chunk_numbers]
+    if keys:
+        get_redis().delete(*keys)
+
+
 def chunk_is_owned(batch_id: int, chunk_no: int) -> bool:
     """True while a task runs the chunk or waits in the broker to run it."""
     keys = [_chunk_key(batch_id, chunk_no, kind) for kind in ("lease", "queued")]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import chord, group, signature
@@ -34,6 +35,12 @@ from budgets import services as budget_services
 
 logger = logging.getLogger(__name__)
 
+# Tasks are named, not imported: the tasks module imports this one.
+ENQUEUE_BATCH_TASK = "batches.tasks.enqueue_batch_task"
+PROCESS_CHUNK_TASK = "batches.tasks.process_chunk_task"
+FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
+ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
+
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different body."""
@@ -47,6 +54,9 @@ class StateConflict(Exception):
 class Submission:
     batch: Batch
     created: bool
+    # The images as created (primary keys set by the bulk insert), so the answer is built
+    # without reading them back; empty for a replayed submit.
+    images: list[ImageJob] = field(default_factory=list)
 
 
 def request_fingerprint(body: dict[str, Any]) -> str:
@@ -86,6 +96,11 @@ def submit_batch(
 
     `images` carry their effective params. Raises BudgetExceeded (nothing created) or
     IdempotencyConflict. A replay with the same key and body returns the first batch.
+
+    The request does the least it must: five statements in one transaction (the batch, its
+    images in one insert, the budget read, its conditional reserve, the ledger row) and, after
+    commit, one message to a worker that builds the chord (enqueue_batch_task): sending a
+    chord of N chunks from the request cost about as much as everything else in it.
     """
     if idempotency_key:
         existing = _replayed_batch(user, idempotency_key, fingerprint)
@@ -110,13 +125,17 @@ def submit_batch(
                 estimated_cost=estimate.total,
                 expected_cost=estimate.expected_cost,
                 estimate_basis=estimate.basis,
+                # Reserved in this transaction (reserve_for_batch below), or rolled back.
+                reserved=estimate.total,
                 endpoint_id=pricing.batch_endpoint(endpoints),
                 currency=estimate.currency,
                 chunk_size=settings.COMICGEN_CHUNK_SIZE,
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
             )
-            ImageJob.objects.bulk_create(
+            # One INSERT per 500 images (one for any batch of the default size); on PostgreSQL
+            # it returns the primary keys, so the answer needs no read back.
+            created_images = ImageJob.objects.bulk_create(
                 [
                     ImageJob(
                         batch=batch,
@@ -131,9 +150,16 @@ def submit_batch(
                 ],
                 batch_size=500,
             )
-            budget_services.reserve_for_batch(batch, estimate.total)
+            # Last in the transaction: the budget row stays locked from this UPDATE to COMMIT,
+            # and concurrent submits of one author queue on that lock.
+            budget_services.reserve_for_batch(
+                batch, estimate.total, images=len(images), created_reserved=True
+            )
+            chunks = list(range(math.ceil(len(images) / batch.chunk_size)))
             # robust: with the broker down the batch is still accepted; the sweeper enqueues it.
-            transaction.on_commit(lambda: enqueue_batch(batch), robust=True)
+            transaction.on_commit(
+                lambda: enqueue_batch_later(batch.pk, batch.priority, chunks), robust=True
+            )
     except IntegrityError:
         # Two submits with one Idempotency-Key raced; the other one won.
         if idempotency_key:
@@ -142,7 +168,22 @@ def submit_batch(
                 return Submission(existing, created=False)
         raise
     logger.info("batch %s submitted: %s images, estimate %s", batch.pk, len(images), estimate.total)
-    return Submission(batch, created=True)
+    return Submission(batch, created=True, images=created_images)
+
+
+def enqueue_batch_later(batch_id: int, priority: str, chunks: list[int]) -> None:
+    """Hand a new batch to a worker, which builds and sends its chord (enqueue_batch_task).
+
+    The chunks are marked queued first, so the sweeper does not enqueue them a second time
+    while the task waits in the broker; if the message cannot be sent, the marks go, and the
+    sweeper's next pass enqueues the batch. A message lost inside the broker takes its marks'
+    lifetime (the broker's visibility timeout) to be noticed, as a lost chunk task does."""
+    flow.mark_chunks_queued(batch_id, chunks)
+    try:
+        signature(ENQUEUE_BATCH_TASK, args=(batch_id,), queue=priority).apply_async()
+    except Exception:
+        flow.unmark_chunks_queued(batch_id, chunks)
+        raise
 
 
 def _replayed_batch(user: Any, key: str, fingerprint: str) -> Batch | None:
@@ -159,11 +200,6 @@ def chunk_numbers(batch: Batch, indexes: Iterable[int] | None = None) -> list[in
     if indexes is None:
         indexes = batch.images.unfinished().values_list("index", flat=True)
     return sorted({index // batch.chunk_size for index in indexes})
-
-
-PROCESS_CHUNK_TASK = "batches.tasks.process_chunk_task"
-FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
-ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
 
 
 def enqueue_batch(batch: Batch, chunks: list[int] | None = None) -> None:

@@ -15,6 +15,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from batches import chunks, events, services
+from batches.models import Batch
 from batches.runpod import TransientRunPodError
 
 TRANSIENT_ERRORS = (
@@ -43,6 +44,18 @@ def process_chunk_task(batch_id: int, chunk_no: int) -> dict[str, Any]:
     summary = chunks.process_chunk(batch_id, chunk_no)
     services.finalize_batch(batch_id)
     return summary
+
+
+# ignore_result: nobody reads it, and a task with a result makes apply_async subscribe to its
+# result channel in Redis, round trips the submit request would wait for.
+@shared_task(**RELIABLE, ignore_result=True)
+def enqueue_batch_task(batch_id: int) -> None:
+    """Build and send a new batch's chord, off the submit request (services.submit_batch).
+    Twice is harmless: a chunk runs under a lease and finalize is idempotent."""
+    batch = Batch.objects.filter(pk=batch_id).first()
+    if batch is None:  # deleted before a worker got to it
+        return
+    services.enqueue_batch(batch)
 
 
 @shared_task(**RELIABLE)

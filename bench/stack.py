@@ -1,12 +1,12 @@
 """The benchmarks' harness: a whole comicgen stack on loopback, brought up and torn down per run.
 
 `Stack` starts a throwaway PostgreSQL and Redis (scripts/lib.sh's own functions), migrates,
-then runs the Procfile's processes with the bench's settings: daphne, the Celery worker
-(threads, concurrency 16), the high-queue worker (concurrency 4), beat, and the RunPod
-emulator. It creates a user with a token, and drives the REST API over real HTTP and the
-WebSocket with a real client (aiohttp), as an API client would. The bench process itself never
-imports Django: it reads the database with plain SQL (psycopg) where a figure needs a stored
-timestamp.
+then runs the Procfile's processes with the bench's settings: the web server (the Procfile's
+own line), the Celery worker (threads, concurrency 16), the high-queue worker (concurrency 4),
+beat, and the RunPod emulator. It creates a user with a token, and drives the REST API over
+real HTTP and the WebSocket with a real client (aiohttp), as an API client would. The bench
+process itself never imports Django: it reads the database with plain SQL (psycopg) where a
+figure needs a stored timestamp.
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ def lib(function: str, *args: str) -> None:
         ["bash", "-c", f'source "{LIB}" && {function} "$@"', "lib", *args],
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def procfile_command(name: str) -> str:
+    """The Procfile's command line for one process (`web`, `worker`, ...)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise LookupError(f"no {name!r} process in the Procfile")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -177,7 +185,7 @@ class StackConfig:
 
     emulator: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    # Point COMICGEN_PUBLIC_URL at daphne (RunPod webhooks on), as `make dev` does.
+    # Point COMICGEN_PUBLIC_URL at the web server (RunPod webhooks on), as `make dev` does.
     webhooks: bool = True
 
 
@@ -271,8 +279,9 @@ class Stack:
         celery = str(VENV_BIN / "celery")
         commands = {
             "emulator": emulator_command,
-            "web": [str(VENV_BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.web_port),
-                    "comicgen.asgi:application"],
+            # The Procfile's own line, through bash as honcho runs it: the bench measures
+            # the web server `make dev` and the tests run.
+            "web": ["bash", "-c", "exec " + procfile_command("web")],
             "worker": [supervise, celery, "-A", "comicgen", "worker", "--pool", "threads",
                        "--concurrency", str(WORKER_CONCURRENCY), "-Q", "high,normal,low",
                        "-n", "worker@%h", "--loglevel", "INFO"],
@@ -282,8 +291,10 @@ class Stack:
             "beat": [celery, "-A", "comicgen", "beat", "--schedule",
                      str(self.dir / "celerybeat-schedule"), "--loglevel", "INFO"],
         }  # fmt: skip
+        web_env = {**env, "COMICGEN_WEB_HOST": "127.0.0.1", "COMICGEN_WEB_PORT": str(self.web_port)}
         for name, command in commands.items():
-            self.services[name] = Service(name, command, env, self.dir).start()
+            service_env = web_env if name == "web" else env
+            self.services[name] = Service(name, command, service_env, self.dir).start()
         self.services["emulator"].wait_for(
             lambda: requests.get(f"{self.emulator_url}/_emulator/config", timeout=1).ok
         )

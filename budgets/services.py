@@ -79,21 +79,29 @@ def _take_from_budget(budget_id: int, amount: Decimal) -> bool:
     )
 
 
-def reserve_for_batch(batch: Batch, amount: Decimal) -> None:
+def reserve_for_batch(
+    batch: Batch, amount: Decimal, *, images: int | None = None, created_reserved: bool = False
+) -> None:
     """Reserve a batch's estimate (call inside the transaction that creates the batch).
-    Raises BudgetExceeded, leaving nothing reserved, when it does not fit."""
+    Raises BudgetExceeded, leaving nothing reserved, when it does not fit. `images`, the
+    number of panels the estimate is for, names them in the ledger note (counted when not
+    given). `created_reserved`: the batch row was inserted with `reserved=amount` in this
+    transaction, so only the budget moves. A submit knows both, and saves two statements."""
     budget = get_budget(batch.user)
     if not _take_from_budget(budget.pk, amount):
         budget.refresh_from_db()
         raise BudgetExceeded(amount, max(budget.remaining, ZERO), budget.currency)
-    Batch.objects.filter(pk=batch.pk).update(reserved=F("reserved") + amount)
-    batch.reserved += amount
+    if not created_reserved:
+        Batch.objects.filter(pk=batch.pk).update(reserved=F("reserved") + amount)
+        batch.reserved += amount
+    if images is None:
+        images = batch.images.count()
     LedgerEntry.objects.create(
         budget=budget,
         batch=batch,
         kind=LedgerEntry.Kind.RESERVE,
         amount=amount,
-        note=f"estimate for {batch.images.count() or 'new'} images",
+        note=f"estimate for {images or 'new'} images",
     )
 
 

@@ -7,6 +7,9 @@ cd "$ROOT"
 
 export COMICGEN_WEB_HOST="${COMICGEN_WEB_HOST:-127.0.0.1}"
 export COMICGEN_WEB_PORT="${COMICGEN_WEB_PORT:-8000}"
+# Web server processes (uvicorn; HTTP and WebSockets): Django runs one process's sync views in one
+# thread, so a second process keeps webhooks and pages from queueing behind submits.
+export COMICGEN_WEB_WORKERS="${COMICGEN_WEB_WORKERS:-2}"
 export COMICGEN_PG_PORT="${COMICGEN_PG_PORT:-5433}"
 export COMICGEN_REDIS_PORT="${COMICGEN_REDIS_PORT:-6380}"
 export EMULATOR_PORT="${EMULATOR_PORT:-8787}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from batches import eta, panels
-from batches.models import Batch, ImageJob, Priority
+from batches.models import Batch, ImageJob, ImageStatus, Priority
 from budgets import pricing
 
 DEFAULT_PARAMS: dict[str, Any] = {
@@ -217,6 +218,60 @@ class BatchSerializer(BatchSummarySerializer):
 
     class Meta(BatchSummarySerializer.Meta):
         fields = [*BatchSummarySerializer.Meta.fields, "images"]
+
+
+# A submit's answer lists the images up to this many; a larger batch answers with its summary
+# (the images are at its Location, and live on its WebSocket): serializing thousands of rows
+# would cost the request more than creating them.
+ACCEPTED_IMAGES_INLINE = 100
+
+
+def new_batch_counts(images: int) -> dict[str, int]:
+    """The counts of a batch just created: every image pending."""
+    counts = dict.fromkeys(ImageStatus.values, 0)
+    counts[ImageStatus.PENDING] = images
+    counts["total"] = images
+    return counts
+
+
+class BatchLinksSerializer(serializers.Serializer):
+    self = serializers.CharField(help_text="The batch with every image (also `Location`).")
+    events = serializers.CharField(help_text="Its WebSocket: a snapshot, then live updates.")
+
+
+class BatchAcceptedSerializer(BatchSummarySerializer):
+    """What a submit answers (202, or 200 for an idempotent replay): the batch's summary, its
+    links and, for a batch of up to ACCEPTED_IMAGES_INLINE images, the images. It is built from
+    what the request created, not read back: set `accepted_images` on the batch (None to leave
+    `images` out) and its counts in `_counts_cache`, as the view does."""
+
+    images = ImageJobSerializer(
+        source="accepted_images",
+        many=True,
+        read_only=True,
+        required=False,
+        help_text=f"Every image, for a batch of up to {ACCEPTED_IMAGES_INLINE}; absent for a "
+        "larger one (GET the batch's `links.self` for them).",
+    )
+    links = serializers.SerializerMethodField()
+
+    class Meta(BatchSummarySerializer.Meta):
+        fields = [*BatchSummarySerializer.Meta.fields, "links", "images"]
+
+    @extend_schema_field(BatchLinksSerializer)
+    def get_links(self, batch: Batch) -> dict[str, str]:
+        path = f"/api/v1/batches/{batch.pk}/"
+        request = self.context.get("request")
+        return {
+            "self": request.build_absolute_uri(path) if request else path,
+            "events": f"/ws/batches/{batch.pk}/",
+        }
+
+    def to_representation(self, batch: Batch) -> dict[str, Any]:
+        data = dict(super().to_representation(batch))
+        if getattr(batch, "accepted_images", None) is None:
+            data.pop("images", None)
+        return data
 
 
 class ModelBasisSerializer(serializers.Serializer):

@@ -17,13 +17,16 @@ from zipstream import ZIP_STORED, ZipStream
 
 from batches import services
 from batches.api.serializers import (
+    ACCEPTED_IMAGES_INLINE,
+    BatchAcceptedSerializer,
     BatchSerializer,
     BatchSubmitSerializer,
     BatchSummarySerializer,
     EstimateSerializer,
+    new_batch_counts,
 )
 from batches.api.throttles import EstimateThrottle, SubmitThrottle
-from batches.models import Batch, ImageStatus, Priority
+from batches.models import Batch, ImageJob, ImageStatus, Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
@@ -74,6 +77,24 @@ def batch_with_images(batch_id: int) -> Batch:
     return Batch.objects.with_images().get(pk=batch_id)
 
 
+def accepted_batch(submission: services.Submission) -> Batch:
+    """The submitted batch, ready for BatchAcceptedSerializer: a new one answers from what
+    the request created (every image pending, no read back); a replay reads the batch as it
+    is now. Either lists its images only up to ACCEPTED_IMAGES_INLINE."""
+    batch = submission.batch
+    if submission.created:
+        counts = new_batch_counts(len(submission.images))
+        images: list[ImageJob] = submission.images
+    else:
+        counts = batch.status_counts()
+        inline = counts["total"] <= ACCEPTED_IMAGES_INLINE
+        images = list(batch.images.order_by("index")) if inline else []
+    batch._counts_cache = counts  # type: ignore[attr-defined]
+    inline = counts["total"] <= ACCEPTED_IMAGES_INLINE
+    batch.accepted_images = images if inline else None  # type: ignore[attr-defined]
+    return batch
+
+
 class BatchListView(ListAPIView):
     """GET: the user's batches, newest first. POST: submit a batch (202, runs in the background)."""
 
@@ -90,8 +111,8 @@ class BatchListView(ListAPIView):
         request=BatchSubmitSerializer,
         parameters=[IDEMPOTENCY_HEADER],
         responses={
-            202: BatchSerializer,
-            200: BatchSerializer,
+            202: BatchAcceptedSerializer,
+            200: BatchAcceptedSerializer,
             400: dict,
             402: dict,
             403: dict,
@@ -116,10 +137,10 @@ class BatchListView(ListAPIView):
             raise budget_exceeded_error(error) from None
         except services.IdempotencyConflict as error:
             raise ApiError("idempotency_conflict", str(error), 422) from None
-        batch = batch_with_images(submission.batch.pk)
+        batch = accepted_batch(submission)
         location = request.build_absolute_uri(f"/api/v1/batches/{batch.pk}/")
         return Response(
-            BatchSerializer(batch, context={"request": request}).data,
+            BatchAcceptedSerializer(batch, context={"request": request}).data,
             status=status.HTTP_202_ACCEPTED if submission.created else status.HTTP_200_OK,
             headers={"Location": location},
         )

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rest_framework.authtoken.models import Token
 
-from batches import flow, webhooks
+from batches import webhooks
 from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
 from tests.factories import UserFactory
 

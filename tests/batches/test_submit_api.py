@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from batches.api.serializers import ACCEPTED_IMAGES_INLINE
 from batches.models import Batch, ImageJob
+from budgets.books import check_books
 from budgets.models import Budget, LedgerEntry
 from budgets.services import get_budget
 from tests.factories import UserFactory
@@ -456,3 +460,104 @@ class TestHostileBodies:
 
         assert 400 <= response.status_code < 500
         assert not Batch.objects.exists()
+
+
+@pytest.mark.django_db
+class TestTheAnswer:
+    """The 202 is built from what the request created: no read back, no chord in the request."""
+
+    def test_it_answers_from_the_rows_it_created_without_reading_them_back(
+        self, api: APIClient, user: Any
+    ) -> None:
+        # The author's budget exists and the endpoint's history is cached (for a minute) once
+        # anything has been priced.
+        api.post(URL, body(1), format="json")
+        with CaptureQueriesContext(connection) as queries:
+            response = api.post(URL, body(50), format="json")
+
+        statements = [query["sql"] for query in queries.captured_queries]
+        print(f"\n{len(statements)} SQL statements for a 50-image submit:")
+        for sql in statements:
+            print("   ", sql[:120])
+        assert response.status_code == 202
+        # BEGIN, the batch (with its reservation), its 50 images in one INSERT, the budget read
+        # and its conditional reserve, the ledger row, COMMIT; nothing read back.
+        assert len(statements) <= 7
+        assert sum('INSERT INTO "batches_imagejob"' in sql for sql in statements) == 1
+        assert not [sql for sql in statements if sql.startswith("SELECT") and "imagejob" in sql]
+        data = response.json()
+        stored = list(ImageJob.objects.filter(batch_id=data["id"]).order_by("index"))
+        assert [image["id"] for image in data["images"]] == [image.pk for image in stored]
+        assert [image["seed"] for image in data["images"]] == [image.seed for image in stored]
+        assert data["counts"] == {**dict.fromkeys(data["counts"], 0), "pending": 50, "total": 50}
+        batch = Batch.objects.get(pk=data["id"])
+        assert Decimal(data["estimated_cost"]) == batch.estimated_cost == batch.reserved
+        assert data["links"]["self"] == response["Location"]
+        assert data["links"]["events"] == f"/ws/batches/{batch.pk}/"
+        assert check_books() == []
+
+    def test_a_large_batch_answers_with_its_summary_not_every_image(
+        self, api: APIClient, settings: Any
+    ) -> None:
+        count = ACCEPTED_IMAGES_INLINE + 1
+        settings.COMICGEN_MAX_BATCH_IMAGES = count
+
+        response = api.post(URL, body(count), format="json")
+
+        assert response.status_code == 202
+        data = response.json()
+        assert "images" not in data
+        assert data["counts"]["total"] == data["counts"]["pending"] == count
+        assert ImageJob.objects.filter(batch_id=data["id"]).count() == count
+        detail = api.get(data["links"]["self"]).json()
+        assert len(detail["images"]) == count
+
+    def test_a_replay_answers_like_the_first_submit(self, api: APIClient) -> None:
+        first = api.post(URL, body(3), format="json", HTTP_IDEMPOTENCY_KEY="k").json()
+        again = api.post(URL, body(3), format="json", HTTP_IDEMPOTENCY_KEY="k").json()
+
+        assert again.keys() == first.keys()
+        assert [image["id"] for image in again["images"]] == [i["id"] for i in first["images"]]
+        assert again["counts"] == first["counts"]
+
+    def test_it_hands_the_chord_to_a_task_on_the_batch_queue(
+        self,
+        api: APIClient,
+        user: Any,
+        monkeypatch: pytest.MonkeyPatch,
+        django_capture_on_commit_callbacks: Any,
+    ) -> None:
+        from batches import flow, services, tasks
+
+        grant_high_priority(user)
+        sent: list[tuple[Any, dict[str, Any]]] = []
+        monkeypatch.setattr(
+            tasks.enqueue_batch_task, "apply_async", lambda *a, **kw: sent.append((a, kw))
+        )
+        monkeypatch.setattr(services, "chord", lambda *_: pytest.fail("chord built in request"))
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(URL, body(25, priority="high"), format="json")
+
+        batch_id = response.json()["id"]
+        assert sent == [((), {"args": (batch_id,), "queue": "high"})]
+        # Marked queued until the task runs, so the sweeper does not enqueue them twice.
+        assert [flow.chunk_is_owned(batch_id, n) for n in range(4)] == [True, True, True, False]
+
+    def test_the_task_builds_the_chord_of_every_chunk(
+        self, api: APIClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from batches import services, tasks
+
+        chords: list[list[Any]] = []
+
+        def fake_chord(header: Any) -> Any:
+            chords.append([task.args for task in header.tasks])
+            return lambda callback: None
+
+        monkeypatch.setattr(services, "chord", fake_chord)
+        batch_id = api.post(URL, body(25), format="json").json()["id"]
+
+        tasks.enqueue_batch_task(batch_id)
+        tasks.enqueue_batch_task(batch_id + 1000)  # a batch deleted meanwhile: nothing to do
+
+        assert chords == [[(batch_id, 0), (batch_id, 1), (batch_id, 2)]]

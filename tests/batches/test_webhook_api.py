@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.test import Client, RequestFactory
 
-from batches import flow, services, webhooks
+from batches import flow, webhooks
 from batches.models import Batch, ImageJob
 from batches.webhooks import runpod_webhook
 from tests.factories import UserFactory

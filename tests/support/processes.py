@@ -1,4 +1,4 @@
-"""Start the project's real processes (Celery worker, daphne) for integration tests."""
+"""Start the project's real processes (Celery worker, the web server) for integration tests."""
 
 from __future__ import annotations
 
@@ -103,12 +103,32 @@ def celery_beat(env: dict[str, str], beat_dir: str) -> ServiceProcess:
     return ServiceProcess("beat", command, env, lambda: time.monotonic() - started > 1.0)
 
 
-def daphne(env: dict[str, str], port: int) -> ServiceProcess:
+def procfile_command(name: str) -> str:
+    """The Procfile's command line for one process, so the tests run what `make dev` runs."""
+    for line in (REPO_ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split(":", 1)[1].strip()
+    raise LookupError(f"no {name!r} process in the Procfile")
+
+
+def web_server(env: dict[str, str], port: int) -> ServiceProcess:
+    """The Procfile's web process (HTTP and WebSockets, several worker processes) on this port.
+    Run through bash as honcho runs it, `exec`ed so that its process group is the server's."""
     import requests
 
-    command = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "comicgen.asgi:application"]
+    server_env = {
+        **env,
+        "PATH": f"{BIN}:{env.get('PATH', '')}",
+        "COMICGEN_WEB_HOST": "127.0.0.1",
+        "COMICGEN_WEB_PORT": str(port),
+    }
+    command = ["bash", "-c", "exec " + procfile_command("web")]
 
     def ready() -> bool:
         return requests.get(f"http://127.0.0.1:{port}/admin/login/", timeout=1).status_code == 200
 
-    return ServiceProcess("daphne", command, env, ready)
+    return ServiceProcess("web", command, server_env, ready)
+
+
+# The name tests/conftest.py imports (the web process was daphne before it was the Procfile's).
+daphne = web_server
