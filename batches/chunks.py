@@ -31,7 +31,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from batches import events, flow, outputs, panels, services
+from batches import authoring, events, flow, outputs, panels, services
 from batches.models import IMAGE_IN_FLIGHT, IMAGE_TERMINAL, Batch, ImageJob, ImageStatus
 from batches.runpod import (
     CANCELLED,
@@ -154,6 +154,8 @@ class ChunkRun:
         if Batch.objects.filter(pk=self.batch_id, cancel_requested_at__isnull=False).exists():
             self.cancel(open_images)
             return SLOT_RETRY_SECONDS
+        if authoring.batch_is_paused(self.batch_id):  # authors' tools: pause
+            return self.paused_pass(open_images)
         self.submit_due(open_images)
         self.collect([image for image in open_images if image.runpod_job_id])
         if not self.images.exclude(status__in=IMAGE_TERMINAL).exists():
@@ -444,6 +446,8 @@ class ChunkRun:
                 png = outputs.png_from_output(job.output)
             except outputs.BadOutput as error:
                 self.attempt_failed(image, job, f"RunPod returned no usable image: {error}")
+                if isinstance(error, outputs.BlankImage):  # authors' tools: quality gate
+                    authoring.reseed_after_blank(image)
                 return
             self.completed(image, job, png)
         else:
@@ -578,6 +582,20 @@ class ChunkRun:
                 image, job, status=ImageStatus.CANCELLED, error=reason,
                 runpod_job_id="", finished_at=timezone.now(),
             )  # fmt: skip
+
+    # --- paused (authors' tools, batches/authoring.py) --------------------------------------
+
+    def paused_pass(self, open_images: list[ImageJob]) -> float | None:
+        """A pass of a paused batch: jobs already on RunPod are followed to their end and
+        stored (an attempt whose /run answer was lost is adopted or given up as usual), nothing
+        new is submitted. With nothing in flight the task ends (None); resume enqueues the
+        chunk again."""
+        in_flight = authoring.in_flight(open_images)
+        if not in_flight:
+            return None
+        self.submit_due(in_flight)  # only adopts: every image here is already submitted
+        self.collect([image for image in in_flight if image.runpod_job_id])
+        return max(0.02, min(MAX_WAIT_SECONDS, poll_interval()))
 
     # --- waiting -----------------------------------------------------------------------------
 

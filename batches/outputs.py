@@ -156,6 +156,7 @@ def check_not_blank(data: bytes) -> None:
         spread = max(ImageStat.Stat(pixels).stddev)
         extrema = pixels.getextrema()
     # Exactly one colour is blank whatever the threshold (a threshold of 0 keeps only this).
-    flat = all(low == high for low, high in extrema)
+    bands: Any = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    flat = all(low == high for low, high in bands)
     if flat or spread <= settings.COMICGEN_BLANK_THRESHOLD:
         raise BlankImage(f"blank image (one flat colour, spread {spread:.2f} of 255)")

@@ -131,11 +131,44 @@ class ImageJobSerializer(serializers.ModelSerializer):
             "image_url",
             "cost",
             "seq",
+            # Authors' tools (batches/authoring.py).
+            "version",
+            "versions",
+            "selected_version",
+            "expired",
         ]
 
     def get_image_url(self, image: ImageJob) -> str | None:
         """Signed and expiring (batches.panels): it works without headers, for a while."""
         return panels.panel_url(image)
+
+    # --- authors' tools ----------------------------------------------------------------------
+
+    versions = serializers.SerializerMethodField()
+    expired = serializers.SerializerMethodField()
+
+    def get_versions(self, image: ImageJob) -> list[dict[str, Any]]:
+        """Every completed take, oldest first; the last is the current one once drawn."""
+        from batches import authoring, takes
+
+        return [
+            {
+                "version": take.version,
+                "prompt": take.prompt,
+                "seed": take.seed,
+                "params": take.params,
+                "image_url": takes.take_url(image, take),
+                "cost": str(take.cost),
+                "created_at": take.created_at.isoformat() if take.created_at else None,
+                "current": take.current,
+                "expired": not take.file_name,
+            }
+            for take in authoring.takes_of(image)
+        ]
+
+    def get_expired(self, image: ImageJob) -> bool:
+        """A completed panel whose file the retention removed (its row and cost stay)."""
+        return image.status == "completed" and not image.image
 
 
 class BatchSummarySerializer(serializers.ModelSerializer):
