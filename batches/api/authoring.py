@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -133,7 +134,19 @@ class ImageSelectView(APIView):
 EXPORT_FORMATS = {"pdf": "application/pdf", "cbz": "application/vnd.comicbook+zip"}
 
 
+class ExportNegotiation(DefaultContentNegotiation):
+    """`?format=` names the export here, not a DRF renderer (DRF would answer 404 for "pdf"):
+    errors are JSON whatever it says."""
+
+    def select_renderer(
+        self, request: Request, renderers: list[Any], format_suffix: str | None = None
+    ) -> tuple[Any, str]:
+        return renderers[0], renderers[0].media_type
+
+
 class BatchExportView(APIView):
+    content_negotiation_class = ExportNegotiation
+
     @extend_schema(
         parameters=[
             OpenApiParameter("format", OpenApiTypes.STR, enum=list(EXPORT_FORMATS)),
