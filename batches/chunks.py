@@ -95,6 +95,10 @@ def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
     taken (and leaves) or the images terminal (and finishes at once)."""
     lease = flow.ChunkLease(batch_id, chunk_no, owner=uuid.uuid4().hex)
     if not lease.acquire():
+        # This task was what the chunk's "queued" marker stood for, and it leaves now: a marker
+        # left behind would hide the chunk from the sweeper should the running task die (a
+        # resume or a redraw enqueues chunks whose task may still be running).
+        flow.get_redis().delete(lease.queued_key)
         logger.info("batch %s chunk %s is already being run", batch_id, chunk_no)
         return {"chunk": chunk_no, "skipped": "owned by another task"}
     try:
