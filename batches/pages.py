@@ -112,8 +112,8 @@ def _frame_box(frame: Frame) -> tuple[int, int, int, int]:
 
 
 def compose_page(page: Page) -> Image.Image:
-    """The page as an RGB image: each take scaled to fill its frame (cropped at the centre, as
-    a letterer frames a panel), inked borders, and a caption in frames with no image."""
+    """The page as an RGB image: each take scaled to fit its frame whole and centred in it,
+    inked borders, and a caption in frames with no image."""
     sheet = Image.new("RGB", (PAGE_WIDTH, PAGE_HEIGHT), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=28)
@@ -126,10 +126,20 @@ def compose_page(page: Page) -> Image.Image:
             text = f"Panel {slot.image.panel_number}: {slot.missing or 'image missing'}"
             draw.text(((x0 + x1) // 2, (y0 + y1) // 2), text, fill=(90, 90, 90), font=font,
                       anchor="mm")  # fmt: skip
-        else:
-            with art:
-                sheet.paste(ImageOps.fit(art.convert("RGB"), size), (x0, y0))
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline="black", width=BORDER)
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline="black", width=BORDER)
+            continue
+        with art:
+            # Scaled to fit whole (an author's panel is never cropped), centred in its frame,
+            # the ink border drawn around the art itself.
+            fitted = ImageOps.contain(art.convert("RGB"), size)
+        left = x0 + (size[0] - fitted.width) // 2
+        top = y0 + (size[1] - fitted.height) // 2
+        sheet.paste(fitted, (left, top))
+        draw.rectangle(
+            (left, top, left + fitted.width - 1, top + fitted.height - 1),
+            outline="black",
+            width=BORDER,
+        )
     return sheet
 
 

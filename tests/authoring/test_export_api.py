@@ -34,9 +34,11 @@ def pdf_pages(data: bytes) -> list[tuple[float, float]]:
 
 
 def panel_colour(page: Image.Image, frame: pages.Frame) -> tuple[int, ...]:
-    """The colour at the top-left quarter of a frame: each test panel is one colour there."""
+    """The colour just below and right of a frame's centre: a panel is fitted whole and
+    centred, and each test panel is its own colour there (its white square ends at the
+    centre)."""
     x0, y0, x1, y1 = pages._frame_box(frame)
-    return page.getpixel((x0 + (x1 - x0) // 8, y0 + (y1 - y0) // 8))
+    return page.getpixel(((x0 + x1) // 2 + 40, (y0 + y1) // 2 + 40))
 
 
 def test_the_pdf_has_one_page_per_four_panels_in_order(api: Any, user: Any) -> None:
