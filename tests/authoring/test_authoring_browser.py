@@ -92,9 +92,8 @@ def test_an_author_redraws_picks_a_take_pauses_and_exports_pages(
     page.wait_for_selector("text=take 1 is used")
     assert ImageJob.objects.get(pk=image.pk).selected_version == 1
     assert "✓" in page.locator("[data-testid=take-1]").first.inner_text()
-    page.wait_for_function(
-        "[...document.querySelectorAll('.takes img')].every(img => img.complete && img.naturalWidth)"
-    )
+    loaded = "[...document.querySelectorAll('.takes img')].every(i => i.complete && i.naturalWidth)"
+    page.wait_for_function(loaded)
     page.screenshot(path=str(ARTIFACTS / "authoring-take-picked.png"), full_page=True)
 
     # Pause a long batch while it runs, then resume it.
