@@ -436,4 +436,8 @@ def resume_batches(modeladmin: BatchAdmin, request: HttpRequest, queryset: Query
 
 BatchAdmin.actions = [*BatchAdmin.actions, pause_batches, resume_batches]
 # The authors' own settings and the retention's stamp are not staff's to edit here.
-BatchAdmin.readonly_fields = (*BatchAdmin.readonly_fields, "page_layout", "panels_expired_at")
+BatchAdmin.readonly_fields = (  # type: ignore[assignment]
+    *BatchAdmin.readonly_fields,
+    "page_layout",
+    "panels_expired_at",
+)
