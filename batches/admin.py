@@ -25,6 +25,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from batches import fragments, panels, services
+from batches.authoring import kept_take_files
 from batches.models import Batch, ImageJob
 from batches.views import counts_of, with_counts
 from budgets import estimates, pricing
@@ -64,6 +65,7 @@ def delete_finished_batches(batches: Iterable[Batch], note: str) -> int:
     file_names = list(
         ImageJob.objects.filter(batch_id__in=ids).exclude(image="").values_list("image", flat=True)
     )
+    file_names += kept_take_files(ids)  # authors' tools: the earlier takes' files too
     Batch.objects.filter(pk__in=ids).delete()
     storage = ImageJob._meta.get_field("image").storage
     transaction.on_commit(lambda: _delete_files(storage, file_names))

@@ -306,3 +306,26 @@ def chosen_files(batch: Batch) -> list[tuple[str, str]]:
         if take is not None and take.file_name:
             files.append((image.filename, take.file_name))
     return files
+
+
+def kept_take_files(batch_ids: list[int]) -> list[str]:
+    """The stored files of the earlier takes of these batches' panels (for a deletion)."""
+    versions = ImageVersion.objects.filter(image__batch_id__in=batch_ids).exclude(file="")
+    return list(versions.values_list("file", flat=True))
+
+
+def sweep_paused_batches() -> int:
+    """Resume the chunks of paused batches that still follow jobs on RunPod but whose task
+    died (the sweeper in services.py leaves paused batches alone): the resumed chunk collects
+    and stores those jobs, then ends, as a paused chunk does. Returns how many it resumed."""
+    resumed = 0
+    for batch in Batch.objects.filter(status=BatchStatus.PAUSED):
+        busy = batch.images.filter(status__in=IMAGE_IN_FLIGHT).values_list("index", flat=True)
+        chunks = services.chunk_numbers(batch, busy)
+        orphans = [n for n in chunks if not flow.chunk_is_owned(batch.pk, n)]
+        if orphans:
+            logger.warning("paused batch %s: resuming chunks %s to collect their jobs",
+                           batch.pk, orphans)  # fmt: skip
+            services.enqueue_batch(batch, orphans)
+            resumed += len(orphans)
+    return resumed

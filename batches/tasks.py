@@ -74,3 +74,11 @@ def prune_panels_task() -> dict[str, int]:
 
     report = retention.prune_panels()
     return {"batches": len(report.batches), "files": report.files}
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def sweep_paused_batches_task() -> int:
+    """Periodic (beat): collect the running jobs of paused batches whose chunk task died."""
+    from batches import authoring
+
+    return authoring.sweep_paused_batches()

@@ -79,3 +79,26 @@ def test_generate_redraw_of_a_panel_still_drawing_says_why(user: Any) -> None:
 
     with pytest.raises(CommandError, match="still pending"):
         call_command("generate", "--user", user.username, "--redraw", f"{batch.pk}:1")
+
+
+def test_deleting_a_batch_removes_its_earlier_takes_files_too(
+    staff_client: Client, user: Any, api: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from batches import services
+    from tests.authoring.support import complete_image
+
+    batch = finished(user, ["one"])
+    api.post(f"/api/v1/batches/{batch.pk}/images/0/redraw/", {}, format="json")
+    complete_image(ImageJob.objects.get(batch=batch), (1, 200, 1))
+    services.finalize_batch(batch.pk)
+    names = [ImageVersion.objects.get().file.name, ImageJob.objects.get(batch=batch).image.name]
+    assert all(default_storage.exists(name) for name in names)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(f"/admin/batches/batch/{batch.pk}/delete/", {"post": "yes"})
+
+    assert not Batch.objects.filter(pk=batch.pk).exists()
+    assert not any(default_storage.exists(name) for name in names)
+    assert check_books() == []

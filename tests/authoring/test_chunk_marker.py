@@ -27,3 +27,19 @@ def test_a_skipped_chunk_task_clears_its_queued_marker(user: Any) -> None:
     assert flow.chunk_is_owned(batch.pk, 0)  # by the running task's lease
     running.release()
     assert not flow.chunk_is_owned(batch.pk, 0)  # the sweeper would now resume it
+
+
+def test_a_paused_batch_whose_chunk_died_is_resumed_to_collect_its_jobs(user: Any) -> None:
+    from batches import authoring
+    from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
+
+    batch = submitted(user, [f"panel {n}" for n in range(12)])
+    Batch.objects.filter(pk=batch.pk).update(status=BatchStatus.PAUSED, chunk_size=10)
+    ImageJob.objects.filter(batch=batch, index=11).update(
+        status=ImageStatus.RUNNING, runpod_job_id="job-on-runpod", attempts=1
+    )
+
+    assert authoring.sweep_paused_batches() == 1  # chunk 1 follows a job; chunk 0 does not
+    assert flow.chunk_is_owned(batch.pk, 1)
+    assert not flow.chunk_is_owned(batch.pk, 0)
+    assert authoring.sweep_paused_batches() == 0  # its task is queued now
