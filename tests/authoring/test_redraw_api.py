@@ -195,3 +195,24 @@ def test_selecting_a_take_that_does_not_exist_is_400(api: Any, user: Any, body: 
     assert response.status_code == 400
     assert response.json()["code"] == "invalid"
     assert ImageJob.objects.get(batch=batch).selected_version is None
+
+
+@pytest.mark.parametrize("body", [[], "prompt", [{"prompt": "x"}], {"seed": 10**40}])
+def test_a_body_of_the_wrong_shape_is_400(api: Any, user: Any, body: Any) -> None:
+    batch = finished(user, ["one"])
+
+    response = api.post(f"/api/v1/batches/{batch.pk}/images/0/redraw/", body, format="json")
+
+    assert response.status_code == 400
+    assert set(response.json()) >= {"code", "detail"}
+
+
+def test_huge_numbers_in_the_path_are_404_not_500(api: Any, user: Any) -> None:
+    batch = finished(user, ["one"])
+    huge = 10**30
+
+    assert redraw(api, batch, index=huge).status_code == 404
+    assert api.post(f"/api/v1/batches/{huge}/pause/").status_code == 404
+    assert api.get(f"/api/v1/batches/{huge}/export/?format=pdf").status_code == 404
+    select = api.post(f"/api/v1/batches/{batch.pk}/images/{huge}/select/", {"version": 1})
+    assert select.status_code == 404
