@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from batches import panels
@@ -114,6 +115,20 @@ class BatchSubmitSerializer(StrictSerializer):
         ]
 
 
+class TakeSerializer(serializers.Serializer):
+    """One completed take of a panel (documentation of `versions`; built in get_versions)."""
+
+    version = serializers.IntegerField()
+    prompt = serializers.CharField()
+    seed = serializers.IntegerField()
+    params = serializers.DictField()
+    image_url = serializers.CharField(allow_null=True, help_text="Null once the file expired.")
+    cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    created_at = serializers.DateTimeField(allow_null=True)
+    current = serializers.BooleanField(help_text="The take the image row itself holds.")
+    expired = serializers.BooleanField()
+
+
 class ImageJobSerializer(serializers.ModelSerializer):
     image_url = serializers.SerializerMethodField()
 
@@ -147,6 +162,7 @@ class ImageJobSerializer(serializers.ModelSerializer):
     versions = serializers.SerializerMethodField()
     expired = serializers.SerializerMethodField()
 
+    @extend_schema_field(TakeSerializer(many=True))
     def get_versions(self, image: ImageJob) -> list[dict[str, Any]]:
         """Every completed take, oldest first; the last is the current one once drawn."""
         from batches import authoring, takes
