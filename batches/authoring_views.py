@@ -123,11 +123,16 @@ def batch_pages(request: HttpRequest, batch_id: int) -> HttpResponse:
         slots = []
         for slot in page.slots:
             url = takes.take_url(slot.image, slot.take) if slot.take else None
+            params = slot.take.params if slot.take else slot.image.params
+            ratio = params.get("width", 1) / max(1, params.get("height", 1))
             left, top, width, height = slot.frame
             slots.append(
                 {
                     "slot": slot,
                     "url": url,
+                    # The art as large as its frame allows at its own proportions (container
+                    # units), so the ink border hugs it as on the exported page.
+                    "art_style": f"width:min(100cqw, calc(100cqh * {ratio:.5f}))",
                     "style": (
                         f"left:{left * 100:.3f}%;top:{top * 100:.3f}%;"
                         f"width:{width * 100:.3f}%;height:{height * 100:.3f}%"
