@@ -29,7 +29,7 @@ def test_the_owner_and_a_signed_link_get_the_file(api: Any, user: Any) -> None:
     signed = Client().get(url)
 
     assert mine.status_code == 200
-    assert b"".join(mine.streaming_content).startswith(b"\x89PNG")
+    assert mine.getvalue().startswith(b"\x89PNG")
     assert signed.status_code == 200
 
 
