@@ -25,6 +25,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from batches import fragments, panels, services
+from batches.authoring import kept_take_files
 from batches.models import Batch, ImageJob
 from batches.views import counts_of, with_counts
 from budgets import estimates, pricing
@@ -64,6 +65,7 @@ def delete_finished_batches(batches: Iterable[Batch], note: str) -> int:
     file_names = list(
         ImageJob.objects.filter(batch_id__in=ids).exclude(image="").values_list("image", flat=True)
     )
+    file_names += kept_take_files(ids)  # authors' tools: the earlier takes' files too
     Batch.objects.filter(pk__in=ids).delete()
     storage = ImageJob._meta.get_field("image").storage
     transaction.on_commit(lambda: _delete_files(storage, file_names))
@@ -468,3 +470,46 @@ class ImageJobAdmin(ViewOnlyAdmin):
         if url is None:
             return "—"
         return format_html('<a href="{}"><img src="{}" alt="" style="height:96px"></a>', url, url)
+
+
+# --- authors' tools: pause and resume (batches/authoring.py) ---------------------------------
+
+
+def _each_batch(
+    modeladmin: BatchAdmin, request: HttpRequest, queryset: QuerySet[Batch], act: Any, verb: str
+) -> None:
+    done, skipped = 0, []
+    for batch in queryset:
+        try:
+            act(batch)
+        except services.StateConflict as error:
+            skipped.append(f"#{batch.pk}: {error}")
+        else:
+            done += 1
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} batch(es).", messages.SUCCESS)
+    for problem in skipped:
+        modeladmin.message_user(request, problem, messages.WARNING)
+
+
+@admin.action(description="Pause selected batches (running jobs finish)")
+def pause_batches(modeladmin: BatchAdmin, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+    from batches import authoring
+
+    _each_batch(modeladmin, request, queryset, authoring.pause_batch, "Paused")
+
+
+@admin.action(description="Resume selected paused batches")
+def resume_batches(modeladmin: BatchAdmin, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+    from batches import authoring
+
+    _each_batch(modeladmin, request, queryset, authoring.resume_batch, "Resumed")
+
+
+BatchAdmin.actions = [*BatchAdmin.actions, pause_batches, resume_batches]
+# The authors' own settings and the retention's stamp are not staff's to edit here.
+BatchAdmin.readonly_fields = (  # type: ignore[assignment]
+    *BatchAdmin.readonly_fields,
+    "page_layout",
+    "panels_expired_at",
+)

@@ -42,8 +42,10 @@ from batches.models import (
     IMAGE_IN_FLIGHT,
     IMAGE_TERMINAL,
     Batch,
+    BatchStatus,
     ImageJob,
     ImageStatus,
+    new_seed,
 )
 from batches.runpod import (
     CANCELLED,
@@ -115,6 +117,10 @@ def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
     finishes at once)."""
     lease = flow.ChunkLease(batch_id, chunk_no, owner=uuid.uuid4().hex)
     if not lease.acquire():
+        # This task was what the chunk's "queued" marker stood for, and it leaves now: a marker
+        # left behind would hide the chunk from the sweeper should the running task die (a
+        # resume or a redraw enqueues chunks whose task may still be running).
+        flow.get_redis().delete(lease.queued_key)
         logger.info("batch %s chunk %s is already being run", batch_id, chunk_no)
         return {"chunk": chunk_no, "skipped": "owned by another task"}
     try:
@@ -187,7 +193,9 @@ class ChunkRun:
         """One pass of the loop. Returns how long to wait before the next, or None when every
         image of the chunk has finished."""
         open_images = list(
-            self.images.unfinished().annotate(cancelling=F("batch__cancel_requested_at"))
+            self.images.unfinished().annotate(
+                cancelling=F("batch__cancel_requested_at"), batch_status=F("batch__status")
+            )
         )
         if not open_images:
             return None
@@ -200,6 +208,8 @@ class ChunkRun:
             self.cancel(open_images)
             self.announce()
             return SLOT_RETRY_SECONDS
+        if getattr(open_images[0], "batch_status", None) == BatchStatus.PAUSED:
+            return self.paused_pass(open_images)
         self.submit_due(open_images)
         self.collect([image for image in open_images if image.runpod_job_id])
         self.announce()
@@ -486,7 +496,13 @@ class ChunkRun:
             try:
                 png = outputs.png_from_output(job.output)
             except outputs.BadOutput as error:
-                return self.failed_attempt(image, job, f"RunPod returned no usable image: {error}")
+                ending = self.failed_attempt(
+                    image, job, f"RunPod returned no usable image: {error}"
+                )
+                if isinstance(error, outputs.BlankImage) and "next_attempt_at" in ending.fields:
+                    # The same seed would draw the same refused image: the retry gets a new one.
+                    ending.fields["seed"] = new_seed()
+                return ending
             # An unguessable name: panel files are private (served by batches.panels).
             name = default_storage.save(panels.panel_storage_name(), ContentFile(png))
             fields = {"status": ImageStatus.COMPLETED, "image": name, "error": "",
@@ -652,6 +668,21 @@ class ChunkRun:
             fields = {"status": ImageStatus.CANCELLED, "error": reason, "runpod_job_id": "",
                       "finished_at": timezone.now()}  # fmt: skip
             self.write_endings([Ending(image, job, fields)])
+
+    # --- paused ------------------------------------------------------------------------------
+
+    def paused_pass(self, open_images: list[ImageJob]) -> float | None:
+        """A pass of a paused batch (batches.authoring): jobs already on RunPod are followed to
+        their end and stored (an attempt whose /run answer was lost is adopted or given up as
+        usual), nothing new is submitted. With nothing in flight the task ends (None); resume
+        enqueues the chunk again."""
+        in_flight = [image for image in open_images if image.status in IMAGE_IN_FLIGHT]
+        if not in_flight:
+            return None
+        self.submit_due(in_flight)  # only adopts: every image here is already submitted
+        self.collect([image for image in in_flight if image.runpod_job_id])
+        self.announce()
+        return max(0.02, min(MAX_WAIT_SECONDS, poll_interval()))
 
     # --- waiting -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ webhook only choose which transition to try. Money moves in budgets.services, ne
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -30,10 +31,19 @@ class Priority(models.TextChoices):
 class BatchStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
+    # Nothing new is submitted; jobs already on RunPod finish and are stored (authoring.py).
+    PAUSED = "paused", "Paused"
     COMPLETED = "completed", "Completed"
     PARTIAL = "partial", "Partial"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
+
+
+class PageLayout(models.TextChoices):
+    GRID = "grid", "2 x 2 grid"
+    TIERS = "tiers", "Three tiers"
+    TWO_ONE = "two_one", "2 + 1"
+    SPLASH = "splash", "Splash (one per page)"
 
 
 class ImageStatus(models.TextChoices):
@@ -163,6 +173,12 @@ class Batch(models.Model):
     seq = models.PositiveBigIntegerField(default=0)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=300, blank=True)
+    # Authors' tools: how the pages view and the export lay the chapter out (batches/pages.py),
+    # and when the retention removed its panel files (batches/retention.py).
+    page_layout = models.CharField(
+        max_length=16, choices=PageLayout.choices, default=PageLayout.GRID
+    )
+    panels_expired_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -193,6 +209,14 @@ class Batch(models.Model):
     def status_counts(self) -> dict[str, int]:
         """Images by status, every status present, plus `total`."""
         return ImageJob.objects.filter(batch_id=self.pk).status_counts()
+
+
+_seeds = random.SystemRandom()
+
+
+def new_seed() -> int:
+    """A random seed for a panel: any of the 2**32 values a diffusers torch.Generator takes."""
+    return _seeds.randrange(2**32)
 
 
 def _update_returning_ids(sql: str, params: Sequence[Any]) -> list[int]:
@@ -428,6 +452,11 @@ class ImageJob(models.Model):
     # Budget held for the attempt now on RunPod: its maximum cost (see budgets.pricing).
     hold = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
     delay_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Authors' tools (authoring.py): the number of the take this row holds or is drawing (takes
+    # before it are ImageVersion rows), and the take the ZIP and the export use (null: the
+    # latest completed one).
+    version = models.PositiveIntegerField(default=1)
+    selected_version = models.PositiveIntegerField(null=True, blank=True)
     execution_ms = models.PositiveIntegerField(null=True, blank=True)
     # When a retrying image may be submitted again (exponential backoff with jitter).
     next_attempt_at = models.DateTimeField(null=True, blank=True)
@@ -497,3 +526,30 @@ class ImageJob(models.Model):
             # drawn, and billed, by the wrong model.
             "model": self.params["model"],
         }
+
+
+class ImageVersion(models.Model):
+    """A completed take of a panel that a redraw replaced (authoring.py). The current take is
+    the ImageJob itself; these are the ones before it, kept so the author can pick one back."""
+
+    image = models.ForeignKey(ImageJob, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    prompt = models.TextField()
+    seed = models.BigIntegerField()
+    params = models.JSONField(default=dict)
+    file = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
+    # What the attempts that drew this take cost (ImageJob.cost keeps the sum of every take).
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    execution_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["image", "version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image", "version"], name="imageversion_unique_version_per_image"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.image} take {self.version}"

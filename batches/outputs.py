@@ -4,6 +4,11 @@ A job's output comes from outside (the worker, RunPod, or anyone who can reach t
 a valid token), so nothing in it is trusted: its shape is checked, a URL is fetched only from
 the allowed hosts without redirects and with a size cap, and the bytes must decode as a PNG of
 sane size, with Pillow's decompression-bomb guard turned into an error.
+
+Then the quality gate (COMICGEN_QUALITY_GATE, on by default): an image of one flat colour is
+what SDXL's safety checker returns in place of a panel it refused, so it is no panel. It fails
+its attempt as "blank image" (BlankImage); the chunk charges that attempt (RunPod ran it) and
+retries the panel with a new seed, since the same seed would draw the same refused image.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
-from PIL import Image
+from PIL import Image, ImageStat
 
 # The largest panel comicgen asks for is 2048 x 2048; a bigger image is not one of ours.
 MAX_SIDE = 4096
@@ -26,6 +31,10 @@ DOWNLOAD_TIMEOUT = (3.05, 30)
 
 class BadOutput(ValueError):
     """The output holds no usable image; the message says why, for the panel's error."""
+
+
+class BlankImage(BadOutput):
+    """A whole, readable PNG of one flat colour: the panel is retried with a new seed."""
 
 
 def png_from_output(output: Any) -> bytes:
@@ -43,6 +52,8 @@ def png_from_output(output: Any) -> bytes:
     else:
         data = decode_base64_image(first)
     check_png(data)
+    if settings.COMICGEN_QUALITY_GATE:
+        check_not_blank(data)
     return data
 
 
@@ -128,3 +139,24 @@ def check_png(data: bytes) -> None:
         raise BadOutput("the image is a decompression bomb") from None
     except Exception as error:  # Pillow raises many kinds for a damaged file
         raise BadOutput(f"the PNG is damaged ({type(error).__name__})") from None
+
+
+# The gate measures a reduced copy: a flat image stays flat at any size, and a 2048 x 2048 panel
+# is measured in a few milliseconds rather than hundreds.
+BLANK_CHECK_SIDE = 256
+
+
+def check_not_blank(data: bytes) -> None:
+    """Refuse a PNG whose every colour band is (nearly) one value: its standard deviation at or
+    under COMICGEN_BLANK_THRESHOLD levels of 255. Call after check_png (the bytes decode)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (BLANK_CHECK_SIDE, BLANK_CHECK_SIDE))
+        pixels = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+        pixels.thumbnail((BLANK_CHECK_SIDE, BLANK_CHECK_SIDE), Image.Resampling.NEAREST)
+        spread = max(ImageStat.Stat(pixels).stddev)
+        extrema = pixels.getextrema()
+    # Exactly one colour is blank whatever the threshold (a threshold of 0 keeps only this).
+    bands: Any = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    flat = all(low == high for low, high in bands)
+    if flat or spread <= settings.COMICGEN_BLANK_THRESHOLD:
+        raise BlankImage(f"blank image (one flat colour, spread {spread:.2f} of 255)")

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from batches.models import (
     BatchStatus,
     ImageJob,
     ImageStatus,
+    new_seed,
 )
 from budgets import estimates, pricing
 from budgets import services as budget_services
@@ -112,7 +112,6 @@ def submit_batch(
     estimate = estimates.estimate_images([image["params"] for image in images])
     # Each panel goes to its model's endpoint (the serializer offered only routed models).
     endpoints = [pricing.endpoint_for(image["params"]["model"]) for image in images]
-    rng = random.SystemRandom()
     try:
         with transaction.atomic():
             batch = Batch.objects.create(
@@ -142,7 +141,7 @@ def submit_batch(
                         index=index,
                         prompt=image["prompt"],
                         # A chosen seed is stored, so every panel can be reproduced.
-                        seed=image["seed"] if image["seed"] is not None else rng.randrange(2**32),
+                        seed=image["seed"] if image["seed"] is not None else new_seed(),
                         params=image["params"],
                         endpoint_id=endpoints[index],
                     )

@@ -81,3 +81,20 @@ def announce_images_task(batch_id: int, image_ids: list[int]) -> None:
     """Push an image.updated event for each image (after a cancel changed many at once)."""
     for image_id in image_ids:
         events.push_image_updated(image_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def prune_panels_task() -> dict[str, int]:
+    """Periodic (beat): remove panel files past COMICGEN_RETENTION_DAYS (batches/retention.py)."""
+    from batches import retention
+
+    report = retention.prune_panels()
+    return {"batches": len(report.batches), "files": report.files}
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def sweep_paused_batches_task() -> int:
+    """Periodic (beat): collect the running jobs of paused batches whose chunk task died."""
+    from batches import authoring
+
+    return authoring.sweep_paused_batches()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import URLPattern, path
 
-from batches import views
+from batches import authoring_views, views
 
 urlpatterns: list[URLPattern] = [
     path("", views.dashboard, name="dashboard"),
@@ -14,6 +14,23 @@ urlpatterns: list[URLPattern] = [
     path("batches/<int:batch_id>/cancel/", views.batch_cancel, name="batch-cancel-action"),
     path("batches/<int:batch_id>/retry/", views.batch_retry, name="batch-retry-action"),
     path("batches/<int:batch_id>/panels/<int:index>/", views.panel_detail, name="panel-detail"),
+    # Authors' tools (batches/authoring_views.py).
+    path("batches/<int:batch_id>/pause/", authoring_views.batch_pause, name="batch-pause-action"),
+    path(
+        "batches/<int:batch_id>/resume/", authoring_views.batch_resume, name="batch-resume-action"
+    ),
+    path(
+        "batches/<int:batch_id>/panels/<int:index>/redraw/",
+        authoring_views.image_redraw,
+        name="image-redraw-action",
+    ),
+    path(
+        "batches/<int:batch_id>/panels/<int:index>/select/",
+        authoring_views.image_select,
+        name="image-select-action",
+    ),
+    path("batches/<int:batch_id>/pages/", authoring_views.batch_pages, name="batch-pages"),
+    path("panels/takes/<int:version_id>.png", authoring_views.take_file, name="take-file"),
     # A panel's PNG, private (batches/panels.py); `image_url` is this path, signed.
     path("panels/<int:image_id>.png", views.panel_file, name="panel-file"),
 ]

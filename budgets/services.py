@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DecimalField, F, Value, When
 from django.utils import timezone
 
-from batches.models import BATCH_TERMINAL, Batch, ImageJob
+from batches.models import BATCH_TERMINAL, Batch, BatchStatus, ImageJob
 from budgets import pricing
 from budgets.models import Budget, LedgerEntry, month_start, next_month_start
 
@@ -109,6 +109,10 @@ class BatchClosed(Exception):
     """The batch finished or is being cancelled: no new attempt may hold money for it."""
 
 
+class BatchPaused(BatchClosed):
+    """The author paused the batch: no new attempt starts until it is resumed."""
+
+
 def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     """Set aside an attempt's maximum cost within the batch's reservation, extending the
     reservation from the budget when the estimate is used up. False when the budget has no
@@ -119,6 +123,7 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     open_batch = Batch.objects.filter(pk=batch_id, cancel_requested_at__isnull=True).exclude(
         status__in=BATCH_TERMINAL
     )
+    open_batch = open_batch.exclude(status=BatchStatus.PAUSED)  # authors' tools: pause
     if open_batch.filter(held__lte=F("reserved") - max_cost).update(held=F("held") + max_cost):
         return True
     with transaction.atomic():
@@ -129,6 +134,8 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
         )
         if batch.status in BATCH_TERMINAL or batch.cancel_requested_at is not None:
             raise BatchClosed(f"batch {batch_id} is {batch.status}")
+        if batch.status == BatchStatus.PAUSED:  # authors' tools: pause
+            raise BatchPaused(f"batch {batch_id} is paused")
         extension = max_cost - (batch.reserved - batch.held)
         if extension > ZERO:
             note = "reservation extended for a retry or a long attempt"

@@ -346,10 +346,29 @@ def _runpod_endpoints() -> dict[str, str] | None:
 
 RUNPOD_ENDPOINTS = _runpod_endpoints()
 
+# Authors' tools (batches/outputs.py, batches/authoring.py, batches/retention.py).
+# The quality gate: a completed output of one flat colour (what SDXL's safety checker returns)
+# fails its attempt as "blank image" and the panel is retried with a new seed. An image whose
+# every colour band varies by less than this standard deviation (0-255 levels) counts as blank.
+COMICGEN_QUALITY_GATE = env_bool("COMICGEN_QUALITY_GATE", True)
+COMICGEN_BLANK_THRESHOLD = env_float("COMICGEN_BLANK_THRESHOLD", 1.0, minimum=0)
+# Panel files of batches finished longer ago than this are removed (rows, costs and the ledger
+# stay); the pages and the API then say the images expired.
+COMICGEN_RETENTION_DAYS = env_int("COMICGEN_RETENTION_DAYS", 30, minimum=1)
+COMICGEN_RETENTION_INTERVAL = env_float("COMICGEN_RETENTION_INTERVAL", 3600.0, minimum=1)
+
 CELERY_BEAT_SCHEDULE = {
     "sweep-batches": {
         "task": "batches.tasks.sweep_batches_task",
         "schedule": COMICGEN_SWEEP_INTERVAL,
+    },
+    "sweep-paused-batches": {
+        "task": "batches.tasks.sweep_paused_batches_task",
+        "schedule": COMICGEN_SWEEP_INTERVAL,
+    },
+    "prune-panels": {
+        "task": "batches.tasks.prune_panels_task",
+        "schedule": COMICGEN_RETENTION_INTERVAL,
     },
 }
 

@@ -143,6 +143,20 @@ class BatchSubmitSerializer(StrictSerializer):
         ]
 
 
+class TakeSerializer(serializers.Serializer):
+    """One completed take of a panel (documentation of `versions`; built in get_versions)."""
+
+    version = serializers.IntegerField()
+    prompt = serializers.CharField()
+    seed = serializers.IntegerField()
+    params = serializers.DictField()
+    image_url = serializers.CharField(allow_null=True, help_text="Null once the file expired.")
+    cost = serializers.DecimalField(max_digits=12, decimal_places=6)
+    created_at = serializers.DateTimeField(allow_null=True)
+    current = serializers.BooleanField(help_text="The take the image row itself holds.")
+    expired = serializers.BooleanField()
+
+
 class ImageJobSerializer(serializers.ModelSerializer):
     image_url = serializers.SerializerMethodField()
 
@@ -160,6 +174,11 @@ class ImageJobSerializer(serializers.ModelSerializer):
             "image_url",
             "cost",
             "seq",
+            # Authors' tools (batches/authoring.py).
+            "version",
+            "versions",
+            "selected_version",
+            "expired",
         ]
 
     def get_image_url(self, image: ImageJob) -> str | None:
@@ -170,6 +189,35 @@ class ImageJobSerializer(serializers.ModelSerializer):
         url = panels.panel_url(image)
         request = self.context.get("request")
         return request.build_absolute_uri(url) if url and request is not None else url
+
+    # --- authors' tools ----------------------------------------------------------------------
+
+    versions = serializers.SerializerMethodField()
+    expired = serializers.SerializerMethodField()
+
+    @extend_schema_field(TakeSerializer(many=True))
+    def get_versions(self, image: ImageJob) -> list[dict[str, Any]]:
+        """Every completed take, oldest first; the last is the current one once drawn."""
+        from batches import authoring, takes
+
+        return [
+            {
+                "version": take.version,
+                "prompt": take.prompt,
+                "seed": take.seed,
+                "params": take.params,
+                "image_url": takes.take_url(image, take),
+                "cost": str(take.cost),
+                "created_at": take.created_at.isoformat() if take.created_at else None,
+                "current": take.current,
+                "expired": not take.file_name,
+            }
+            for take in authoring.takes_of(image)
+        ]
+
+    def get_expired(self, image: ImageJob) -> bool:
+        """A completed panel whose file the retention removed (its row and cost stay)."""
+        return image.status == "completed" and not image.image
 
 
 class BatchSummarySerializer(serializers.ModelSerializer):

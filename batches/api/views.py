@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.files.storage import default_storage
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -15,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from zipstream import ZIP_STORED, ZipStream
 
-from batches import services
+from batches import authoring, services
 from batches.api.serializers import (
     ACCEPTED_IMAGES_INLINE,
     BatchAcceptedSerializer,
@@ -26,7 +27,7 @@ from batches.api.serializers import (
     new_batch_counts,
 )
 from batches.api.throttles import EstimateThrottle, SubmitThrottle
-from batches.models import Batch, ImageJob, ImageStatus, Priority
+from batches.models import Batch, ImageJob, Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
@@ -205,18 +206,17 @@ class BatchDownloadView(APIView):
     def get(self, request: Request, batch_id: int) -> Any:
         """A ZIP of the finished images, streamed, named by panel order."""
         batch = get_user_batch(request, batch_id)
-        images = (
-            batch.images.filter(status=ImageStatus.COMPLETED).exclude(image="").order_by("index")
-        )
-        if not images.exists():
+        # Each panel's chosen take (authors' tools: the selected one, else the latest).
+        files = authoring.chosen_files(batch)
+        if not files:
             raise ApiError(
                 "not_ready", "No finished images to download yet.", status.HTTP_409_CONFLICT
             )
         # Stored, not deflated: PNGs are compressed already, and a sized stream can announce
         # its Content-Length so browsers show download progress.
         archive = ZipStream(compress_type=ZIP_STORED, sized=True)
-        for image in images.iterator():
-            archive.add_path(image.image.path, arcname=image.filename)
+        for arcname, name in files:
+            archive.add_path(default_storage.path(name), arcname=arcname)
         response = StreamingHttpResponse(archive, content_type="application/zip")
         response["Content-Length"] = str(len(archive))
         response["Content-Disposition"] = f'attachment; filename="batch-{batch.pk}.zip"'

@@ -15,7 +15,9 @@ from batches import outputs
 
 def png(width: int = 8, height: int = 8) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 20, 30)).save(buffer, format="PNG")
+    image = Image.new("RGB", (width, height), (10, 20, 30))
+    image.putpixel((0, 0), (250, 250, 250))  # not one flat colour: the quality gate passes it
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 

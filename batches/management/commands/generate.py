@@ -42,7 +42,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("file", help="Prompts, one per line; '-' reads standard input.")
+        parser.add_argument(
+            "file", nargs="?", help="Prompts, one per line; '-' reads standard input."
+        )
         parser.add_argument("--user", required=True, help="Username the batch belongs to.")
         parser.add_argument("--title", default="", help="Default: the file's name.")
         parser.add_argument("--style", default="")
@@ -59,6 +61,15 @@ class Command(BaseCommand):
             help="Where the web app is, for the printed links (default: COMICGEN_PUBLIC_URL).",
         )
         parser.add_argument("--watch", action="store_true", help="Follow the batch until done.")
+        # Authors' tools: a new take of one panel instead of a new batch.
+        parser.add_argument(
+            "--redraw",
+            metavar="BATCH:PANEL",
+            help="Redraw one panel (numbered from 1) of a batch, with a new seed; --prompt "
+            "changes its prompt, --seed fixes the seed.",
+        )
+        parser.add_argument("--prompt", default=None, help="With --redraw: the new prompt.")
+        parser.add_argument("--seed", type=int, default=None, help="With --redraw: the seed.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The command prints what happened itself; the services' INFO log lines ("batch 12
@@ -74,6 +85,11 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=options["user"]).first()
         if user is None:
             raise CommandError(f"No user named {options['user']!r}.")
+        if options["redraw"]:
+            self._redraw(user, options)
+            return
+        if not options["file"]:
+            raise CommandError("Give a file of prompts (or '-'), or --redraw BATCH:PANEL.")
         text = self._read(options["file"])
         panels = parse_panels(text)
         if not panels:
@@ -122,6 +138,42 @@ class Command(BaseCommand):
         self._summary(batch.pk, base)
         if status not in (BatchStatus.COMPLETED, BatchStatus.PARTIAL):
             sys.exit(1)
+
+    def _redraw(self, user: Any, options: dict[str, Any]) -> None:
+        """--redraw BATCH:PANEL: a new take of one panel (batches/authoring.py), priced and
+        reserved like a submit; --watch follows the batch until it ends again."""
+        from batches import authoring
+
+        batch_part, _, panel_part = options["redraw"].partition(":")
+        if not (batch_part.isdigit() and panel_part.isdigit() and int(panel_part) >= 1):
+            raise CommandError("--redraw takes BATCH:PANEL, e.g. 12:3 (panels count from 1).")
+        batch = services.scoped_batches(user).filter(pk=int(batch_part)).first()
+        if batch is None:
+            raise CommandError(f"{options['user']} has no batch {batch_part}.")
+        image = batch.images.filter(index=int(panel_part) - 1).first()
+        if image is None:
+            raise CommandError(f"Batch {batch.pk} has no panel {panel_part}.")
+        prompt = options["prompt"].strip() if options["prompt"] is not None else None
+        if prompt is not None and not 1 <= len(prompt) <= 2000:
+            raise CommandError("--prompt must be 1 to 2000 characters.")
+        if options["seed"] is not None and not 0 <= options["seed"] < 2**32:
+            raise CommandError("--seed must be between 0 and 4294967295.")
+        request = authoring.RedrawRequest(prompt=prompt, seed=options["seed"])
+        try:
+            image = authoring.redraw_image(batch, image, request)
+        except (services.StateConflict, BudgetExceeded) as error:
+            raise CommandError(str(error)) from None
+        base = options["base_url"].rstrip("/")
+        self.stdout.write(
+            f"Batch {batch.pk} panel {image.panel_number}: take {image.version} queued "
+            f"(seed {image.seed}); the take before it is kept.\n"
+            f"  Follow it at {base}{reverse('batch-detail', args=[batch.pk])}"
+        )
+        if options["watch"]:
+            status = asyncio.run(Watcher(batch.pk, self.stdout).run())
+            self._summary(batch.pk, base)
+            if status not in (BatchStatus.COMPLETED, BatchStatus.PARTIAL):
+                sys.exit(1)
 
     def _read(self, name: str) -> str:
         if name == "-":

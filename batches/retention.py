@@ -1,0 +1,88 @@
+"""Retention: panel files of batches finished longer ago than COMICGEN_RETENTION_DAYS go.
+
+The rows stay (prompts, seeds, params, statuses, costs) and so does the ledger: only the PNG
+files of every take are removed, the file fields emptied, and the batch stamped
+`panels_expired_at`, so the pages and the API can say the images expired rather than show a
+broken image. A beat task runs it (CELERY_BEAT_SCHEDULE); `manage.py prune_panels --dry-run`
+shows what would go.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from batches.models import BATCH_TERMINAL, Batch, ImageJob, ImageVersion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneReport:
+    batches: list[int] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    dry_run: bool = False
+
+
+def expired_batches(now: datetime | None = None) -> list[Batch]:
+    """Finished batches past the retention whose files are still there, oldest first."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.COMICGEN_RETENTION_DAYS)
+    return list(
+        Batch.objects.filter(
+            status__in=BATCH_TERMINAL, finished_at__lt=cutoff, panels_expired_at__isnull=True
+        ).order_by("finished_at")
+    )
+
+
+def _size(name: str) -> int:
+    try:
+        return default_storage.size(name)
+    except (OSError, NotImplementedError):
+        return 0
+
+
+def prune_panels(*, now: datetime | None = None, dry_run: bool = False) -> PruneReport:
+    """Remove the panel files of batches past the retention; keep every row and the ledger.
+    Each batch is claimed with a conditional UPDATE first, so two runs never prune one twice,
+    and a batch reopened meanwhile (a redraw clears finished_at) is left alone."""
+    report = PruneReport(dry_run=dry_run)
+    stamp = now or timezone.now()
+    for batch in expired_batches(now):
+        images = ImageJob.objects.filter(batch=batch).exclude(image="")
+        versions = ImageVersion.objects.filter(image__batch=batch).exclude(file="")
+        names = list(images.values_list("image", flat=True)) + list(
+            versions.values_list("file", flat=True)
+        )
+        if dry_run:
+            report.batches.append(batch.pk)
+            report.files += len(names)
+            report.bytes += sum(_size(name) for name in names)
+            continue
+        with transaction.atomic():
+            claimed = Batch.objects.filter(
+                pk=batch.pk,
+                status__in=BATCH_TERMINAL,
+                finished_at=batch.finished_at,
+                panels_expired_at__isnull=True,
+            ).update(panels_expired_at=stamp)
+            if not claimed:
+                continue
+            images.update(image="")
+            versions.update(file="")
+        # Files go after the rows commit: a crash between leaves files nobody points to (a
+        # storage sweep can find them), never a row pointing to a file that is gone.
+        for name in names:
+            report.bytes += _size(name)
+            default_storage.delete(name)
+        report.batches.append(batch.pk)
+        report.files += len(names)
+        logger.info("batch %s: panel files removed after retention (%s files)", batch.pk,
+                    len(names))  # fmt: skip
+    return report
