@@ -8,7 +8,6 @@ import pytest
 from django.db import transaction
 from rest_framework.test import APIClient
 
-from batches import services
 from batches.models import Batch, BatchStatus
 from budgets import pricing
 from budgets import services as budget_services
