@@ -37,7 +37,7 @@ from batches.models import (
     ImageVersion,
     new_seed,
 )
-from budgets import estimates
+from budgets import estimates, pricing
 from budgets import services as budget_services
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,15 @@ def redraw_image(batch: Batch, image: ImageJob, request: RedrawRequest) -> Image
     Raises StateConflict while the panel is still being drawn or the batch is being cancelled.
     """
     params = {**image.params, **(request.params or {})}
+    # A new model is drawn on its own endpoint (raises pricing.ModelNotOffered when none
+    # serves it): priced as that model, it must also be rendered by it.
+    try:
+        endpoint_id = pricing.endpoint_for(params["model"])
+    except pricing.ModelNotOffered:
+        raise services.StateConflict(
+            f"No RunPod endpoint here renders {params['model']!r} any more; redraw the panel "
+            "with another model (params.model)."
+        ) from None
     estimate = estimates.estimate_images([params])
     with transaction.atomic():
         locked = Batch.objects.select_for_update().get(pk=batch.pk)
@@ -162,6 +171,7 @@ def redraw_image(batch: Batch, image: ImageJob, request: RedrawRequest) -> Image
             prompt=request.prompt if request.prompt is not None else current.prompt,
             seed=request.seed if request.seed is not None else new_seed(),
             params=params,
+            endpoint_id=endpoint_id,
             status=ImageStatus.PENDING,
             # A fresh COMICGEN_MAX_ATTEMPTS for this take; attempt numbers go on counting.
             attempts_before_retry=F("attempts"),

@@ -73,6 +73,9 @@ def image_redraw(request: HttpRequest, batch_id: int, index: int) -> HttpRespons
     if not prompt or len(prompt) > 2000:
         messages.error(request, "Not redrawn: the prompt must be 1 to 2000 characters.")
         return _done(request, batch)
+    if "\x00" in prompt:  # PostgreSQL text cannot hold a NUL byte
+        messages.error(request, "Not redrawn: the prompt contains a NUL character.")
+        return _done(request, batch)
     keep_seed = request.POST.get("new_seed") != "on"
     redraw = authoring.RedrawRequest(prompt=prompt, seed=image.seed if keep_seed else None)
     try:

@@ -578,6 +578,7 @@ class ChunkRun:
         if not endings:
             return []
         with transaction.atomic():
+            Batch.objects.lock(self.batch_id)
             won = [
                 ending
                 for ending in endings

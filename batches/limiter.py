@@ -242,9 +242,11 @@ def default_endpoint() -> str:
 
 
 def image_endpoint(image: ImageJob) -> str:
-    """The RunPod endpoint an image's jobs run on: its batch's, else the configured one. The
-    one place that says so for the limiter (the rebuild counts each job at its endpoint)."""
-    return image.batch.endpoint_id or default_endpoint()
+    """The RunPod endpoint an image's jobs run on: its own (its model's), else, for a panel
+    from before endpoints were per model, its batch's, else the configured one. (A batch of
+    several models names no one endpoint: its endpoint_id is "mixed".) The one place that says
+    so for the limiter (the rebuild counts each job at its endpoint)."""
+    return image.endpoint_id or image.batch.endpoint_id or default_endpoint()
 
 
 # --- the limiter -------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def rebuild_slots(endpoint: str) -> bool:
     set), so the limit still holds for jobs that were running when Redis restarted. False when
     another process had rebuilt it first."""
     in_flight = ImageJob.objects.filter(status__in=IMAGE_IN_FLIGHT).select_related("batch")
-    ids = [str(image.pk) for image in in_flight.only("pk", "batch__endpoint_id")
+    ids = [str(image.pk) for image in in_flight.only("pk", "endpoint_id", "batch__endpoint_id")
            if image_endpoint(image) == endpoint]  # fmt: skip
     args = [endpoint, settings.COMICGEN_SLOT_LEASE_SECONDS, *ids]
     return bool(_script(_REBUILD)(keys=[], args=args))

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, models
-from django.db.models import Count, F, Prefetch, Q
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q
 from django.db.models.fields.json import KeyTransform
 from django.utils import timezone
 
@@ -105,10 +105,16 @@ class BatchQuerySet(models.QuerySet["Batch"]):
         )
 
     def claim_finish(self, batch_id: int, status: str) -> bool:
-        """An unfinished batch -> a terminal status. Only the caller that wins releases the
-        batch's reservation and announces the end."""
+        """An unfinished batch whose images have all ended -> a terminal status. Only the
+        caller that wins releases the batch's reservation and announces the end. The images
+        are checked in the UPDATE itself: a redraw or retry that reopened an image after the
+        caller looked must keep the batch open, or that image would never run."""
+        unfinished = ImageJob.objects.filter(batch_id=OuterRef("pk")).unfinished()
         return bool(
-            self.filter(pk=batch_id).open().update(status=status, finished_at=timezone.now())
+            self.filter(pk=batch_id)
+            .open()
+            .filter(~Exists(unfinished))
+            .update(status=status, finished_at=timezone.now())
         )
 
     def reopen(self, batch_id: int, from_status: str) -> bool:
@@ -122,6 +128,13 @@ class BatchQuerySet(models.QuerySet["Batch"]):
                 cancel_reason="",
             )
         )
+
+    def lock(self, batch_id: int) -> bool:
+        """Lock a batch's row until the caller's transaction ends (False: no such batch). Every
+        transaction that writes a batch's images and then the batch takes this first, so that
+        all of them (a chunk's pass, a redraw, a retry) lock batch before image and none waits
+        on another in the opposite order (a deadlock PostgreSQL would end by failing one)."""
+        return self.select_for_update().filter(pk=batch_id).values_list("pk").first() is not None
 
     def take_seqs(self, batch_id: int, count: int = 1) -> int | None:
         """Take the batch's next `count` event numbers; returns the last (None if the batch is

@@ -210,6 +210,11 @@ REST_FRAMEWORK = {
     # JSON only, read with a byte cap, a nesting bound and a digit bound (comicgen/parsers.py).
     "DEFAULT_PARSER_CLASSES": ["comicgen.parsers.BoundedJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # How throttles tell clients apart when no user is logged in (the token endpoint): 0 takes
+    # the connection's address and ignores X-Forwarded-For, which any client can forge; behind
+    # N proxies that each append the address they saw (Caddy in docker-compose.yml: 1), the
+    # Nth address from the end, which the nearest proxy wrote.
+    "NUM_PROXIES": env_int("COMICGEN_PROXY_COUNT", 0, minimum=0, maximum=10),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "comicgen API",

@@ -10,8 +10,8 @@ costs a handful of statements however many batches, images or ledger rows there 
 - charges per hour: the same rows, summed by hour;
 - recent errors: the newest failed attempts, with their panel's error text.
 
-An image has no endpoint of its own yet: the batch's `endpoint_id` (the endpoint it was priced
-for and run on) stands for it. When ImageJob gets an `endpoint_id`, group by that instead.
+Each image is counted at its own endpoint (its model's, ImageJob.endpoint_id); a panel from
+before endpoints were per model, at its batch's.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, F, Q, Sum
-from django.db.models.functions import TruncHour, TruncMinute
+from django.db.models import Count, F, Q, Sum, Value
+from django.db.models.functions import Coalesce, NullIf, TruncHour, TruncMinute
 from django.utils import timezone
 
 from batches.models import ImageJob, ImageStatus, Priority
@@ -78,7 +78,7 @@ def in_flight() -> list[InFlightRow]:
     rows = (
         ImageJob.objects.filter(status__in=UNFINISHED)
         .values(
-            endpoint=F("batch__endpoint_id"),
+            endpoint=Coalesce(NullIf(F("endpoint_id"), Value("")), F("batch__endpoint_id")),
             priority=F("batch__priority"),
             owner_id=F("batch__user_id"),
             username=F("batch__user__username"),

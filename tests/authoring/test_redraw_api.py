@@ -216,3 +216,49 @@ def test_huge_numbers_in_the_path_are_404_not_500(api: Any, user: Any) -> None:
     assert api.get(f"/api/v1/batches/{huge}/export/?format=pdf").status_code == 404
     select = api.post(f"/api/v1/batches/{batch.pk}/images/{huge}/select/", {"version": 1})
     assert select.status_code == 404
+
+
+def test_a_redraw_with_another_model_is_drawn_on_that_models_endpoint(
+    api: Any, user: Any, settings: Any
+) -> None:
+    settings.RUNPOD_ENDPOINTS = {"sdxl": "ep-sdxl", "flux-dev": "ep-flux"}
+    batch = finished(user, ["one"])
+
+    response = redraw(api, batch, params={"model": "flux-dev"})
+
+    assert response.status_code == 202, response.json()
+    image = ImageJob.objects.get(batch=batch, index=0)
+    # Priced as flux-dev, so rendered by flux-dev's endpoint: never billed one model's price for
+    # another model's work.
+    assert (image.params["model"], image.endpoint_id) == ("flux-dev", "ep-flux")
+    assert check_books() == []
+
+
+def test_a_redraw_of_a_model_no_endpoint_serves_any_more_is_a_conflict(
+    api: Any, user: Any, settings: Any
+) -> None:
+    batch = finished(user, ["one"])
+    settings.RUNPOD_ENDPOINTS = {"flux-dev": "ep-flux"}  # sdxl is no longer offered here
+
+    response = redraw(api, batch)
+
+    assert response.status_code == 409
+    assert "sdxl" in response.json()["detail"]
+    assert ImageJob.objects.get(batch=batch, index=0).status == ImageStatus.COMPLETED
+
+
+def test_the_tile_form_refuses_a_prompt_with_a_nul_byte_with_a_message(user: Any) -> None:
+    from django.test import Client
+
+    batch = finished(user, ["one"])
+    client = Client()
+    client.force_login(user)
+
+    response = client.post(
+        f"/batches/{batch.pk}/panels/0/redraw/", {"prompt": "a\x00b", "new_seed": "on"},
+        follow=True,
+    )  # fmt: skip
+
+    assert response.status_code == 200
+    assert "NUL" in response.content.decode()
+    assert ImageJob.objects.get(batch=batch, index=0).status == ImageStatus.COMPLETED

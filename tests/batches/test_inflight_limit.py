@@ -187,6 +187,19 @@ def test_a_rebuild_counts_only_the_jobs_of_its_endpoint(user: Any, endpoint: str
 
 
 @pytest.mark.django_db
+def test_a_rebuild_counts_each_job_at_its_own_endpoint_in_a_batch_of_several_models(
+    user: Any, endpoint: str
+) -> None:
+    batch = make_batch(user, images=2)
+    batch.endpoint_id = "mixed"  # what a batch of several models records
+    batch.save(update_fields=["endpoint_id"])
+    batch.images.update(status=ImageStatus.RUNNING, endpoint_id=endpoint)
+
+    assert limiter.rebuild_slots(endpoint) is True
+    assert limiter.snapshot(endpoint)["in_flight"] == 2
+
+
+@pytest.mark.django_db
 def test_a_rebuild_happens_once_however_many_callers_race_for_it(endpoint: str) -> None:
     assert limiter.rebuild_slots(endpoint) is True
     assert limiter.rebuild_slots(endpoint) is False

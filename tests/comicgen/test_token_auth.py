@@ -138,3 +138,22 @@ def test_password_guessing_is_throttled_per_address(settings: Any, user: Any) ->
     assert [answer.status_code for answer in answers] == [400, 400, 400, 429]
     assert answers[-1].json()["code"] == "throttled"
     assert int(answers[-1]["Retry-After"]) >= 1
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_login_throttle(
+    settings: Any, user: Any
+) -> None:
+    # With no proxy in front (COMICGEN_PROXY_COUNT=0) the header is the client's own words.
+    settings.COMICGEN_THROTTLE_LOGIN = "3/min"
+    client = APIClient()
+    answers = [
+        client.post(
+            TOKEN_URL,
+            {"username": f"u{n}", "password": "p"},
+            format="json",
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{n}",
+        )  # fmt: skip
+        for n in range(4)
+    ]
+
+    assert [answer.status_code for answer in answers] == [400, 400, 400, 429]

@@ -93,3 +93,20 @@ def test_counts_name_every_status_and_the_total() -> None:
     assert counts["failed"] == 0
     assert counts["total"] == 3
     assert ImageJob.objects.filter(batch=batch).unfinished().count() == 1
+
+
+def test_a_batch_does_not_finish_while_one_of_its_images_is_unfinished() -> None:
+    # A redraw or a retry may reopen an image after finalize looked: the claim checks again.
+    batch = make_batch(running=True)
+    make_image(batch=batch, completed=True)
+    reopened = make_image(batch=batch)
+
+    assert not Batch.objects.claim_finish(batch.pk, BatchStatus.COMPLETED)
+    ImageJob.objects.filter(pk=reopened.pk).update(status="completed")
+    assert Batch.objects.claim_finish(batch.pk, BatchStatus.COMPLETED)
+
+
+def test_a_batch_row_is_locked_by_id_and_a_missing_one_says_so() -> None:
+    batch = make_batch()
+    assert Batch.objects.lock(batch.pk)
+    assert not Batch.objects.lock(10**12)
