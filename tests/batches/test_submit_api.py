@@ -531,15 +531,17 @@ class TestTheAnswer:
 
         grant_high_priority(user)
         sent: list[tuple[Any, dict[str, Any]]] = []
-        monkeypatch.setattr(
-            tasks.enqueue_batch_task, "apply_async", lambda *a, **kw: sent.append((a, kw))
-        )
+
+        def record(args: Any = (), kwargs: Any = None, **options: Any) -> None:
+            sent.append((tuple(args or ()), {"queue": options.get("queue")}))
+
+        monkeypatch.setattr(tasks.enqueue_batch_task, "apply_async", record)
         monkeypatch.setattr(services, "chord", lambda *_: pytest.fail("chord built in request"))
         with django_capture_on_commit_callbacks(execute=True):
             response = api.post(URL, body(25, priority="high"), format="json")
 
         batch_id = response.json()["id"]
-        assert sent == [((), {"args": (batch_id,), "queue": "high"})]
+        assert sent == [((batch_id,), {"queue": "high"})]
         # Marked queued until the task runs, so the sweeper does not enqueue them twice.
         assert [flow.chunk_is_owned(batch_id, n) for n in range(4)] == [True, True, True, False]
 
