@@ -166,7 +166,14 @@ def receive_webhook(
         elif not image.runpod_job_id and retry_once_on_a_lost_connection(
             lambda: ImageJob.objects.note_webhook_job(image_id, attempt, job_id)
         ):
-            wake_chunk(batch_id, chunk_no)
+            # The first report for an attempt with no job id: either the chunk has not written
+            # the id /run returned yet (a fast job reports within milliseconds), or the /run
+            # answer was lost. The job is noted on the image (to be adopted, once /status
+            # confirms it, if the answer was lost), and its result waits in the mailbox under
+            # its id: the chunk takes it once it has recorded that id, rather than polling
+            # /status for a job that already said it ended. Only the first report is kept, so a
+            # flood naming other jobs stores nothing more.
+            deliver_result(batch_id, chunk_no, job_id, payload)
         return True
     if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
         queue_late_charge(image_id, attempt, job_id)

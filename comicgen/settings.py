@@ -174,7 +174,15 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # A watcher that falls behind (a busy web process) gets its events late rather than
         # not at all: messages wait up to two minutes before the layer drops them.
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 120},
+        # redis-py 8 reads with a 5 s socket timeout by default, and the layer waits for a
+        # message with a 5 s BZPOPMIN: under load the answer comes a hair after the socket
+        # gave up, the read raises TimeoutError and the WebSocket consumer dies with it. The
+        # socket timeout must be well above the layer's blocking read.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+            "capacity": 1000,
+            "expiry": 120,
+        },
     }
 }
 
