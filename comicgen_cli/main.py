@@ -172,7 +172,7 @@ def submit(
     total = batch["counts"]["total"]
     if not as_json:
         out.print(
-            f"Batch {batch['id']} submitted: “{batch['title']}”, {total} "
+            f"Batch {batch['id']} submitted: “{escape(batch['title'])}”, {total} "
             f"panel{'' if total == 1 else 's'}, estimated {float(batch['estimated_cost']):.4f} "
             f"{batch['currency']}."
         )
@@ -274,7 +274,7 @@ def list_command(page: int, as_json: bool) -> None:
         table.add_row(
             str(batch["id"]),
             batch["status"],
-            batch["title"],
+            escape(batch["title"]),
             f"{counts['completed']}/{counts['total']}",
             f"{float(batch['actual_cost']):.4f} {batch['currency']}",
             str(batch["created_at"])[:16].replace("T", " "),
@@ -295,14 +295,15 @@ def show(batch_id: int, as_json: bool) -> None:
         return
     counts = batch["counts"]
     out.print(
-        f"Batch {batch['id']} “{batch['title']}”: {batch['status']}, "
+        f"Batch {batch['id']} “{escape(batch['title'])}”: {batch['status']}, "
         f"{counts['completed']}/{counts['total']} completed, {counts['failed']} failed, "
         f"{counts['cancelled']} cancelled. Cost {float(batch['actual_cost']):.4f} of "
         f"{float(batch['estimated_cost']):.4f} {batch['currency']} estimated."
     )
     table = Table("#", "Status", "Tries", "Cost", "Prompt / error", box=None)
     for image in batch["images"]:
-        text = image["prompt"] + (f"\n[red]{image['error']}[/]" if image.get("error") else "")
+        error = escape(image["error"]) if image.get("error") else ""
+        text = escape(image["prompt"]) + (f"\n[red]{error}[/]" if error else "")
         table.add_row(
             str(image["index"] + 1),
             image["status"],
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as error:
         if "--json" in args:
             print_json({"code": error.data.get("code", "error"), "detail": error.message})
-        err.print(f"[red]Error:[/] {error.message}", markup=True)
+        err.print(f"[red]Error:[/] {escape(error.message)}", markup=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("\nInterrupted.")
