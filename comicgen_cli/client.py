@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
 from enum import IntEnum
 from typing import Any
 
@@ -134,6 +136,57 @@ class Api:
     def download(self, batch_id: int) -> tuple[int | None, Iterator[bytes]]:
         """The ZIP's size (when announced) and its bytes, streamed."""
         response = self._call("GET", f"/api/v1/batches/{batch_id}/download/", stream=True)
-        length = response.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else None
-        return size, response.iter_content(chunk_size=64 * 1024)
+        return _size(response), response.iter_content(chunk_size=64 * 1024)
+
+    # --- the authors' tools ------------------------------------------------------------------
+
+    def pause(self, batch_id: int) -> dict[str, Any]:
+        return dict(self._json("POST", f"/api/v1/batches/{batch_id}/pause/"))
+
+    def resume(self, batch_id: int) -> dict[str, Any]:
+        return dict(self._json("POST", f"/api/v1/batches/{batch_id}/resume/"))
+
+    def redraw(self, batch_id: int, index: int, body: dict[str, Any]) -> dict[str, Any]:
+        """A new take of the panel at `index` (from 0, as the API counts)."""
+        path = f"/api/v1/batches/{batch_id}/images/{index}/redraw/"
+        return dict(self._json("POST", path, json=body))
+
+    def select(self, batch_id: int, index: int, version: int) -> dict[str, Any]:
+        path = f"/api/v1/batches/{batch_id}/images/{index}/select/"
+        return dict(self._json("POST", path, json={"version": version}))
+
+    def export(self, batch_id: int, kind: str) -> Export:
+        """The chapter as pages (`kind` pdf or cbz), streamed."""
+        response = self._call(
+            "GET", f"/api/v1/batches/{batch_id}/export/", params={"format": kind}, stream=True
+        )
+        return Export(
+            size=_size(response),
+            filename=disposition_filename(response.headers.get("Content-Disposition", "")),
+            pages=response.headers.get("X-Comicgen-Pages"),
+            chunks=response.iter_content(chunk_size=64 * 1024),
+        )
+
+
+@dataclass(frozen=True)
+class Export:
+    size: int | None  # bytes, when the server announced it (a streamed export may not)
+    filename: str | None  # as the server named it: not yet checked, see main.export_target
+    pages: str | None
+    chunks: Iterator[bytes]
+
+
+def _size(response: requests.Response) -> int | None:
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def disposition_filename(header: str) -> str | None:
+    """The `filename` of a Content-Disposition header (RFC 6266 as the stdlib's email parser
+    reads it, `filename*=UTF-8''...` included), or None."""
+    if not header:
+        return None
+    message = Message()
+    message["Content-Disposition"] = header
+    name = message.get_filename()
+    return str(name) if name else None

@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -68,7 +70,7 @@ def print_json(data: Any) -> None:
 @click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """comicgen from a terminal: submit chapters of panels, follow them live, cancel, retry,
-    download.
+    download; redraw a panel, pick its take, pause and resume, export the pages as PDF or CBZ.
 
     The server and token come from COMICGEN_URL and COMICGEN_TOKEN, else from the config file
     `comicgen login` writes (~/.config/comicgen/config.toml).
@@ -170,7 +172,7 @@ def submit(
     total = batch["counts"]["total"]
     if not as_json:
         out.print(
-            f"Batch {batch['id']} submitted: “{batch['title']}”, {total} "
+            f"Batch {batch['id']} submitted: “{escape(batch['title'])}”, {total} "
             f"panel{'' if total == 1 else 's'}, estimated {float(batch['estimated_cost']):.4f} "
             f"{batch['currency']}."
         )
@@ -190,7 +192,7 @@ def submit(
 @json_option
 def watch_command(batch_id: int, as_json: bool) -> None:
     """Follow batch BATCH_ID live until it ends (re-attach after Ctrl-C or from another
-    machine). Exits 0 when it ends completed, 2 otherwise."""
+    machine). Exits 0 when it ends completed, 1 otherwise."""
     follow(api(), batch_id, as_json)
 
 
@@ -272,7 +274,7 @@ def list_command(page: int, as_json: bool) -> None:
         table.add_row(
             str(batch["id"]),
             batch["status"],
-            batch["title"],
+            escape(batch["title"]),
             f"{counts['completed']}/{counts['total']}",
             f"{float(batch['actual_cost']):.4f} {batch['currency']}",
             str(batch["created_at"])[:16].replace("T", " "),
@@ -293,14 +295,15 @@ def show(batch_id: int, as_json: bool) -> None:
         return
     counts = batch["counts"]
     out.print(
-        f"Batch {batch['id']} “{batch['title']}”: {batch['status']}, "
+        f"Batch {batch['id']} “{escape(batch['title'])}”: {batch['status']}, "
         f"{counts['completed']}/{counts['total']} completed, {counts['failed']} failed, "
         f"{counts['cancelled']} cancelled. Cost {float(batch['actual_cost']):.4f} of "
         f"{float(batch['estimated_cost']):.4f} {batch['currency']} estimated."
     )
     table = Table("#", "Status", "Tries", "Cost", "Prompt / error", box=None)
     for image in batch["images"]:
-        text = image["prompt"] + (f"\n[red]{image['error']}[/]" if image.get("error") else "")
+        error = escape(image["error"]) if image.get("error") else ""
+        text = escape(image["prompt"]) + (f"\n[red]{error}[/]" if error else "")
         table.add_row(
             str(image["index"] + 1),
             image["status"],
@@ -353,6 +356,16 @@ def download(batch_id: int, output: str | None, as_json: bool) -> None:
     """Download the finished panels of a batch as a ZIP (panel-001.png, ...)."""
     target = Path(output or f"batch-{batch_id}.zip")
     size, chunks = api().download(batch_id)
+    written = save_stream(target, size, chunks, as_json)
+    if as_json:
+        print_json({"batch_id": batch_id, "path": str(target), "bytes": written})
+    else:
+        out.print(f"Saved {target} ({written:,} bytes).")
+
+
+def save_stream(target: Path, size: int | None, chunks: Iterator[bytes], as_json: bool) -> int:
+    """Write a streamed answer to `target` with a progress bar, through a `.part` file so an
+    interrupted transfer never leaves a truncated file under the real name. The bytes written."""
     partial = target.with_name(target.name + ".part")
     written = 0
     progress = Progress(
@@ -377,10 +390,210 @@ def download(batch_id: int, output: str | None, as_json: bool) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    return written
+
+
+# --- the authors' tools ----------------------------------------------------------------------
+
+panel_argument = click.argument("panel", type=click.IntRange(min=1))
+
+
+def refused(error: CliError, what: str) -> CliError:
+    """An API refusal worded for the command: a 409 says what state stood in the way, a 400
+    lists each refused field with the API's own words."""
+    if error.data.get("status") == 409:
+        error.message = f"Cannot {what}: {error.message}"
+    fields = error.data.get("fields")
+    if error.data.get("code") == "invalid" and isinstance(fields, dict):
+        lines = [
+            f"{name}: " + (" ".join(map(str, said)) if isinstance(said, list) else str(said))
+            for name, said in fields.items()
+        ]
+        error.message = "\n  ".join([f"Cannot {what}:", *lines])
+    return error
+
+
+def panel_of(client: Api, batch_id: int, panel: int) -> dict[str, Any]:
+    """The image for PANEL (counted from 1, as on the page) of the caller's batch; a panel
+    the batch does not have is an error naming the ones it has."""
+    batch = client.batch(batch_id)
+    images = {image["index"]: image for image in batch.get("images", [])}
+    image = images.get(panel - 1)
+    if image is None:
+        raise CliError(
+            f"Batch {batch_id} has no panel {panel}: its panels are 1 to {len(images)}."
+            if images
+            else f"Batch {batch_id} has no panels."
+        )
+    return image
+
+
+@cli.command()
+@click.argument("batch_id", type=click.IntRange(min=1))
+@panel_argument
+@click.option("--prompt", default=None, help="A new prompt. Default: the panel's own.")
+@click.option(
+    "--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None,
+    help="Draw with this seed. Default: a new random one.",
+)  # fmt: skip
+@click.option("--keep-seed", is_flag=True, help="Draw with the panel's current seed.")
+@click.option("--watch", is_flag=True, help="Then follow the batch live until it ends.")
+@json_option
+def redraw(
+    batch_id: int,
+    panel: int,
+    prompt: str | None,
+    seed: int | None,
+    keep_seed: bool,
+    watch: bool,
+    as_json: bool,
+) -> None:
+    """Draw a new take of PANEL (counted from 1, as on the page) of batch BATCH_ID, priced and
+    reserved like a submit. Earlier takes are kept: `comicgen select` picks one back."""
+    if keep_seed and seed is not None:
+        raise click.UsageError("Give --seed N or --keep-seed, not both.")
+    client = api()
+    image = panel_of(client, batch_id, panel)
+    body: dict[str, Any] = {}
+    if prompt is not None:
+        body["prompt"] = prompt
+    if keep_seed:
+        body["seed"] = image["seed"]
+    elif seed is not None:
+        body["seed"] = seed
+    try:
+        take = client.redraw(batch_id, panel - 1, body)
+    except CliError as error:
+        raise refused(error, f"redraw panel {panel} of batch {batch_id}") from None
+    if as_json and not watch:
+        print_json(take)
+        return
+    if not as_json:
+        out.print(
+            f"Panel {panel} of batch {batch_id}: take {take['version']} is {take['status']}, "
+            f"seed {take['seed']}: “{escape(take['prompt'])}”."
+        )
+    if watch:
+        follow(client, batch_id, as_json)
+        return
+    out.print(f"  Follow it: comicgen watch {batch_id}")
+    out.print(f"  Earlier takes are kept; pick one with: comicgen select {batch_id} {panel} N")
+
+
+@cli.command()
+@click.argument("batch_id", type=click.IntRange(min=1))
+@panel_argument
+@click.argument("version", type=click.IntRange(min=1))
+@json_option
+def select(batch_id: int, panel: int, version: int, as_json: bool) -> None:
+    """Use take VERSION of PANEL (counted from 1) in the ZIP, the pages and the export. `comicgen
+    show BATCH_ID --json` lists each panel's takes (`versions`)."""
+    client = api()
+    panel_of(client, batch_id, panel)
+    try:
+        image = client.select(batch_id, panel - 1, version)
+    except CliError as error:
+        raise refused(error, f"select take {version} of panel {panel}") from None
     if as_json:
-        print_json({"batch_id": batch_id, "path": str(target), "bytes": written})
+        print_json(image)
+        return
+    takes = ", ".join(str(take["version"]) for take in image.get("versions", []))
+    out.print(
+        f"Panel {panel} of batch {batch_id}: take {image['selected_version']} selected "
+        f"(takes: {takes}). The ZIP, the pages and the export use it."
+    )
+
+
+@cli.command()
+@click.argument("batch_id", type=click.IntRange(min=1))
+@json_option
+def pause(batch_id: int, as_json: bool) -> None:
+    """Stop submitting new panels of a running batch: those already on RunPod finish and are
+    stored, the reservation stays. Exits 2 when the batch is not running."""
+    try:
+        batch = api().pause(batch_id)
+    except CliError as error:
+        raise refused(error, f"pause batch {batch_id}") from None
+    if as_json:
+        print_json(batch)
+        return
+    counts = batch["counts"]
+    out.print(
+        f"Batch {batch_id} paused ({counts['completed']}/{counts['total']} completed): panels "
+        f"already on RunPod finish, nothing new starts. Go on with: comicgen resume {batch_id}"
+    )
+
+
+@cli.command()
+@click.argument("batch_id", type=click.IntRange(min=1))
+@click.option("--watch", is_flag=True, help="Then follow the batch live until it ends.")
+@json_option
+def resume(batch_id: int, watch: bool, as_json: bool) -> None:
+    """Go on with a paused batch. Exits 2 when the batch is not paused."""
+    client = api()
+    try:
+        batch = client.resume(batch_id)
+    except CliError as error:
+        raise refused(error, f"resume batch {batch_id}") from None
+    if watch:
+        if not as_json:
+            out.print(f"Batch {batch_id} resumed.")
+        follow(client, batch_id, as_json)
+        return
+    if as_json:
+        print_json(batch)
+        return
+    counts = batch["counts"]
+    out.print(
+        f"Batch {batch_id} resumed: now {batch['status']}, {counts['completed']}/"
+        f"{counts['total']} completed. Follow it: comicgen watch {batch_id}"
+    )
+
+
+EXPORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
+
+
+def export_target(server_name: str | None, batch_id: int, kind: str) -> Path:
+    """Where an export is saved by default: the server's file name, in the current folder. Only
+    its last component is taken, and only a plain name with the format's extension (no path,
+    no hidden file, no control or shell characters); anything else is refused and the export
+    is saved as batch-<id>.<kind> instead, so a server can never write outside this folder."""
+    fallback = Path(f"batch-{batch_id}.{kind}")
+    if not server_name:
+        return fallback
+    base = server_name.replace("\\", "/").rsplit("/", 1)[-1]
+    if not EXPORT_NAME.fullmatch(base) or not base.lower().endswith(f".{kind}"):
+        err.print(f"The server named the file {server_name!r}; saving it as {fallback} instead.")
+        return fallback
+    return Path(base)
+
+
+@cli.command()
+@click.argument("batch_id", type=click.IntRange(min=1))
+@click.option(
+    "--format", "kind", type=click.Choice(["pdf", "cbz"]), default="pdf", show_default=True,
+    help="A PDF, or a CBZ (comic book archive, with ComicInfo.xml).",
+)  # fmt: skip
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+    help="Where to save it. Default: the server's name for it (after the title), here.",
+)  # fmt: skip
+@json_option
+def export(batch_id: int, kind: str, output: str | None, as_json: bool) -> None:
+    """Export the chapter laid out as comic pages, with each panel's selected take. Panels with
+    no image keep their frame, captioned."""
+    answer = api().export(batch_id, kind)
+    target = Path(output) if output else export_target(answer.filename, batch_id, kind)
+    written = save_stream(target, answer.size, answer.chunks, as_json)
+    pages = int(answer.pages) if answer.pages and answer.pages.isdigit() else None
+    if as_json:
+        print_json(
+            {"batch_id": batch_id, "format": kind, "path": str(target), "bytes": written,
+             "pages": pages}
+        )  # fmt: skip
     else:
-        out.print(f"Saved {target} ({written:,} bytes).")
+        shown = f"{pages} page{'' if pages == 1 else 's'}, " if pages is not None else ""
+        out.print(f"Saved {target} ({shown}{written:,} bytes).")
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -404,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as error:
         if "--json" in args:
             print_json({"code": error.data.get("code", "error"), "detail": error.message})
-        err.print(f"[red]Error:[/] {error.message}", markup=True)
+        err.print(f"[red]Error:[/] {escape(error.message)}", markup=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("\nInterrupted.")

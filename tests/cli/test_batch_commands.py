@@ -37,6 +37,7 @@ def test_list_and_show_print_tables_and_json(cli: Cli, author: Any, live: Any) -
     assert [row["id"] for row in json.loads(listed_json.stdout)["results"]] == [batch.pk]
     assert f"Batch {batch.pk} “Vault”: partial, 1/2 completed, 1 failed" in shown.stdout
     assert "gave up after" in shown.stdout
+    assert "two [fail:always]" in shown.stdout  # user text is printed as is, never as markup
     detail = json.loads(shown_json.stdout)
     assert [image["status"] for image in detail["images"]] == ["completed", "failed"]
     assert detail["images"][0]["image_url"].startswith(f"{live.web_url}/panels/")
