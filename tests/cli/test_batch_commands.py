@@ -104,7 +104,7 @@ def test_download_saves_a_zip_of_the_panels(
     assert zipfile.is_zipfile(cli.home / f"batch-{batch.pk}.zip")
 
 
-def test_downloading_a_batch_with_nothing_finished_exits_1(
+def test_downloading_a_batch_with_nothing_finished_exits_2(
     cli: Cli, author: Any, live: Any, tmp_path: Path
 ) -> None:
     batch = finished(make_batch(author, ["doomed [fail:always]"]).pk)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("token", ["0" * 40, "not a token", "x" * 5000])
-def test_a_bad_token_exits_3(
+def test_a_bad_token_exits_2(
     token: str, cli_env: Callable[[str | None], Cli], author: Any, live: Any
 ) -> None:
     cli = cli_env(token)
@@ -34,14 +34,14 @@ def test_a_bad_token_exits_3(
         assert "comicgen login" in result.stderr
 
 
-def test_no_token_at_all_exits_3(cli_env: Callable[[str | None], Cli], live: Any) -> None:
+def test_no_token_at_all_exits_2(cli_env: Callable[[str | None], Cli], live: Any) -> None:
     result = cli_env(None).run("list")
 
     assert result.returncode == 2
     assert "No API token: run `comicgen login`" in result.stderr
 
 
-def test_a_batch_over_budget_exits_4_and_creates_nothing(
+def test_a_batch_over_budget_exits_2_and_creates_nothing(
     cli: Cli, chapter: Callable[..., Path], author: Any
 ) -> None:
     Budget.objects.filter(pk=get_budget(author).pk).update(limit=Decimal("0.000001"))
@@ -80,7 +80,7 @@ def test_invalid_panels_are_named_by_their_file_line(
         (["submit", "EMPTY", "--priority", "urgent"], "'urgent' is not one of"),
     ],
 )
-def test_usage_errors_exit_1(
+def test_usage_errors_exit_2(
     args: list[str], message: str, cli: Cli, chapter: Callable[..., Path]
 ) -> None:
     empty = chapter("# only a comment\n\n", name="empty.txt")
@@ -92,7 +92,7 @@ def test_usage_errors_exit_1(
     assert message in result.stderr
 
 
-def test_another_users_batch_is_not_found_exit_1(cli: Cli, live: Any) -> None:
+def test_another_users_batch_is_not_found_exit_2(cli: Cli, live: Any) -> None:
     theirs = make_batch(UserFactory(), ["their panel"])
 
     for args in (["show", str(theirs.pk)], ["cancel", str(theirs.pk)], ["watch", str(theirs.pk)]):

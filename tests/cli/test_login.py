@@ -55,7 +55,7 @@ def test_login_prompts_for_what_is_missing(
     assert "Logged in to" in result.stdout
 
 
-def test_a_wrong_password_exits_3_and_saves_nothing(
+def test_a_wrong_password_exits_2_and_saves_nothing(
     cli_env: Callable[[str | None], Cli], author: Any, live: Any
 ) -> None:
     cli = cli_env(None)

@@ -58,7 +58,7 @@ def test_submit_watch_follows_the_batch_live_and_exits_0_when_it_completes(
     assert_books_match_the_bill(live.emulator)
 
 
-def test_a_batch_that_ends_partial_exits_2(
+def test_a_batch_that_ends_partial_exits_1(
     cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
     path = chapter("panel one\ndoomed [fail:always]\n")
