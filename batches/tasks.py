@@ -14,7 +14,7 @@ import redis
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from batches import chunks, events, services
+from batches import authoring, chunks, events, services
 from batches.models import Batch
 from batches.runpod import TransientRunPodError
 
@@ -72,8 +72,12 @@ def charge_late_job_task(image_id: int, attempt: int, job_id: str) -> str:
 
 @shared_task(acks_late=True, ignore_result=True)
 def sweep_batches_task() -> dict[str, int]:
-    """Periodic (beat): finish batches whose chord was lost, resume orphaned chunks."""
-    return services.sweep_batches()
+    """Periodic (beat): finish batches whose chord was lost, resume orphaned chunks, and
+    resume the chunks of paused batches that still follow jobs on RunPod but whose task died.
+    One task for both: one pass over the open batches every COMICGEN_SWEEP_INTERVAL."""
+    swept = services.sweep_batches()
+    swept["resumed_paused_chunks"] = authoring.sweep_paused_batches()
+    return swept
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -90,11 +94,3 @@ def prune_panels_task() -> dict[str, int]:
 
     report = retention.prune_panels()
     return {"batches": len(report.batches), "files": report.files}
-
-
-@shared_task(acks_late=True, ignore_result=True)
-def sweep_paused_batches_task() -> int:
-    """Periodic (beat): collect the running jobs of paused batches whose chunk task died."""
-    from batches import authoring
-
-    return authoring.sweep_paused_batches()

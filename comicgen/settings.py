@@ -375,10 +375,6 @@ CELERY_BEAT_SCHEDULE = {
         "task": "batches.tasks.sweep_batches_task",
         "schedule": COMICGEN_SWEEP_INTERVAL,
     },
-    "sweep-paused-batches": {
-        "task": "batches.tasks.sweep_paused_batches_task",
-        "schedule": COMICGEN_SWEEP_INTERVAL,
-    },
     "prune-panels": {
         "task": "batches.tasks.prune_panels_task",
         "schedule": COMICGEN_RETENTION_INTERVAL,

@@ -112,6 +112,7 @@ def runpod(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeRunPo
     settings.RUNPOD_MAX_IN_FLIGHT = 1000
     # Only this test's loop runs the batch: no chord is sent to the session's Celery worker.
     monkeypatch.setattr("batches.services.enqueue_batch", lambda batch, chunks=None: None)
+    monkeypatch.setattr("batches.services.enqueue_batch_later", lambda *args: None)
     chunks._clients.__dict__.clear()  # a client built for another test's RunPod URL
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_passthru("http+unix://")

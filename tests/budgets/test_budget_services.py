@@ -43,6 +43,7 @@ def test_twenty_concurrent_submits_never_reserve_past_the_limit(
     # Only reservation is under test: keep the session's Celery worker (started by integration
     # tests) from running these batches and moving their money meanwhile.
     monkeypatch.setattr("batches.services.enqueue_batch", lambda batch, chunks=None: None)
+    monkeypatch.setattr("batches.services.enqueue_batch_later", lambda *args: None)
     user = UserFactory()
     budget = services.get_budget(user)
     Budget.objects.filter(pk=budget.pk).update(limit=D("0.05"))
