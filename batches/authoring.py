@@ -144,10 +144,13 @@ def redraw_image(batch: Batch, image: ImageJob, request: RedrawRequest) -> Image
         ) from None
     estimate = estimates.estimate_images([params])
     with transaction.atomic():
+        # Image row before batch row, the order a chunk's pass writes them in (it ends its
+        # attempts, then charges the batch): the opposite order could deadlock with a pass
+        # ending this very panel.
+        current = ImageJob.objects.select_for_update().get(pk=image.pk)
         locked = Batch.objects.select_for_update().get(pk=batch.pk)
         if locked.cancel_requested_at is not None and not locked.is_terminal:
             raise services.StateConflict("The batch is being cancelled; redraw once it has ended.")
-        current = ImageJob.objects.select_for_update().get(pk=image.pk)
         if current.status not in IMAGE_TERMINAL:
             raise services.StateConflict(
                 f"Panel {current.panel_number} is still {current.status}; redraw it once it "

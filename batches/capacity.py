@@ -65,6 +65,11 @@ QUEUE_FRACTION = 0.25
 REFRESH_SECONDS = 0.5
 # A process asks Redis whether it is its turn at most this often per endpoint.
 LOCAL_CHECK_SECONDS = 0.2
+# Endpoints this process has seen a target for: past the first, acquires do not wait for one.
+_seen_target: set[str] = set()
+# How long an acquire waits for the first target another process is computing (one /health
+# call, HEALTH_TIMEOUT at most) before it falls back to the ceiling.
+FIRST_TARGET_WAIT_SECONDS = 2.0
 # Showing demand that makes the endpoint grow no more stops after 2 x delay + this grace, and
 # is not tried again for AT_MAX_HOLD_SECONDS.
 STALL_GRACE_SECONDS = 3.0
@@ -242,15 +247,29 @@ def follow(endpoint: str) -> None:
     acquire (a local clock, then one Redis SET NX at most every LOCAL_CHECK_SECONDS)."""
     now = time.monotonic()
     with _next_check_lock:
-        if _next_check.get(endpoint, 0.0) > now:
-            return
-        _next_check[endpoint] = now + LOCAL_CHECK_SECONDS
-    turn = get_redis().set(
+        due = _next_check.get(endpoint, 0.0) <= now
+        if due:
+            _next_check[endpoint] = now + LOCAL_CHECK_SECONDS
+    client = get_redis()
+    if due and client.set(
         limiter.endpoint_key(endpoint, "health_turn"), uuid.uuid4().hex, nx=True,
         px=int(REFRESH_SECONDS * 1000),
-    )  # fmt: skip
-    if turn:
+    ):  # fmt: skip
         refresh(endpoint)
+        _seen_target.add(endpoint)
+        return
+    if endpoint in _seen_target:
+        return
+    # Another thread or process is reading /health for the first time. Wait for that reading
+    # rather than acquire against the ceiling: a batch's first chunks, all starting at once,
+    # would otherwise fill RunPod's queue up to the ceiling before the first target exists.
+    target_key = limiter.endpoint_key(endpoint, "target")
+    deadline = now + FIRST_TARGET_WAIT_SECONDS
+    while not client.exists(target_key):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
+    _seen_target.add(endpoint)
 
 
 def read_health(endpoint: str) -> Health | None:

@@ -577,8 +577,10 @@ class ChunkRun:
         Each charge is what billed_ms_of says at the GPU price."""
         if not endings:
             return []
+        # Image rows, then the batch row (charge_attempts), then the budget's: the order every
+        # writer of an attempt's end takes them in (a redraw locks its image before its batch).
+        # The batch row is locked only for the last statements of the pass, not all of it.
         with transaction.atomic():
-            Batch.objects.lock(self.batch_id)
             won = [
                 ending
                 for ending in endings

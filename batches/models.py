@@ -129,13 +129,6 @@ class BatchQuerySet(models.QuerySet["Batch"]):
             )
         )
 
-    def lock(self, batch_id: int) -> bool:
-        """Lock a batch's row until the caller's transaction ends (False: no such batch). Every
-        transaction that writes a batch's images and then the batch takes this first, so that
-        all of them (a chunk's pass, a redraw, a retry) lock batch before image and none waits
-        on another in the opposite order (a deadlock PostgreSQL would end by failing one)."""
-        return self.select_for_update().filter(pk=batch_id).values_list("pk").first() is not None
-
     def take_seqs(self, batch_id: int, count: int = 1) -> int | None:
         """Take the batch's next `count` event numbers; returns the last (None if the batch is
         gone). The UPDATE locks the batch row until the caller's transaction ends: events.py

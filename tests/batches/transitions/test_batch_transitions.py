@@ -104,9 +104,3 @@ def test_a_batch_does_not_finish_while_one_of_its_images_is_unfinished() -> None
     assert not Batch.objects.claim_finish(batch.pk, BatchStatus.COMPLETED)
     ImageJob.objects.filter(pk=reopened.pk).update(status="completed")
     assert Batch.objects.claim_finish(batch.pk, BatchStatus.COMPLETED)
-
-
-def test_a_batch_row_is_locked_by_id_and_a_missing_one_says_so() -> None:
-    batch = make_batch()
-    assert Batch.objects.lock(batch.pk)
-    assert not Batch.objects.lock(10**12)
