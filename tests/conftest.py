@@ -190,7 +190,19 @@ def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
     settings.MEDIA_ROOT = stack.env["MEDIA_ROOT"]
     for name, value in WORKER_SETTINGS.items():
         setattr(settings, name, type(getattr(settings, name))(value))
+    fresh_connection()
     return stack
+
+
+def fresh_connection() -> None:
+    """Give the test body a new PostgreSQL connection of its own. In the full suite a browser
+    test's connection has been found ended under it ("terminating connection due to
+    administrator command") by the time the test first used it; a connection opened by the
+    test itself has not been."""
+    from django.db import connection
+
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from django.db.models import F
 from PIL import Image
 
 from batches import panels, services
-from batches.api.serializers import BatchSubmitSerializer
 from batches.models import Batch, ImageJob, ImageStatus
 from budgets import pricing
 from budgets import services as budget_services
+from tests.web.conftest import make_batch
 
 
 def png(colour: tuple[int, int, int], size: tuple[int, int] = (128, 128)) -> bytes:
@@ -29,18 +29,8 @@ def png(colour: tuple[int, int, int], size: tuple[int, int] = (128, 128)) -> byt
 
 
 def submitted(user: Any, prompts: list[str], **extra: Any) -> Batch:
-    serializer = BatchSubmitSerializer(
-        data={
-            "title": extra.pop("title", "Chapter"),
-            "params": {"width": 128, "height": 128, "steps": 4},
-            "images": [{"prompt": prompt} for prompt in prompts],
-            **extra,
-        }
-    )
-    serializer.is_valid(raise_exception=True)
-    return services.submit_batch(
-        user, serializer.validated_data, serializer.resolved_images()
-    ).batch
+    """A batch submitted through the real service (validated, priced, reserved)."""
+    return make_batch(user, prompts, **extra)
 
 
 def complete_image(image: ImageJob, colour: tuple[int, int, int], execution_ms: int = 900) -> None:

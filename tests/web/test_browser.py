@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
-from tests.conftest import wait_for
+from tests.conftest import fresh_connection, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -82,6 +82,7 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        fresh_connection()
         yield chromium
         chromium.close()
 
