@@ -4,14 +4,18 @@ next, shared through Redis by every worker process.
 Per endpoint (`comicgen:limiter:<endpoint>:...`):
 
 - `slots`: a sorted set of image ids holding a slot, scored by when their lease runs out (a
-  worker that died holding one frees it by itself); `holders` maps an image to its endpoint, so
-  a release or a lease refresh needs only the image id;
+  worker that died holding one frees it by itself); `holders` maps an image to its endpoint
+  and `owners` to its user, so a release or a lease refresh needs only the image id; `held`
+  counts the slots each user holds;
 - `target`: how many jobs to keep in flight, published by batches.capacity from the endpoint's
   /health and capped by RUNPOD_MAX_IN_FLIGHT (the ceiling, used alone while no target is known);
 - per priority, the waiters refused a slot (`waiters:<p>`, a chunk each, expiring unless they
-  keep asking) and the users they belong to (`users:<p>`, scored by when each user was last
-  served). A slot goes to high before normal before low; within a priority, to the waiting user
-  served least recently, so users take turns (round robin) whatever the size of their batches;
+  keep asking) and the user each belongs to (`wuser:<p>`). A slot goes to high before normal
+  before low; within a priority, to the waiting user who holds the fewest slots, and between
+  users who hold as many, to the one served least recently (`served`). So a second author's
+  small batch takes the slots the first author's big one frees until both hold as many (or
+  the small one needs no more), and from then on they take turns: one author's 500 panels
+  never make another's 10 wait behind them;
 - a waiter is a Redis list key its chunk sleeps on (BLPOP): freeing a slot pushes to the lists
   of the waiters next in line, so a chunk takes a freed slot within milliseconds, not a poll.
 
@@ -47,11 +51,13 @@ def endpoint_key(endpoint: str, name: str) -> str:
     return f"{PREFIX}:{endpoint}:{name}"
 
 
-# Shared Lua: the clock, the per-endpoint key names, pruning of expired waiters, and ringing the
-# doorbells of the waiters next in line. Keys are derived from the endpoint inside the script
-# (one Redis, not a cluster), so a release needs no more than the image id.
+# Shared Lua: the clock, the per-endpoint key names, freeing a slot, pruning what expired, the
+# order users are served in, and ringing the doorbells of the waiters next in line. Keys are
+# derived from the endpoint inside the script (one Redis, not a cluster), so a release needs no
+# more than the image id.
 _COMMON = """
 local PREFIX = 'comicgen:limiter:'
+local HOLDERS, OWNERS = PREFIX .. 'holders', PREFIX .. 'owners'
 local PRIORITIES = {'high', 'normal', 'low'}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -64,6 +70,18 @@ local function remove_all(command, target, members)
   end
 end
 
+-- A slot left the set: forget its holder and count it off its user's share.
+local function forget_slot(ep, member)
+  redis.call('HDEL', HOLDERS, member)
+  local owner = redis.call('HGET', OWNERS, member)
+  if owner then
+    redis.call('HDEL', OWNERS, member)
+    if redis.call('HINCRBY', key(ep, 'held'), owner, -1) <= 0 then
+      redis.call('HDEL', key(ep, 'held'), owner)
+    end
+  end
+end
+
 local function prune(ep)
   for _, p in ipairs(PRIORITIES) do
     local waiters = key(ep, 'waiters:' .. p)
@@ -72,19 +90,11 @@ local function prune(ep)
       remove_all('HDEL', key(ep, 'wuser:' .. p), gone)
       redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
     end
-    local uexp = key(ep, 'uexp:' .. p)
-    local left = redis.call('ZRANGEBYSCORE', uexp, '-inf', now)
-    if #left > 0 then
-      remove_all('ZREM', key(ep, 'users:' .. p), left)
-      redis.call('ZREMRANGEBYSCORE', uexp, '-inf', now)
-    end
   end
   local slots = key(ep, 'slots')
   local expired = redis.call('ZRANGEBYSCORE', slots, '-inf', now)
-  if #expired > 0 then
-    remove_all('HDEL', 'comicgen:limiter:holders', expired)
-    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-  end
+  for _, member in ipairs(expired) do forget_slot(ep, member) end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', slots, '-inf', now) end
 end
 
 local function target_of(ep, ceiling)
@@ -93,35 +103,58 @@ local function target_of(ep, ceiling)
   return published
 end
 
+-- Whose turn it is: the user holding the fewest slots first, then the one served least
+-- recently (so users holding as many take turns).
+local function rank(ep, user)
+  local held = tonumber(redis.call('HGET', key(ep, 'held'), user)) or 0
+  local served = tonumber(redis.call('HGET', key(ep, 'served'), user)) or 0
+  return {held, served}
+end
+local function before(a, b)
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+
+-- The waiting chunks of a priority grouped by user, and those users in turn order.
+local function waiting_users(ep, p)
+  local owners = redis.call('HGETALL', key(ep, 'wuser:' .. p))
+  local by_user, order, ranks = {}, {}, {}
+  for i = 1, #owners, 2 do
+    local user = owners[i + 1]
+    if not by_user[user] then
+      by_user[user] = {}
+      table.insert(order, user)
+      ranks[user] = rank(ep, user)
+    end
+    table.insert(by_user[user], owners[i])
+  end
+  table.sort(order, function(a, b)
+    if before(ranks[a], ranks[b]) then return true end
+    if before(ranks[b], ranks[a]) then return false end
+    return a < b
+  end)
+  return by_user, order, ranks
+end
+
 -- Ring up to n doorbells, in the order slots are granted: priorities in turn; within one, one
--- waiter per user, least recently served user first, then again round the users.
+-- waiter per user in turn order, then again round the users.
 local function ring(ep, n)
   for _, p in ipairs(PRIORITIES) do
     if n <= 0 then return end
-    local owners = redis.call('HGETALL', key(ep, 'wuser:' .. p))
-    if #owners > 0 then
-      local by_user = {}
-      for i = 1, #owners, 2 do
-        local user = owners[i + 1]
-        by_user[user] = by_user[user] or {}
-        table.insert(by_user[user], owners[i])
-      end
-      local order = redis.call('ZRANGE', key(ep, 'users:' .. p), 0, -1)
-      local round = 1
-      local rang = true
-      while n > 0 and rang do
-        rang = false
-        for _, user in ipairs(order) do
-          local list = by_user[user]
-          if n > 0 and list and list[round] then
-            redis.call('RPUSH', list[round], '')
-            redis.call('EXPIRE', list[round], tonumber(ARGV[#ARGV]))
-            n = n - 1
-            rang = true
-          end
+    local by_user, order = waiting_users(ep, p)
+    local round = 1
+    local rang = true
+    while n > 0 and rang do
+      rang = false
+      for _, user in ipairs(order) do
+        local list = by_user[user]
+        if n > 0 and list[round] then
+          redis.call('RPUSH', list[round], '')
+          redis.call('EXPIRE', list[round], tonumber(ARGV[#ARGV]))
+          n = n - 1
+          rang = true
         end
-        round = round + 1
       end
+      round = round + 1
     end
   end
 end
@@ -129,6 +162,9 @@ end
 
 # ARGV: endpoint, image id, lease, priority, waiter, waiter ttl, user, ceiling, doorbell ttl.
 # 1 granted, 0 refused (the waiter is registered), -1 the slot set must be rebuilt first.
+# A free slot goes to this caller only when no waiter comes first: a waiter of a higher
+# priority, or another user of this priority who holds fewer slots (or as many, and was served
+# less recently).
 _ACQUIRE = (
     _COMMON
     + """
@@ -148,16 +184,19 @@ for _, p in ipairs(PRIORITIES) do
   if p == priority then break end
   ahead = ahead + redis.call('ZCARD', key(ep, 'waiters:' .. p))
 end
-local users = key(ep, 'users:' .. priority)
-local served = key(ep, 'served')
-local mine = tonumber(redis.call('HGET', served, user)) or 0
-ahead = ahead + redis.call('ZCOUNT', users, '-inf', '(' .. mine)
+if free > ahead then
+  local _, order, ranks = waiting_users(ep, priority)
+  local mine = rank(ep, user)
+  for _, other in ipairs(order) do
+    if other ~= user and before(ranks[other], mine) then ahead = ahead + 1 end
+  end
+end
 if free > ahead then
   redis.call('ZADD', slots, now + lease, member)
-  redis.call('HSET', 'comicgen:limiter:holders', member, ep)
-  local seq = redis.call('INCR', key(ep, 'seq'))
-  redis.call('HSET', served, user, seq)
-  redis.call('ZADD', users, 'XX', seq, user)
+  redis.call('HSET', HOLDERS, member, ep)
+  redis.call('HSET', OWNERS, member, user)
+  redis.call('HINCRBY', key(ep, 'held'), user, 1)
+  redis.call('HSET', key(ep, 'served'), user, redis.call('INCR', key(ep, 'seq')))
   redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter)
   redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
   redis.call('INCR', key(ep, 'granted'))
@@ -165,8 +204,6 @@ if free > ahead then
 end
 redis.call('ZADD', key(ep, 'waiters:' .. priority), now + waiter_ttl, waiter)
 redis.call('HSET', key(ep, 'wuser:' .. priority), waiter, user)
-redis.call('ZADD', users, mine, user)
-redis.call('ZADD', key(ep, 'uexp:' .. priority), now + waiter_ttl, user)
 return 0
 """
 )
@@ -177,11 +214,11 @@ _RELEASE = (
     _COMMON
     + """
 local member, ceiling = ARGV[1], tonumber(ARGV[3])
-local ep = redis.call('HGET', 'comicgen:limiter:holders', member) or ARGV[2]
-redis.call('HDEL', 'comicgen:limiter:holders', member)
+local ep = redis.call('HGET', HOLDERS, member) or ARGV[2]
 if redis.call('ZREM', key(ep, 'slots'), member) == 1 then
   redis.call('INCR', key(ep, 'released'))
 end
+forget_slot(ep, member)
 prune(ep)
 ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
 return 1
@@ -201,21 +238,23 @@ return 1
 """
 )
 
-# ARGV: endpoint, lease, image ids... Count the in-flight jobs PostgreSQL knows, unless another
-# process rebuilt the set first.
+# ARGV: endpoint, lease, then an image id and its user for each job. Count the in-flight jobs
+# PostgreSQL knows, each to its user's share, unless another process rebuilt the set first.
 _REBUILD = """
 local ep = ARGV[1]
-local slots = 'comicgen:limiter:' .. ep .. ':slots'
-local built = 'comicgen:limiter:' .. ep .. ':built'
-if redis.call('EXISTS', built) == 1 then return 0 end
+local prefix = 'comicgen:limiter:' .. ep .. ':'
+if redis.call('EXISTS', prefix .. 'built') == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local lease = tonumber(ARGV[2])
-for i = 3, #ARGV do
-  redis.call('ZADD', slots, 'NX', now + lease, ARGV[i])
-  redis.call('HSET', 'comicgen:limiter:holders', ARGV[i], ep)
+for i = 3, #ARGV, 2 do
+  if redis.call('ZADD', prefix .. 'slots', 'NX', now + lease, ARGV[i]) == 1 then
+    redis.call('HSET', 'comicgen:limiter:holders', ARGV[i], ep)
+    redis.call('HSET', 'comicgen:limiter:owners', ARGV[i], ARGV[i + 1])
+    redis.call('HINCRBY', prefix .. 'held', ARGV[i + 1], 1)
+  end
 end
-redis.call('SET', built, '1')
+redis.call('SET', prefix .. 'built', '1')
 return 1
 """
 
@@ -293,9 +332,11 @@ def rebuild_slots(endpoint: str) -> bool:
     set), so the limit still holds for jobs that were running when Redis restarted. False when
     another process had rebuilt it first."""
     in_flight = ImageJob.objects.filter(status__in=IMAGE_IN_FLIGHT).select_related("batch")
-    ids = [str(image.pk) for image in in_flight.only("pk", "endpoint_id", "batch__endpoint_id")
-           if image_endpoint(image) == endpoint]  # fmt: skip
-    args = [endpoint, settings.COMICGEN_SLOT_LEASE_SECONDS, *ids]
+    jobs = in_flight.only("pk", "endpoint_id", "batch__endpoint_id", "batch__user_id")
+    args: list[Any] = [endpoint, settings.COMICGEN_SLOT_LEASE_SECONDS]
+    for image in jobs:
+        if image_endpoint(image) == endpoint:
+            args += [str(image.pk), str(image.batch.user_id)]
     return bool(_script(_REBUILD)(keys=[], args=args))
 
 

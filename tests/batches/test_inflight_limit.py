@@ -1,6 +1,7 @@
 """The shared in-flight limiter on real Redis: it counts jobs across callers per endpoint, serves
-high before normal before low and users in turn, wakes the waiter next in line, and a Redis that
-restarted empty counts again, from PostgreSQL, the jobs that are still running."""
+high before normal before low and, within a priority, the user holding the fewest slots first;
+it wakes the waiter next in line, and a Redis that restarted empty counts again, from
+PostgreSQL, the jobs that are still running."""
 
 from __future__ import annotations
 
@@ -111,29 +112,71 @@ def test_high_is_served_before_normal_and_normal_before_low(endpoint: str) -> No
 
 
 @pytest.mark.django_db
-def test_users_of_one_priority_take_turns(endpoint: str) -> None:
-    """A's big batch holds every slot; B asks once. From then on freed slots alternate between
-    them, whoever asks first."""
-    limiter.publish_target(endpoint, 2)
-    assert acquire(endpoint, 1, user=1)
-    assert acquire(endpoint, 2, user=1)
+def test_a_user_holding_fewer_slots_takes_each_freed_slot_first(endpoint: str) -> None:
+    """A's big batch holds every slot; B asks. Every slot A frees goes to B, whoever asks first,
+    until B holds as many as A."""
+    limiter.publish_target(endpoint, 4)
+    assert all(acquire(endpoint, n, user=1) for n in (1, 2, 3, 4))
     assert not acquire(endpoint, 100, user=2)  # B waits
-    assert not acquire(endpoint, 3, user=1)  # A waits too
+    assert not acquire(endpoint, 5, user=1)  # A waits too
 
     limiter.release_slot(1)
     assert doorbells("waiter:2:normal", "waiter:1:normal") == {
         "waiter:2:normal": 1, "waiter:1:normal": 0,
     }  # fmt: skip
-    assert not acquire(endpoint, 3, user=1)  # A asks first, but it is B's turn
-    assert acquire(endpoint, 100, user=2)
+    assert not acquire(endpoint, 5, user=1)  # A asks first, but B holds fewer
+    assert acquire(endpoint, 100, user=2)  # B 1, A 3
+    assert not acquire(endpoint, 101, user=2)
 
     limiter.release_slot(2)
-    assert not acquire(endpoint, 101, user=2)  # now A's turn: A was served less recently
-    assert acquire(endpoint, 3, user=1)
+    assert not acquire(endpoint, 5, user=1)  # A would hold 3 again, B only 1
+    assert acquire(endpoint, 101, user=2)  # B 2, A 2
 
     limiter.release_slot(3)
-    assert not acquire(endpoint, 4, user=1)
+    assert not acquire(endpoint, 102, user=2)  # as many each: A was served less recently
+    assert acquire(endpoint, 5, user=1)
+
+
+@pytest.mark.django_db
+def test_users_holding_as_many_take_turns(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1, user=1)
+    assert acquire(endpoint, 100, user=2)
+    assert not acquire(endpoint, 2, user=1)
+    assert not acquire(endpoint, 101, user=2)
+
+    limiter.release_slot(1)  # A 0, B 1: A's turn
+    assert not acquire(endpoint, 101, user=2)
+    assert acquire(endpoint, 2, user=1)
+    limiter.release_slot(100)  # A 1, B 0: B's turn
+    assert not acquire(endpoint, 3, user=1)
     assert acquire(endpoint, 101, user=2)
+
+
+@pytest.mark.django_db
+def test_a_user_who_stopped_waiting_holds_no_one_back(endpoint: str) -> None:
+    """B got every slot it asked for: A, alone in line, takes the next free one at once."""
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1, user=1)
+    assert acquire(endpoint, 2, user=1)
+    assert not acquire(endpoint, 100, user=2)  # full for now: B waits
+    limiter.release_slot(2)
+    assert acquire(endpoint, 100, user=2)  # B holds 1 and needs no more
+    assert not acquire(endpoint, 3, user=1)
+    limiter.release_slot(1)
+    assert acquire(endpoint, 3, user=1)  # B, holding fewer but not waiting, is not ahead
+
+
+@pytest.mark.django_db
+def test_each_user_share_is_counted_off_when_a_lease_runs_out(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 2)
+    assert acquire(endpoint, 1, user=1)
+    assert acquire(endpoint, 2, user=1)
+    assert not acquire(endpoint, 100, user=2)
+    client = flow.get_redis()
+    client.zadd(limiter.endpoint_key(endpoint, "slots"), {"1": 0})  # image 1's lease is over
+    assert acquire(endpoint, 100, user=2)
+    assert client.hgetall(limiter.endpoint_key(endpoint, "held")) == {b"1": b"1", b"2": b"1"}
 
 
 @pytest.mark.django_db
