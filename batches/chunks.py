@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -55,6 +56,7 @@ from batches.runpod import (
     JobStatus,
     PermanentRunPodError,
     RunPodClient,
+    RunPodError,
     TransientRunPodError,
 )
 from budgets import pricing
@@ -95,6 +97,51 @@ def runpod_client(endpoint_id: str) -> RunPodClient:
     return client
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One /run call: the job's input, its webhook and its execution timeout."""
+
+    endpoint_id: str
+    payload: dict[str, Any]
+    webhook: str | None
+    execution_timeout_ms: int
+
+
+# A pass sends its /run calls at once, at most this many per worker process at a time: RunPod
+# answers each in tens to hundreds of milliseconds, so ten images one after another would hold
+# the pass (and the slots already granted) that many times as long.
+RUN_CALLS_AT_ONCE = 32
+_run_calls: ThreadPoolExecutor | None = None
+_run_calls_lock = threading.Lock()
+
+
+def call_run(request: RunRequest) -> JobStatus | RunPodError:
+    """Send one /run; RunPod's answer, or the RunPod error it ended in (returned, not raised, so
+    a pass can send many at once and act on each answer in its own thread)."""
+    try:
+        return runpod_client(request.endpoint_id).run(
+            request.payload,
+            webhook=request.webhook,
+            execution_timeout_ms=request.execution_timeout_ms,
+            ttl_ms=settings.RUNPOD_TTL_MS,
+        )
+    except RunPodError as error:
+        return error
+
+
+def call_run_all(requests: list[RunRequest]) -> list[JobStatus | RunPodError]:
+    """Send every /run of a pass at once (one alone in the caller's thread), in order. The
+    calls touch no database: the caller writes what they answered, in its own thread, with its
+    own connection."""
+    global _run_calls
+    if len(requests) < 2:
+        return [call_run(request) for request in requests]
+    with _run_calls_lock:
+        if _run_calls is None:
+            _run_calls = ThreadPoolExecutor(RUN_CALLS_AT_ONCE, thread_name_prefix="runpod-run")
+    return list(_run_calls.map(call_run, requests))
+
+
 def retry_delay(attempts: int) -> float:
     """Exponential backoff before the next attempt of a failed image, jittered between half and
     all of the ceiling so retries of many images spread out."""
@@ -124,9 +171,13 @@ def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
         logger.info("batch %s chunk %s is already being run", batch_id, chunk_no)
         return {"chunk": chunk_no, "skipped": "owned by another task"}
     try:
-        return ChunkRun(batch_id, chunk_no, lease).run()
+        run = ChunkRun(batch_id, chunk_no, lease)
+        summary = run.run()
     finally:
         lease.release()
+    if summary.get("handed_over"):
+        flow.send_chunk_again(batch_id, chunk_no, run.priority)
+    return summary
 
 
 @dataclass
@@ -151,6 +202,8 @@ class ChunkRun:
     last_checked: dict[str, float] = field(default_factory=dict)
     call_failures: int = 0
     waiting_for_slot: bool = False
+    # The last pass found no job of this chunk at RunPod and started none (refused a slot).
+    idle: bool = False
     # Jobs this task already asked RunPod to cancel: later passes only ask their /status.
     cancel_sent: set[str] = field(default_factory=set)
     # The status each image this task claimed an attempt for had before: a /run that surely
@@ -178,6 +231,13 @@ class ChunkRun:
             wait = self.run_pass()
             if wait is None:
                 break
+            if self.idle and flow.thread_wanted(self.priority, self.chunk_no):
+                # Nothing of this chunk is at RunPod and no slot is free for it: its worker
+                # thread serves better waiting for another batch's first chunk (which would
+                # otherwise wait for one of this batch's chunks to end). The chunk is queued
+                # again; process_chunk sends it once the lease is released.
+                flow.mark_chunks_queued(self.batch_id, [self.chunk_no])
+                return {"chunk": self.chunk_no, "handed_over": True}
             webhooks.wait_for_wake(self.batch_id, self.chunk_no, wait)
         return {"chunk": self.chunk_no, "done": True}
 
@@ -210,7 +270,14 @@ class ChunkRun:
             return SLOT_RETRY_SECONDS
         if getattr(open_images[0], "batch_status", None) == BatchStatus.PAUSED:
             return self.paused_pass(open_images)
-        self.submit_due(open_images)
+        started = self.submit_due(open_images)
+        self.idle = (
+            self.waiting_for_slot
+            and not started
+            and not any(
+                image.runpod_job_id or image.status in IMAGE_IN_FLIGHT for image in open_images
+            )
+        )
         self.collect([image for image in open_images if image.runpod_job_id])
         self.announce()
         if self.finished >= {image.pk for image in open_images}:
@@ -226,7 +293,9 @@ class ChunkRun:
 
     # --- starting attempts -------------------------------------------------------------------
 
-    def submit_due(self, images: list[ImageJob]) -> None:
+    def submit_due(self, images: list[ImageJob]) -> int:
+        """Start an attempt for every image that is due, as long as the limiter grants slots.
+        Returns how many were started."""
         self.waiting_for_slot = False
         now = timezone.now()
         due = []
@@ -248,6 +317,7 @@ class ChunkRun:
                 self.retry_times.append(image.next_attempt_at)
         if due:
             self.start_attempts(due)
+        return len(due)
 
     def start_attempts(self, images: list[ImageJob]) -> None:
         """Hold each attempt's maximum cost and claim the images, all in one transaction (a
@@ -270,7 +340,7 @@ class ChunkRun:
                 limiter.release_slot(image.pk)
         if not closed and len(claims) < len(images):
             self.out_of_budget(images[len(claims) :])
-        started = []
+        submitted = []
         for image, hold in claims:
             if image.pk not in won:
                 continue
@@ -279,7 +349,11 @@ class ChunkRun:
             image.hold = hold
             image.status = ImageStatus.SUBMITTED
             image.submitted_at = timezone.now()
-            job_id = self.call_run(image)
+            submitted.append(image)
+        answers = call_run_all([self.run_request(image) for image in submitted])
+        started = []
+        for image, answer in zip(submitted, answers, strict=True):
+            job_id = self.answered(image, answer)
             if job_id:
                 started.append((image, job_id))
         self.record_jobs(started)
@@ -299,28 +373,30 @@ class ChunkRun:
             held.append((image, hold))
         return held
 
-    def call_run(self, image: ImageJob) -> str | None:
-        """Submit a claimed attempt to RunPod; its job id, or None when there is none to
-        record (the call failed: retried later, or the image failed)."""
-        try:
-            job = runpod_client(image.endpoint_id).run(
-                image.runpod_input(self.batch),
-                webhook=webhooks.webhook_url(
-                    self.batch_id, self.chunk_no, image.pk, image.attempts
-                ),
-                execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
-                ttl_ms=settings.RUNPOD_TTL_MS,
-            )
-        except TransientRunPodError as error:
-            self.run_call_failed(image, error)
+    def run_request(self, image: ImageJob) -> RunRequest:
+        """What /run is sent for a claimed attempt."""
+        return RunRequest(
+            endpoint_id=image.endpoint_id,
+            payload=image.runpod_input(self.batch),
+            webhook=webhooks.webhook_url(self.batch_id, self.chunk_no, image.pk, image.attempts),
+            execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
+        )
+
+    def answered(self, image: ImageJob, answer: JobStatus | RunPodError) -> str | None:
+        """Act on /run's answer for a claimed attempt: its job id, or None when there is none
+        to record (the call failed: retried later, or the image failed)."""
+        if isinstance(answer, TransientRunPodError):
+            self.run_call_failed(image, answer)
             return None
-        except PermanentRunPodError as error:
+        if isinstance(answer, PermanentRunPodError):
             # RunPod refused the request outright (4xx): no job exists, nothing is billed.
             limiter.release_slot(image.pk)
-            self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {error}")
+            self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {answer}")
             return None
+        if isinstance(answer, RunPodError):
+            raise answer
         self.call_failures = 0
-        return job.id
+        return answer.id
 
     def record_jobs(self, started: list[tuple[ImageJob, str]]) -> None:
         """Write the job ids /run returned. Until then they exist only in this thread's

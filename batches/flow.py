@@ -1,7 +1,9 @@
 """Redis-backed coordination between chunk tasks on every worker.
 
 - chunk leases: one live task per chunk, so a redelivered or resumed task never runs beside
-  the one it replaces, and the sweeper can tell a dead chunk from a busy one.
+  the one it replaces, and the sweeper can tell a dead chunk from a busy one;
+- chunk tasks' broker priorities, and handing a worker thread over to a task that waits for
+  one (a chunk task holds its thread while it runs).
 
 (Webhook results and a chunk's wake-ups are the webhook's mailbox: batches/webhooks.py.)
 
@@ -16,10 +18,19 @@ import functools
 from typing import Any
 
 import redis
+from celery import signature
 from django.conf import settings
 from redis.exceptions import LockError
 
 PREFIX = "comicgen"
+PROCESS_CHUNK_TASK = "batches.tasks.process_chunk_task"
+# Kombu's Redis transport keeps one list per queue and priority step (0, 3, 6, 9; 0 is served
+# first): the queue's own name for 0, the name, this separator and the step for the others.
+BROKER_PRIORITY_STEPS = (0, 3, 6, 9)
+BROKER_PRIORITY_SEPARATOR = "\x06\x16"
+# One chunk at a time hands its thread over per queue, for this long: a task waiting for a
+# thread frees one, not every idle chunk of the worker at once.
+HANDOVER_TURN_MS = 100
 
 
 @functools.cache
@@ -103,3 +114,55 @@ def chunk_is_owned(batch_id: int, chunk_no: int) -> bool:
     """True while a task runs the chunk or waits in the broker to run it."""
     keys = [_chunk_key(batch_id, chunk_no, kind) for kind in ("lease", "queued")]
     return bool(get_redis().exists(*keys))
+
+
+# --- worker threads ----------------------------------------------------------------------------
+
+
+def chunk_task_priority(chunk_no: int) -> int:
+    """The broker priority of a chunk's task (Redis transport: 0 is served first, then 3, 6,
+    9). A batch's first chunks go before the later chunks of batches already waiting: a chunk
+    task holds a worker thread while it runs, so without this a 10-panel batch would wait in
+    the broker behind all 50 chunk tasks of another author's 500-panel batch, and the limiter's
+    turn-taking between authors could not begin until most of that batch was done."""
+    return 0 if chunk_no == 0 else 3 if chunk_no == 1 else 6 if chunk_no < 4 else 9
+
+
+def chunk_signature(batch_id: int, chunk_no: int, queue: str) -> Any:
+    """The task that runs a chunk, on its batch's priority queue (the name is the contract
+    between this module and batches.tasks, which imports this one)."""
+    return signature(
+        PROCESS_CHUNK_TASK, args=(batch_id, chunk_no), immutable=True, queue=queue,
+        priority=chunk_task_priority(chunk_no),
+    )  # fmt: skip
+
+
+def thread_wanted(queue: str, chunk_no: int) -> bool:
+    """Whether this chunk's task should give its worker thread to a task that waits for one in
+    the broker ahead of it: a task of a better priority (another batch's first chunks, a new
+    batch's enqueue task) waits in `queue`, and no other chunk handed its thread over for this
+    queue in the last HANDOVER_TURN_MS."""
+    own = chunk_task_priority(chunk_no)
+    lists = [queue if step == 0 else f"{queue}{BROKER_PRIORITY_SEPARATOR}{step}"
+             for step in BROKER_PRIORITY_STEPS if step < own]  # fmt: skip
+    if not lists:
+        return False
+    client = get_redis()
+    pipe = client.pipeline(transaction=False)
+    for name in lists:
+        pipe.llen(name)
+    if not any(pipe.execute()):
+        return False
+    turn = f"{PREFIX}:handover:{queue}"
+    return bool(client.set(turn, "1", nx=True, px=HANDOVER_TURN_MS))
+
+
+def send_chunk_again(batch_id: int, chunk_no: int, queue: str) -> None:
+    """Queue a chunk that handed its thread over (its lease already released, its queued
+    marker set by the caller). A message that cannot be sent drops the marker, and the
+    sweeper resumes the chunk on its next pass."""
+    try:
+        chunk_signature(batch_id, chunk_no, queue).apply_async()
+    except Exception:
+        unmark_chunks_queued(batch_id, [chunk_no])
+        raise

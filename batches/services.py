@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Tasks are named, not imported: the tasks module imports this one.
 ENQUEUE_BATCH_TASK = "batches.tasks.enqueue_batch_task"
-PROCESS_CHUNK_TASK = "batches.tasks.process_chunk_task"
 FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
 ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
 
@@ -209,23 +208,8 @@ def enqueue_batch(batch: Batch, chunks: list[int] | None = None) -> None:
         signature(FINALIZE_BATCH_TASK, args=([], batch.pk), queue=batch.priority).apply_async()
         return
     flow.mark_chunks_queued(batch.pk, chunks)
-    header = group(
-        signature(
-            PROCESS_CHUNK_TASK, args=(batch.pk, chunk_no), immutable=True,
-            queue=batch.priority, priority=chunk_task_priority(chunk_no),
-        )
-        for chunk_no in chunks
-    )  # fmt: skip
+    header = group(flow.chunk_signature(batch.pk, chunk_no, batch.priority) for chunk_no in chunks)
     chord(header)(finalize)
-
-
-def chunk_task_priority(chunk_no: int) -> int:
-    """The broker priority of a chunk's task (Redis transport: 0 is served first, then 3, 6,
-    9). A batch's first chunks go before the later chunks of batches already waiting: a chunk
-    task holds a worker thread while it runs, so without this a 10-panel batch would wait in
-    the broker behind all 50 chunk tasks of another author's 500-panel batch, and the limiter's
-    turn-taking between authors could not begin until most of that batch was done."""
-    return 0 if chunk_no == 0 else 3 if chunk_no == 1 else 6 if chunk_no < 4 else 9
 
 
 def finalize_batch(batch_id: int) -> str | None:

@@ -58,7 +58,7 @@ class FakeRunPod:
             "id": job_id,
             "status": "CANCELLED",
         }
-        mock.add_callback(responses.POST, f"{BASE}/run", self.on_run)
+        mock.add_callback(responses.POST, f"{BASE}/run", lambda request: self.on_run(request))
         mock.add_callback(responses.GET, re.compile(rf"{BASE}/status/.+"), self.on_status)
         mock.add_callback(responses.POST, re.compile(rf"{BASE}/cancel/.+"), self.on_cancel)
 
