@@ -3,8 +3,9 @@
 Every event carries the batch's next `seq`, and every socket receives a batch's events in `seq`
 order, so a client may drop anything older than the last seq it saw. Two rules make that true:
 
-- An event takes its seq and reads the rows it reports in one transaction that holds the batch
-  row's lock (the seq UPDATE takes it), and is queued for sending before that lock is released.
+- An event takes its seq and reads the rows it reports in one transaction that holds the lock
+  of the batch's seq row (BatchSeq: taking the seq locks it), and is queued for sending before
+  that lock is released.
   Events with a higher seq therefore report state at least as new, and within one process they
   are queued in seq order.
 - Several processes send to the same group, and the channel layer may deliver their messages in
@@ -217,8 +218,9 @@ def flush_events(timeout: float = 5.0) -> bool:
 
 
 # Both pushes build their event once the caller's transaction commits, in a transaction of their
-# own: take the seq (locking the batch row), read what the event reports, queue it, commit. The
-# lock is held for those few statements only, not for the rest of the caller's transaction.
+# own: take the seq (locking the batch's seq row), read what the event reports, queue it,
+# commit. The lock is held for those few statements only, not for the rest of the caller's
+# transaction.
 
 
 def push_image_updated(image_id: int) -> None:
@@ -240,7 +242,7 @@ def push_batch_updated(batch_id: int) -> None:
 
 
 def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
-    """Take one seq per image under the batch row's lock, stamp each image with its seq, read
+    """Take one seq per image under the seq row's lock, stamp each image with its seq, read
     the rows and the counts once, queue the events in seq order, commit."""
     if batch_id is None:
         batch_id = (
@@ -274,7 +276,7 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
 
 
 def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:
-    """Take the batch's next seq (locking its row), build the event from what the database
+    """Take the batch's next seq (locking its seq row), build the event from what the database
     says under that lock, queue it, commit. When there is nothing to report (the row is gone),
     roll back: a seq taken and never sent would leave every socket waiting on a gap."""
     with transaction.atomic():
@@ -288,7 +290,7 @@ def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -
 
 def _send_batch_updated(batch_id: int) -> None:
     def build(seq: int) -> dict[str, Any]:
-        batch = Batch.objects.get(pk=batch_id)  # take_seq found the row and holds its lock
+        batch = Batch.objects.get(pk=batch_id)  # take_seqs found the batch; its seq row is locked
         return {
             "type": "batch.updated",
             "status": batch.status,

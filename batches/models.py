@@ -79,9 +79,12 @@ class BatchQuerySet(models.QuerySet["Batch"]):
         return self if user.is_staff else self.filter(user=user)
 
     def with_images(self) -> BatchQuerySet:
-        """Batches with their images in panel order, in two queries."""
+        """Batches with their images in panel order (and their last event number), in two
+        queries."""
         images = ImageJob.objects.order_by("index")
-        return self.prefetch_related(Prefetch("images", queryset=images))
+        return self.select_related("event_seq").prefetch_related(
+            Prefetch("images", queryset=images)
+        )
 
     def open(self) -> BatchQuerySet:
         return self.exclude(status__in=BATCH_TERMINAL)
@@ -131,12 +134,17 @@ class BatchQuerySet(models.QuerySet["Batch"]):
 
     def take_seqs(self, batch_id: int, count: int = 1) -> int | None:
         """Take the batch's next `count` event numbers; returns the last (None if the batch is
-        gone). The UPDATE locks the batch row until the caller's transaction ends: events.py
-        builds its events under that lock, so seq order is also the order of the state the
-        events report."""
+        gone). The statement locks the batch's BatchSeq row until the caller's transaction
+        ends: events.py builds its events under that lock, so seq order is also the order of
+        the state the events report. (Not the Batch row: the money paths lock that one for
+        every pass, and events would wait for them.)"""
+        table = BatchSeq._meta.db_table
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {Batch._meta.db_table} SET seq = seq + %s WHERE id = %s RETURNING seq",
+                f"INSERT INTO {table} (batch_id, seq) "
+                f"SELECT id, %s FROM {Batch._meta.db_table} WHERE id = %s "
+                f"ON CONFLICT (batch_id) DO UPDATE SET seq = {table}.seq + EXCLUDED.seq "
+                "RETURNING seq",
                 [count, batch_id],
             )
             row = cursor.fetchone()
@@ -175,8 +183,6 @@ class Batch(models.Model):
     request_hash = models.CharField(max_length=64, blank=True, default="")
     # Images per chunk task, fixed at submit so a chunk number always means the same images.
     chunk_size = models.PositiveIntegerField(default=10)
-    # Monotonic per-batch event counter; every pushed event carries the next value.
-    seq = models.PositiveBigIntegerField(default=0)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=300, blank=True)
     # Authors' tools: how the pages view and the export lay the chapter out (batches/pages.py),
@@ -212,9 +218,32 @@ class Batch(models.Model):
     def is_terminal(self) -> bool:
         return self.status in BATCH_TERMINAL
 
+    @property
+    def seq(self) -> int:
+        """The number of the batch's last pushed event (0 before the first); every event
+        carries the next one (BatchSeq)."""
+        try:
+            return self.event_seq.seq
+        except BatchSeq.DoesNotExist:
+            return 0
+
     def status_counts(self) -> dict[str, int]:
         """Images by status, every status present, plus `total`."""
         return ImageJob.objects.filter(batch_id=self.pk).status_counts()
+
+
+class BatchSeq(models.Model):
+    """A batch's event counter, on a row of its own (created by its first event). Taking a seq
+    locks this row for the event's transaction (BatchQuerySet.take_seqs); the money paths lock
+    the Batch row on every pass, and on one shared row each event would wait for them."""
+
+    batch = models.OneToOneField(
+        Batch, on_delete=models.CASCADE, primary_key=True, related_name="event_seq"
+    )
+    seq = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} at seq {self.seq}"
 
 
 _seeds = random.SystemRandom()

@@ -106,7 +106,8 @@ class BatchListView(ListAPIView):
         return [SubmitThrottle()] if self.request.method == "POST" else []
 
     def get_queryset(self) -> Any:
-        return services.scoped_batches(self.request.user).order_by("-created_at", "-id")
+        batches = services.scoped_batches(self.request.user).select_related("event_seq")
+        return batches.order_by("-created_at", "-id")
 
     @extend_schema(
         request=BatchSubmitSerializer,

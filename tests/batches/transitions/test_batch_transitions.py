@@ -3,8 +3,11 @@ caller shares (who may see it, loading it with its images, counts)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 
 from batches.models import Batch, BatchStatus, ImageJob
@@ -58,6 +61,36 @@ def test_event_numbers_are_taken_in_ranges_without_gaps() -> None:
     assert Batch.objects.take_seqs(batch.pk, 5) == 6
     assert Batch.objects.take_seqs(batch.pk) == 7
     assert Batch.objects.take_seqs(10**12) is None
+    assert Batch.objects.get(pk=batch.pk).seq == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_taking_an_event_number_does_not_wait_for_the_batch_rows_lock() -> None:
+    """A chunk's pass holds the Batch row while it charges; its events, and other chunks'
+    events, must not queue behind it."""
+    batch = make_batch()
+    locked, release = threading.Event(), threading.Event()
+
+    def charge_in_progress() -> None:
+        with transaction.atomic():
+            # What charge_attempts does to the batch row (hold_for_attempt likewise).
+            Batch.objects.filter(pk=batch.pk).update(actual_cost=F("actual_cost") + 1)
+            locked.set()
+            release.wait(10)
+        connections.close_all()
+
+    holder = threading.Thread(target=charge_in_progress)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            assert Batch.objects.take_seqs(batch.pk, 3) == 3  # the seq row's first use
+            assert Batch.objects.take_seqs(batch.pk) == 4
+    finally:
+        release.set()
+        holder.join()
 
 
 def test_authors_see_their_own_batches_and_staff_see_all() -> None:
