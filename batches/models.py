@@ -119,7 +119,9 @@ class BatchQuerySet(models.QuerySet["Batch"]):
 
     def reopen(self, batch_id: int, from_status: str) -> bool:
         """A finished batch -> running again (the owner retries what failed). Conditional on
-        the status the caller saw, so two retries do not both reserve."""
+        the status the caller saw, so two retries do not both reserve. Call with the images
+        it reopens already locked: image rows before the batch row, the order every writer
+        takes them in (see services.retry_batch)."""
         return bool(
             self.filter(pk=batch_id, status=from_status).update(
                 status=BatchStatus.RUNNING,
