@@ -386,9 +386,23 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A webhook URL's path carries its token (RunPod signs nothing): Django logs every 4xx with
+    # its path, so the token is redacted on Django's request logger (for every handler, Django's
+    # own included) and on the console handler (for any other logger). Uvicorn's access log,
+    # which would print every path, is off (Procfile, docker-compose.yml: --no-access-log).
+    "filters": {"webhook_tokens": {"()": "comicgen.log_redaction.RedactWebhookTokens"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["webhook_tokens"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django.request": {"filters": ["webhook_tokens"]},
+    },
 }
 
 # HTTPS. Off by default so the dev stack and the tests run on plain http://127.0.0.1; a
