@@ -373,9 +373,10 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
         config = config.replace(old, new)
     caddyfile = tmp_path / "Caddyfile"
     caddyfile.write_text(config)
+    access_log = tmp_path / "caddy-stdout.log"  # the site's access log goes to stdout
     process = subprocess.Popen(
         [binary, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
-        stdout=subprocess.DEVNULL,
+        stdout=access_log.open("wb"),
         stderr=subprocess.PIPE,
         env={
             "PATH": os.environ["PATH"],
@@ -396,7 +397,7 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
             except requests.ConnectionError:
                 assert process.poll() is None, process.stderr.read() if process.stderr else ""
                 time.sleep(0.1)
-        yield {"site": site, "internal": internal}
+        yield {"site": site, "internal": internal, "access_log": str(access_log)}
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -442,3 +443,26 @@ def test_the_internal_door_passes_webhooks_as_the_real_site_over_https(
 
     assert response.text == "host=comicgen.example.com proto=https"
     assert other.status_code == 404  # nothing else goes through it
+
+
+def test_caddys_access_log_names_no_webhook_token_and_no_api_token(
+    caddy_in_front: dict[str, str],
+) -> None:
+    # RunPod reaches webhooks through the site; API clients may give their token in the query
+    # (the WebSocket's ?token=). Both are secrets and the access log keeps every request's URI.
+    webhook_token, api_token = "5f1e0c9a7b3d4e2f8a6b0c1d2e3f4a5b", "apitoken0123456789abcdef"
+    site = caddy_in_front["site"]
+    requests.post(f"{site}/api/v1/runpod/webhook/1/0/2/1/{webhook_token}/", json={}, timeout=5)
+    requests.get(f"{site}/ws/batches/1/?token={api_token}&x=1", timeout=5)
+    log = Path(caddy_in_front["access_log"])
+
+    for _ in range(50):  # Caddy writes each line as the request ends
+        text = log.read_text()
+        if text.count("/ws/batches/1/") and text.count("/runpod/webhook/"):
+            break
+        time.sleep(0.1)
+
+    assert "/api/v1/runpod/webhook/[redacted]" in text
+    assert "/ws/batches/1/?token=[redacted]&x=1" in text
+    assert webhook_token not in text
+    assert api_token not in text
