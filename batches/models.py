@@ -548,6 +548,11 @@ class ImageVersion(models.Model):
     file = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
     # What the attempts that drew this take cost (ImageJob.cost keeps the sum of every take).
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    # The take's last attempt: its attempts are those after the previous take's last one (a
+    # failed take is never kept, so its attempts count in the next take drawn). The books check
+    # holds each take's cost against those attempts' ledger charges. Null for takes kept before
+    # it was recorded.
+    last_attempt = models.PositiveIntegerField(null=True, blank=True)
     execution_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
