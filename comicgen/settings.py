@@ -263,7 +263,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 
 # s/min/hour/day. Read at each request (batches/api/throttles.py), counted in the shared cache.
 COMICGEN_THROTTLE_SUBMIT = env_rate("COMICGEN_THROTTLE_SUBMIT", "30/min")
 COMICGEN_THROTTLE_ESTIMATE = env_rate("COMICGEN_THROTTLE_ESTIMATE", "120/min")
-# Per client address, on POST /api/v1/auth/token/ (username + password): password guessing.
+# Per client address, one count for POST /api/v1/auth/token/, /accounts/login/ and
+# /admin/login/ (comicgen/login_throttle.py): password guessing.
 COMICGEN_THROTTLE_LOGIN = env_rate("COMICGEN_THROTTLE_LOGIN", "10/min")
 
 # Throttle counters (and any other cache use) live in Redis so every web process shares them.
