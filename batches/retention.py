@@ -76,6 +76,11 @@ def prune_panels(*, now: datetime | None = None, dry_run: bool = False) -> Prune
             report.bytes += sum(_size(name) for name in names)
             continue
         with transaction.atomic():
+            # Image rows before the batch row, the order a redraw, a retry and a chunk's pass
+            # take them in: claiming the batch first deadlocked with a redraw of one of its
+            # panels. Whichever comes second waits; a prune after a redraw finds the batch
+            # reopened and leaves it alone.
+            list(images.select_for_update().order_by("pk").values_list("pk", flat=True))
             claimed = Batch.objects.filter(
                 not_pruned_since_finish(),
                 pk=batch.pk,
