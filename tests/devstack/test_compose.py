@@ -337,6 +337,9 @@ class StandInWeb(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self) -> None:
+        if self.headers.get("X-Stand-In-Hang-Up"):  # web failing: no answer at all
+            self.close_connection = True
+            return
         body = (f"host={self.headers['Host']} proto={self.headers['X-Forwarded-Proto']}").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -362,7 +365,7 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
     (srv / "protected-media" / "panels" / "2026" / "11" / "abc.png").write_bytes(b"\x89PNG-bytes")
     config = CADDYFILE.read_text()
     replacements = {
-        "{\n\temail {$ACME_EMAIL}\n}": "{\n\temail {$ACME_EMAIL}\n\tadmin off\n}",
+        "{\n\temail {$ACME_EMAIL}\n": "{\n\temail {$ACME_EMAIL}\n\tadmin off\n",
         "{$COMICGEN_DOMAIN} {": f"http://127.0.0.1:{site_port} {{",
         "http://:8080 {": f"http://127.0.0.1:{internal_port} {{",
         "web:8000": f"127.0.0.1:{web.server_address[1]}",
@@ -374,10 +377,11 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
     caddyfile = tmp_path / "Caddyfile"
     caddyfile.write_text(config)
     access_log = tmp_path / "caddy-stdout.log"  # the site's access log goes to stdout
+    own_log = tmp_path / "caddy-stderr.log"  # Caddy's own log (errors, start and stop)
     process = subprocess.Popen(
         [binary, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
         stdout=access_log.open("wb"),
-        stderr=subprocess.PIPE,
+        stderr=own_log.open("wb"),
         env={
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
@@ -395,9 +399,14 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
                 requests.get(f"{internal}/proxy-health", timeout=1)
                 break
             except requests.ConnectionError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, own_log.read_text()
                 time.sleep(0.1)
-        yield {"site": site, "internal": internal, "access_log": str(access_log)}
+        yield {
+            "site": site,
+            "internal": internal,
+            "access_log": str(access_log),
+            "own_log": str(own_log),
+        }
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -466,3 +475,28 @@ def test_caddys_access_log_names_no_webhook_token_and_no_api_token(
     assert "/ws/batches/1/?token=[redacted]&x=1" in text
     assert webhook_token not in text
     assert api_token not in text
+
+
+def test_caddys_own_log_of_a_failed_webhook_names_no_token(
+    caddy_in_front: dict[str, str],
+) -> None:
+    # web failing while RunPod retries a webhook: Caddy logs the error with the request's URI.
+    webhook_token = "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f"
+    for door in (caddy_in_front["site"], caddy_in_front["internal"]):
+        response = requests.post(
+            f"{door}/api/v1/runpod/webhook/1/0/2/1/{webhook_token}/?x=1",
+            json={},
+            headers={"X-Stand-In-Hang-Up": "1"},
+            timeout=5,
+        )
+        assert response.status_code == 502
+    log = Path(caddy_in_front["own_log"])
+
+    for _ in range(50):  # Caddy writes each line as the request ends
+        text = log.read_text()
+        if text.count("/runpod/webhook/") >= 2:
+            break
+        time.sleep(0.1)
+
+    assert text.count("/api/v1/runpod/webhook/[redacted]?x=1") >= 2, text
+    assert webhook_token not in text
