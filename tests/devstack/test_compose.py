@@ -16,6 +16,7 @@ There is no Docker engine here, so the stack cannot be started. What can be chec
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -158,6 +159,23 @@ def test_env_example_lists_every_setting_the_app_reads() -> None:
     assert set(REQUIRED) <= listed
     compose_vars = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", uncommented(COMPOSE_FILE)))
     assert compose_vars - listed == set()
+
+
+def dockerfile_cmd() -> list[str]:
+    """The image's default command (exec form), what `docker run` of the image starts."""
+    lines = [line for line in (REPO_ROOT / "Dockerfile").read_text().splitlines()
+             if line.startswith("CMD ")]  # fmt: skip
+    assert len(lines) == 1, lines
+    command: list[str] = json.loads(lines[0].removeprefix("CMD "))
+    return command
+
+
+def test_no_web_server_logs_each_request_path(services: dict[str, dict[str, Any]]) -> None:
+    # A path can carry a secret (a webhook's token, a WebSocket's ?token=): a web server's
+    # access log would print every one. Both ways of starting web run uvicorn without it.
+    for command in (services["web"]["command"], dockerfile_cmd()):
+        assert command[0] == "uvicorn", command
+        assert "--no-access-log" in command, command
 
 
 def test_env_is_kept_out_of_git_and_out_of_the_image() -> None:
