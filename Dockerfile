@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY comicgen ./comicgen
 COPY batches ./batches
 COPY budgets ./budgets
+COPY monitoring ./monitoring
 COPY worker ./worker
 RUN pip install --no-cache-dir .
 

@@ -178,6 +178,15 @@ def test_no_web_server_logs_each_request_path(services: dict[str, dict[str, Any]
         assert "--no-access-log" in command, command
 
 
+def test_the_image_holds_every_app_of_the_project() -> None:
+    from django.conf import settings
+
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (REPO_ROOT / "Dockerfile").read_text(), re.M))
+    local = {app for app in settings.INSTALLED_APPS if (REPO_ROOT / app).is_dir()}
+
+    assert local - copied == set()
+
+
 def test_env_is_kept_out_of_git_and_out_of_the_image() -> None:
     assert ".env" in (REPO_ROOT / ".gitignore").read_text().split()
     assert ".env" in (REPO_ROOT / ".dockerignore").read_text().split()
