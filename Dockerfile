@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY comicgen ./comicgen
 COPY batches ./batches
 COPY budgets ./budgets
+COPY monitoring ./monitoring
 COPY worker ./worker
 RUN pip install --no-cache-dir .
 
@@ -24,4 +25,6 @@ RUN useradd --system --uid 1000 comicgen && mkdir -p /data/media && chown comicg
 USER comicgen
 ENV STATIC_ROOT=/app/staticfiles MEDIA_ROOT=/data/media
 EXPOSE 8000
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "comicgen.asgi:application"]
+# What docker-compose.yml's web runs. No access log: a path can carry a secret (a webhook's
+# token, a WebSocket's ?token=), and an access log prints every path.
+CMD ["uvicorn", "comicgen.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", "--lifespan", "off", "--no-access-log", "--no-proxy-headers", "--log-level", "warning", "--timeout-graceful-shutdown", "5"]

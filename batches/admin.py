@@ -48,6 +48,15 @@ def delete_refusal(batch: Batch) -> str | None:
     )
 
 
+def lock_for_delete(batch_ids: list[int]) -> list[Batch]:
+    """Lock batches to delete them, their images first: image rows before batch rows is the
+    order every writer takes them in (a chunk's pass, a redraw, a retry), and a delete writes
+    both. Batch first deadlocked with a retry reopening the batch's failed panels."""
+    list(ImageJob.objects.select_for_update().filter(batch_id__in=batch_ids).order_by("pk")
+         .values_list("pk", flat=True))  # fmt: skip
+    return list(Batch.objects.select_for_update().filter(pk__in=batch_ids).order_by("pk"))
+
+
 def delete_finished_batches(batches: Iterable[Batch], note: str) -> int:
     """Delete finished batches, releasing anything still reserved for them first, and remove
     their panel files once the deletion is committed. Call inside a transaction holding the
@@ -273,8 +282,10 @@ class BatchAdmin(admin.ModelAdmin):
             return super().delete_view(request, object_id, extra_context)
         with transaction.atomic():
             # The row stays locked through the delete, so a retry cannot reopen it meanwhile.
-            locked = Batch.objects.select_for_update().get(pk=batch.pk)
-            reason = delete_refusal(locked)
+            rows = lock_for_delete([batch.pk])
+            if not rows:  # deleted meanwhile: Django's view says so
+                return super().delete_view(request, object_id, extra_context)
+            reason = delete_refusal(rows[0])
             if reason:
                 self.message_user(request, f"Not deleted. {reason}", messages.ERROR)
                 return HttpResponseRedirect(reverse("admin:batches_batch_change", args=[batch.pk]))
@@ -295,7 +306,7 @@ class BatchAdmin(admin.ModelAdmin):
         only; the unfinished ones are named and left alone."""
         with transaction.atomic():
             ids = list(queryset.values_list("pk", flat=True))
-            locked = list(Batch.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+            locked = lock_for_delete(ids)
             unfinished = [batch for batch in locked if not batch.is_terminal]
             if unfinished:
                 names = ", ".join(

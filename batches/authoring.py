@@ -216,6 +216,7 @@ def archive_current_take(image: ImageJob) -> ImageVersion | None:
         params=image.params,
         file=image.image.name,
         cost=image.cost - earlier,
+        last_attempt=image.attempts,
         execution_ms=image.execution_ms,
         created_at=image.finished_at or timezone.now(),
     )

@@ -122,7 +122,9 @@ class BatchQuerySet(models.QuerySet["Batch"]):
 
     def reopen(self, batch_id: int, from_status: str) -> bool:
         """A finished batch -> running again (the owner retries what failed). Conditional on
-        the status the caller saw, so two retries do not both reserve."""
+        the status the caller saw, so two retries do not both reserve. Call with the images
+        it reopens already locked: image rows before the batch row, the order every writer
+        takes them in (see services.retry_batch)."""
         return bool(
             self.filter(pk=batch_id, status=from_status).update(
                 status=BatchStatus.RUNNING,
@@ -575,6 +577,11 @@ class ImageVersion(models.Model):
     file = models.ImageField(upload_to="panels/%Y/%m/%d/", blank=True, max_length=300)
     # What the attempts that drew this take cost (ImageJob.cost keeps the sum of every take).
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"))
+    # The take's last attempt: its attempts are those after the previous take's last one (a
+    # failed take is never kept, so its attempts count in the next take drawn). The books check
+    # holds each take's cost against those attempts' ledger charges. Null for takes kept before
+    # it was recorded.
+    last_attempt = models.PositiveIntegerField(null=True, blank=True)
     execution_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -3,8 +3,9 @@
 The rows stay (prompts, seeds, params, statuses, costs) and so does the ledger: only the PNG
 files of every take are removed, the file fields emptied, and the batch stamped
 `panels_expired_at`, so the pages and the API can say the images expired rather than show a
-broken image. A beat task runs it (CELERY_BEAT_SCHEDULE); `manage.py prune_panels --dry-run`
-shows what would go.
+broken image. A batch a redraw or retry reopens after that has its new takes removed in their
+turn, once it has been finished for the retention again. A beat task runs it
+(CELERY_BEAT_SCHEDULE); `manage.py prune_panels --dry-run` shows what would go.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from batches.models import BATCH_TERMINAL, Batch, ImageJob, ImageVersion
@@ -31,12 +33,20 @@ class PruneReport:
     dry_run: bool = False
 
 
+def not_pruned_since_finish() -> Q:
+    """Batches that may have files again: never pruned, or finished again since the last prune.
+    A redraw or a retry reopens a pruned batch and draws new takes; once it has finished again
+    those take their own retention from that finish, as a new batch's would, instead of being
+    kept for ever (`panels_expired_at` is the last prune, not "nothing left to remove")."""
+    return Q(panels_expired_at__isnull=True) | Q(panels_expired_at__lt=F("finished_at"))
+
+
 def expired_batches(now: datetime | None = None) -> list[Batch]:
     """Finished batches past the retention whose files are still there, oldest first."""
     cutoff = (now or timezone.now()) - timedelta(days=settings.COMICGEN_RETENTION_DAYS)
     return list(
         Batch.objects.filter(
-            status__in=BATCH_TERMINAL, finished_at__lt=cutoff, panels_expired_at__isnull=True
+            not_pruned_since_finish(), status__in=BATCH_TERMINAL, finished_at__lt=cutoff
         ).order_by("finished_at")
     )
 
@@ -66,11 +76,16 @@ def prune_panels(*, now: datetime | None = None, dry_run: bool = False) -> Prune
             report.bytes += sum(_size(name) for name in names)
             continue
         with transaction.atomic():
+            # Image rows before the batch row, the order a redraw, a retry and a chunk's pass
+            # take them in: claiming the batch first deadlocked with a redraw of one of its
+            # panels. Whichever comes second waits; a prune after a redraw finds the batch
+            # reopened and leaves it alone.
+            list(images.select_for_update().order_by("pk").values_list("pk", flat=True))
             claimed = Batch.objects.filter(
+                not_pruned_since_finish(),
                 pk=batch.pk,
                 status__in=BATCH_TERMINAL,
                 finished_at=batch.finished_at,
-                panels_expired_at__isnull=True,
             ).update(panels_expired_at=stamp)
             if not claimed:
                 continue

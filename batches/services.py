@@ -40,6 +40,9 @@ ENQUEUE_BATCH_TASK = "batches.tasks.enqueue_batch_task"
 FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
 ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
 
+# What an owner's retry requeues: completed panels are never redone.
+RETRYABLE = [ImageStatus.FAILED, ImageStatus.CANCELLED]
+
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different body."""
@@ -279,12 +282,21 @@ def retry_batch(batch: Batch) -> int:
     """Requeue the failed and cancelled images only (completed ones are never redone)."""
     if not batch.is_terminal:
         raise StateConflict("The batch is still running; retry it once it has finished.")
-    retryable = batch.images.filter(status__in=[ImageStatus.FAILED, ImageStatus.CANCELLED])
-    images = list(retryable.only("pk", "index", "params"))
+    images = list(
+        batch.images.filter(status__in=RETRYABLE).order_by("pk").only("pk", "index", "params")
+    )
     if not images:
         raise StateConflict("No failed or cancelled images to retry.")
     estimate = estimates.estimate_images([image.params for image in images])
+    image_ids = [image.pk for image in images]
     with transaction.atomic():
+        # Image rows, then the batch row (reopen), then the budget's (reserve): the order a
+        # chunk's pass writes an attempt's end in and a redraw locks its panel in. Locking the
+        # batch first deadlocked with a redraw of one of these panels at the same moment (the
+        # redraw held the image and waited for the batch). Whichever comes second now waits,
+        # then finds the panel no longer failed and is refused with a conflict.
+        if _lock_retryable(batch) != image_ids:
+            raise StateConflict("The batch changed meanwhile; reload it and try again.")
         if not Batch.objects.reopen(batch.pk, batch.status):
             raise StateConflict("The batch changed meanwhile; reload it and try again.")
         budget_services.reserve_for_batch(batch, estimate.total)
@@ -292,13 +304,20 @@ def retry_batch(batch: Batch) -> int:
             estimated_cost=F("estimated_cost") + estimate.total,
             expected_cost=F("expected_cost") + estimate.expected_cost,
         )
-        image_ids = [image.pk for image in images]
         ImageJob.objects.reopen_for_retry(image_ids)
         transaction.on_commit(lambda: announce_images(batch, image_ids))
         events.push_batch_updated(batch.pk)
         chunks = chunk_numbers(batch, [image.index for image in images])
         transaction.on_commit(lambda: enqueue_batch(batch, chunks), robust=True)
     return len(images)
+
+
+def _lock_retryable(batch: Batch) -> list[int]:
+    """Lock the batch's failed and cancelled images (in id order, so two retries queue up
+    rather than deadlock) and return their ids. A row another transaction changed meanwhile is
+    read as it is now: a panel a redraw just reopened is no longer among them."""
+    rows = batch.images.select_for_update().filter(status__in=RETRYABLE).order_by("pk")
+    return list(rows.values_list("pk", flat=True))
 
 
 def sweep_batches() -> dict[str, int]:

@@ -2,6 +2,8 @@
 
 What must hold, at any moment when no money transaction is half-way:
 - each image's `cost` is the sum of its ledger charges;
+- a redrawn panel's takes split that cost: each kept take (ImageVersion) costs what its own
+  attempts were charged, and the current take, the rest of `cost`, what the later ones were;
 - each batch's `actual_cost` is the sum of its images' costs and of its ledger charges;
 - each batch's `reserved` is what its ledger reserved, less what it released and charged;
   `held` is the sum of its images' holds, holds exist only on attempts in flight, and a
@@ -18,9 +20,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
 
-from django.db.models import Max, Q, Sum
+from django.db.models import Max, Q, QuerySet, Sum
 
-from batches.models import BATCH_TERMINAL, IMAGE_IN_FLIGHT, Batch, ImageJob
+from batches.models import BATCH_TERMINAL, IMAGE_IN_FLIGHT, Batch, ImageJob, ImageVersion
 from budgets.models import Budget, LedgerEntry
 
 ZERO = Decimal("0")
@@ -29,6 +31,66 @@ Kind = LedgerEntry.Kind
 
 def _sums(rows: Iterable[dict[str, object]], key: str) -> dict[object, Decimal]:
     return {row[key]: row["total"] or ZERO for row in rows}  # type: ignore[misc]
+
+
+def _check_takes(image_costs: dict[int, Decimal], charges: QuerySet[LedgerEntry]) -> list[str]:
+    """The takes of redrawn panels (`image_costs`: image id -> its cost) against the ledger:
+    each kept take's cost is the charges of its attempts (after the previous take's last one,
+    up to its own), and the current take, whose cost is what the kept ones leave of the
+    image's, is the charges of the attempts after the last kept one."""
+    problems: list[str] = []
+    if not image_costs:
+        return problems
+    by_attempt: dict[int, list[tuple[int, Decimal]]] = defaultdict(list)
+    for row in (
+        charges.filter(image_id__in=list(image_costs))
+        .values("image_id", "attempt")
+        .annotate(total=Sum("amount"))
+    ):
+        by_attempt[row["image_id"]].append((row["attempt"] or 0, row["total"] or ZERO))
+    takes: dict[int, list[tuple[int, int | None, Decimal]]] = defaultdict(list)
+    for image_id, version, last_attempt, cost in (
+        ImageVersion.objects.filter(image_id__in=list(image_costs))
+        .order_by("image_id", "version")
+        .values_list("image_id", "version", "last_attempt", "cost")
+    ):
+        takes[image_id].append((version, last_attempt, cost))
+
+    def charged(image_id: int, after: int, up_to: int | None) -> Decimal:
+        return sum(
+            (total for attempt, total in by_attempt[image_id]
+             if attempt > after and (up_to is None or attempt <= up_to)),
+            ZERO,
+        )  # fmt: skip
+
+    for image_id, image_cost in image_costs.items():
+        kept = takes[image_id]
+        kept_cost = sum((cost for _, _, cost in kept), ZERO)
+        if any(last_attempt is None for _, last_attempt, _ in kept):
+            # Takes kept before their attempts were recorded: only their sum can be checked.
+            if kept_cost > image_cost or any(cost < ZERO for _, _, cost in kept):
+                problems.append(
+                    f"image {image_id}: its kept takes cost {kept_cost}, more than the image's "
+                    f"cost {image_cost}, or one costs less than nothing"
+                )
+            continue
+        after = 0
+        for version, last_attempt, cost in kept:
+            expected = charged(image_id, after, last_attempt)
+            if cost != expected:
+                problems.append(
+                    f"image {image_id} take {version}: cost {cost} but the ledger charged its "
+                    f"attempts {after + 1}-{last_attempt} {expected}"
+                )
+            after = last_attempt or after
+        current, expected = image_cost - kept_cost, charged(image_id, after, None)
+        if current != expected:
+            problems.append(
+                f"image {image_id} current take: costs {current} (the image's {image_cost} less "
+                f"its kept takes' {kept_cost}) but the ledger charged its attempts after "
+                f"{after} {expected}"
+            )
+    return problems
 
 
 def check_books(user_ids: Iterable[int] | None = None) -> list[str]:
@@ -54,16 +116,20 @@ def check_books(user_ids: Iterable[int] | None = None) -> list[str]:
     )
     cost_by_batch: dict[int, Decimal] = defaultdict(lambda: ZERO)
     hold_by_batch: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for image_id, batch_id, status, cost, hold in images.values_list(
-        "pk", "batch_id", "status", "cost", "hold"
+    redrawn_costs: dict[int, Decimal] = {}
+    for image_id, batch_id, status, cost, hold, version in images.values_list(
+        "pk", "batch_id", "status", "cost", "hold", "version"
     ).iterator():
         charged = charged_by_image.get(image_id, ZERO)
         if cost != charged:
             problems.append(f"image {image_id}: cost {cost} but its ledger charges are {charged}")
         if hold and status not in IMAGE_IN_FLIGHT:
             problems.append(f"image {image_id}: holds {hold} while {status}")
+        if version > 1:
+            redrawn_costs[image_id] = cost
         cost_by_batch[batch_id] += cost
         hold_by_batch[batch_id] += hold
+    problems += _check_takes(redrawn_costs, charges)
 
     # Batches: actual cost, reservation and holds against images and ledger.
     by_batch: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(lambda: ZERO))

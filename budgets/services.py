@@ -18,7 +18,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DecimalField, F, Value, When
 from django.utils import timezone
 
-from batches.models import BATCH_TERMINAL, Batch, BatchStatus, ImageJob
+from batches.models import BATCH_TERMINAL, Batch, BatchStatus, ImageJob, ImageVersion
 from budgets import pricing
 from budgets.models import Budget, LedgerEntry, month_start, next_month_start
 
@@ -345,6 +345,15 @@ def charge_late_job(
                 amount=cost, note=f"reserved to charge late job {job_id}",
             )  # fmt: skip
             ImageJob.objects.filter(pk=image.pk).update(cost=F("cost") + cost)
+            # The attempt may belong to a take a redraw has kept since: that take cost this too.
+            take = (
+                ImageVersion.objects.filter(image_id=image.pk, last_attempt__gte=attempt)
+                .order_by("last_attempt")
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if take is not None:
+                ImageVersion.objects.filter(pk=take).update(cost=F("cost") + cost)
             Batch.objects.filter(pk=image.batch_id).update(actual_cost=F("actual_cost") + cost)
     except IntegrityError:  # that job is charged on another row already
         return False

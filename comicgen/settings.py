@@ -263,7 +263,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2 * 1024 * 
 # s/min/hour/day. Read at each request (batches/api/throttles.py), counted in the shared cache.
 COMICGEN_THROTTLE_SUBMIT = env_rate("COMICGEN_THROTTLE_SUBMIT", "30/min")
 COMICGEN_THROTTLE_ESTIMATE = env_rate("COMICGEN_THROTTLE_ESTIMATE", "120/min")
-# Per client address, on POST /api/v1/auth/token/ (username + password): password guessing.
+# Per client address, one count for POST /api/v1/auth/token/, /accounts/login/ and
+# /admin/login/ (comicgen/login_throttle.py): password guessing.
 COMICGEN_THROTTLE_LOGIN = env_rate("COMICGEN_THROTTLE_LOGIN", "10/min")
 
 # Throttle counters (and any other cache use) live in Redis so every web process shares them.
@@ -386,9 +387,23 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # A webhook URL's path carries its token (RunPod signs nothing): Django logs every 4xx with
+    # its path, so the token is redacted on Django's request logger (for every handler, Django's
+    # own included) and on the console handler (for any other logger). Uvicorn's access log,
+    # which would print every path, is off (Procfile, docker-compose.yml: --no-access-log).
+    "filters": {"webhook_tokens": {"()": "comicgen.log_redaction.RedactWebhookTokens"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["webhook_tokens"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django.request": {"filters": ["webhook_tokens"]},
+    },
 }
 
 # HTTPS. Off by default so the dev stack and the tests run on plain http://127.0.0.1; a

@@ -8,6 +8,7 @@ from drf_spectacular.views import SpectacularAPIView
 from comicgen.api_tokens import ObtainTokenView, api_token_page
 from comicgen.docs import RedocView, SwaggerView
 from comicgen.errors import ApiNotFoundView
+from comicgen.login_throttle import throttle_login_posts
 from comicgen.views import HealthView
 
 api_v1: list[URLPattern | URLResolver] = [
@@ -23,9 +24,11 @@ api_v1: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
+    # Before admin.site.urls, so the admin's own login form is reached through the throttle.
+    path("admin/login/", throttle_login_posts(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", throttle_login_posts(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("monitoring.urls")),
     path("account/api-token/", api_token_page, name="api-token"),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db.models import F
 from django.utils import timezone
 
 from batches.models import Batch, ImageJob, ImageVersion
@@ -21,6 +22,15 @@ pytestmark = pytest.mark.django_db
 
 def age(batch: Batch, days: int) -> None:
     Batch.objects.filter(pk=batch.pk).update(finished_at=timezone.now() - timedelta(days=days))
+
+
+def days_pass(batch: Batch, days: int) -> None:
+    """Move the batch's finish and its last prune `days` back, keeping their order, as if that
+    many days had passed since."""
+    Batch.objects.filter(pk=batch.pk).update(
+        finished_at=F("finished_at") - timedelta(days=days),
+        panels_expired_at=F("panels_expired_at") - timedelta(days=days),
+    )
 
 
 def test_it_removes_old_files_and_keeps_rows_costs_and_ledger(api: Any, user: Any) -> None:
@@ -85,3 +95,41 @@ def test_the_pages_say_the_images_expired(user: Any) -> None:
 
     assert "images expired" in page
     assert "Image expired" in detail
+
+
+def test_a_take_redrawn_after_the_prune_goes_once_its_own_retention_ends(
+    api: Any, user: Any
+) -> None:
+    from batches import services
+
+    old = finished(user, ["old one", "old two"])
+    age(old, 40)
+    call_command("prune_panels", stdout=StringIO())
+    first_prune = Batch.objects.get(pk=old.pk).panels_expired_at
+    assert first_prune is not None
+    redrawn = api.post(f"/api/v1/batches/{old.pk}/images/0/redraw/", {}, format="json")
+    assert redrawn.status_code == 202, redrawn.json()
+    complete_image(ImageJob.objects.get(batch=old, index=0), (9, 9, 9))
+    services.finalize_batch(old.pk)
+    new_file = ImageJob.objects.get(batch=old, index=0).image.name
+    assert new_file
+    assert default_storage.exists(new_file)
+
+    # Within the retention of the redraw's finish: the new take stays.
+    out = StringIO()
+    call_command("prune_panels", stdout=out)
+    assert f"#{old.pk}" not in out.getvalue()
+    assert default_storage.exists(new_file)
+
+    days_pass(old, 31)
+    out = StringIO()
+    call_command("prune_panels", stdout=out)
+
+    assert f"#{old.pk}" in out.getvalue()
+    assert "removed 1 file(s)" in out.getvalue()
+    assert not default_storage.exists(new_file)
+    assert ImageJob.objects.get(batch=old, index=0).image.name == ""
+    second_prune = Batch.objects.get(pk=old.pk).panels_expired_at
+    assert second_prune is not None
+    assert second_prune > first_prune
+    assert check_books() == []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from batches.models import Batch, ImageJob, ImageStatus
+from batches.models import Batch, ImageJob, ImageStatus, ImageVersion
 from budgets import services
 from budgets.books import check_books
 from budgets.models import Budget, LedgerEntry
@@ -130,3 +130,100 @@ def test_the_operators_command_checks_the_live_database_and_exits_1_on_a_mismatc
     assert (good.returncode, "The books balance." in good.stdout) == (0, True), good.stderr
     assert bad.returncode == 1
     assert f"batch {created['id']}: actual_cost 9.000000" in bad.stderr
+
+
+# --- takes: a redrawn panel's kept takes and its current one ----------------------------------
+
+
+def redrawn_twice(user: Any) -> ImageJob:
+    """A panel drawn three times (two kept takes and the current one), its batch finished
+    again, every figure through the real services."""
+    from batches import authoring
+    from batches import services as batch_services
+    from tests.authoring.support import complete_image, finished
+
+    batch = finished(user, ["Mara opens the vault", "close-up"])
+    image = batch.images.get(index=0)
+    for colour in ((200, 10, 10), (10, 200, 10)):
+        authoring.redraw_image(batch, image, authoring.RedrawRequest())
+        image.refresh_from_db()
+        complete_image(image, colour, execution_ms=700 + colour[0])
+        batch_services.finalize_batch(batch.pk)
+    image.refresh_from_db()
+    return image
+
+
+@pytest.mark.django_db
+def test_the_takes_of_a_redrawn_panel_add_up_to_its_charges(user: Any) -> None:
+    image = redrawn_twice(user)
+
+    takes = list(ImageVersion.objects.filter(image=image).order_by("version"))
+    assert [take.version for take in takes] == [1, 2]
+    assert all(take.cost > 0 for take in takes)
+    assert sum(take.cost for take in takes) < image.cost  # the current take cost the rest
+    assert check_books() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", [D("-0.000001"), D("0.000001")])
+def test_the_books_check_names_a_tampered_take(user: Any, change: Decimal) -> None:
+    image = redrawn_twice(user)
+    first = ImageVersion.objects.get(image=image, version=1)
+    ImageVersion.objects.filter(pk=first.pk).update(cost=first.cost + change)
+
+    problems = check_books()
+
+    assert any(f"image {image.pk} take 1: cost" in problem for problem in problems), problems
+    # The current take, which costs what the kept ones leave of image.cost, is off the other way.
+    assert any(f"image {image.pk} current take" in problem for problem in problems), problems
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("check_books")
+    assert exit_info.value.code == 1
+
+
+@pytest.mark.django_db
+def test_a_failed_takes_charges_count_in_the_next_drawn_take(user: Any) -> None:
+    from batches import authoring
+    from batches import services as batch_services
+    from tests.authoring.support import complete_image, submitted
+
+    batch = submitted(user, ["one"])
+    image = batch.images.get()
+    assert services.hold_for_attempt(batch.pk, D("0.004"))
+    ImageJob.objects.filter(pk=image.pk).update(status=ImageStatus.FAILED, attempts=1)
+    assert services.charge_attempt(image, 1, D("0.0002"), D("0.004"), job_id="failed-1")
+    batch_services.finalize_batch(batch.pk)
+    authoring.redraw_image(batch, image, authoring.RedrawRequest())  # nothing drawn to keep
+    image.refresh_from_db()
+    complete_image(image, (1, 2, 3))
+    batch_services.finalize_batch(batch.pk)
+    authoring.redraw_image(batch, image, authoring.RedrawRequest())
+
+    kept = ImageVersion.objects.get(image=image)
+    image.refresh_from_db()
+    assert kept.cost == image.cost  # the failed attempt and the drawn one
+    assert check_books() == []
+
+
+@pytest.mark.django_db
+def test_a_late_charge_of_a_kept_takes_attempt_counts_in_that_take(user: Any) -> None:
+    from batches import authoring
+    from batches import services as batch_services
+    from tests.authoring.support import complete_image, submitted
+
+    batch = submitted(user, ["one"])
+    image = batch.images.get()
+    # Attempt 1's /run answer was lost: charged nothing, with no job id, for now.
+    assert services.hold_for_attempt(batch.pk, D("0.004"))
+    ImageJob.objects.filter(pk=image.pk).update(status=ImageStatus.RETRYING, attempts=1)
+    assert services.charge_attempt(image, 1, D("0"), D("0.004"), billed_ms=0)
+    image.refresh_from_db()
+    complete_image(image, (1, 2, 3))
+    batch_services.finalize_batch(batch.pk)
+    authoring.redraw_image(batch, image, authoring.RedrawRequest())
+    before = ImageVersion.objects.get(image=image).cost
+
+    assert services.charge_late_job(image, 1, "late-job-1", D("0.0003"), 900)
+
+    assert ImageVersion.objects.get(image=image).cost == before + D("0.0003")
+    assert check_books() == []

@@ -16,6 +16,7 @@ There is no Docker engine here, so the stack cannot be started. What can be chec
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -158,6 +159,32 @@ def test_env_example_lists_every_setting_the_app_reads() -> None:
     assert set(REQUIRED) <= listed
     compose_vars = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", uncommented(COMPOSE_FILE)))
     assert compose_vars - listed == set()
+
+
+def dockerfile_cmd() -> list[str]:
+    """The image's default command (exec form), what `docker run` of the image starts."""
+    lines = [line for line in (REPO_ROOT / "Dockerfile").read_text().splitlines()
+             if line.startswith("CMD ")]  # fmt: skip
+    assert len(lines) == 1, lines
+    command: list[str] = json.loads(lines[0].removeprefix("CMD "))
+    return command
+
+
+def test_no_web_server_logs_each_request_path(services: dict[str, dict[str, Any]]) -> None:
+    # A path can carry a secret (a webhook's token, a WebSocket's ?token=): a web server's
+    # access log would print every one. Both ways of starting web run uvicorn without it.
+    for command in (services["web"]["command"], dockerfile_cmd()):
+        assert command[0] == "uvicorn", command
+        assert "--no-access-log" in command, command
+
+
+def test_the_image_holds_every_app_of_the_project() -> None:
+    from django.conf import settings
+
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (REPO_ROOT / "Dockerfile").read_text(), re.M))
+    local = {app for app in settings.INSTALLED_APPS if (REPO_ROOT / app).is_dir()}
+
+    assert local - copied == set()
 
 
 def test_env_is_kept_out_of_git_and_out_of_the_image() -> None:
@@ -337,6 +364,9 @@ class StandInWeb(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self) -> None:
+        if self.headers.get("X-Stand-In-Hang-Up"):  # web failing: no answer at all
+            self.close_connection = True
+            return
         body = (f"host={self.headers['Host']} proto={self.headers['X-Forwarded-Proto']}").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -362,7 +392,7 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
     (srv / "protected-media" / "panels" / "2026" / "11" / "abc.png").write_bytes(b"\x89PNG-bytes")
     config = CADDYFILE.read_text()
     replacements = {
-        "{\n\temail {$ACME_EMAIL}\n}": "{\n\temail {$ACME_EMAIL}\n\tadmin off\n}",
+        "{\n\temail {$ACME_EMAIL}\n": "{\n\temail {$ACME_EMAIL}\n\tadmin off\n",
         "{$COMICGEN_DOMAIN} {": f"http://127.0.0.1:{site_port} {{",
         "http://:8080 {": f"http://127.0.0.1:{internal_port} {{",
         "web:8000": f"127.0.0.1:{web.server_address[1]}",
@@ -373,10 +403,12 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
         config = config.replace(old, new)
     caddyfile = tmp_path / "Caddyfile"
     caddyfile.write_text(config)
+    access_log = tmp_path / "caddy-stdout.log"  # the site's access log goes to stdout
+    own_log = tmp_path / "caddy-stderr.log"  # Caddy's own log (errors, start and stop)
     process = subprocess.Popen(
         [binary, "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=access_log.open("wb"),
+        stderr=own_log.open("wb"),
         env={
             "PATH": os.environ["PATH"],
             "HOME": str(tmp_path),
@@ -394,9 +426,14 @@ def caddy_in_front(tmp_path: Path) -> Iterator[dict[str, str]]:
                 requests.get(f"{internal}/proxy-health", timeout=1)
                 break
             except requests.ConnectionError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, own_log.read_text()
                 time.sleep(0.1)
-        yield {"site": site, "internal": internal}
+        yield {
+            "site": site,
+            "internal": internal,
+            "access_log": str(access_log),
+            "own_log": str(own_log),
+        }
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -442,3 +479,51 @@ def test_the_internal_door_passes_webhooks_as_the_real_site_over_https(
 
     assert response.text == "host=comicgen.example.com proto=https"
     assert other.status_code == 404  # nothing else goes through it
+
+
+def test_caddys_access_log_names_no_webhook_token_and_no_api_token(
+    caddy_in_front: dict[str, str],
+) -> None:
+    # RunPod reaches webhooks through the site; API clients may give their token in the query
+    # (the WebSocket's ?token=). Both are secrets and the access log keeps every request's URI.
+    webhook_token, api_token = "5f1e0c9a7b3d4e2f8a6b0c1d2e3f4a5b", "apitoken0123456789abcdef"
+    site = caddy_in_front["site"]
+    requests.post(f"{site}/api/v1/runpod/webhook/1/0/2/1/{webhook_token}/", json={}, timeout=5)
+    requests.get(f"{site}/ws/batches/1/?token={api_token}&x=1", timeout=5)
+    log = Path(caddy_in_front["access_log"])
+
+    for _ in range(50):  # Caddy writes each line as the request ends
+        text = log.read_text()
+        if text.count("/ws/batches/1/") and text.count("/runpod/webhook/"):
+            break
+        time.sleep(0.1)
+
+    assert "/api/v1/runpod/webhook/[redacted]" in text
+    assert "/ws/batches/1/?token=[redacted]&x=1" in text
+    assert webhook_token not in text
+    assert api_token not in text
+
+
+def test_caddys_own_log_of_a_failed_webhook_names_no_token(
+    caddy_in_front: dict[str, str],
+) -> None:
+    # web failing while RunPod retries a webhook: Caddy logs the error with the request's URI.
+    webhook_token = "9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f"
+    for door in (caddy_in_front["site"], caddy_in_front["internal"]):
+        response = requests.post(
+            f"{door}/api/v1/runpod/webhook/1/0/2/1/{webhook_token}/?x=1",
+            json={},
+            headers={"X-Stand-In-Hang-Up": "1"},
+            timeout=5,
+        )
+        assert response.status_code == 502
+    log = Path(caddy_in_front["own_log"])
+
+    for _ in range(50):  # Caddy writes each line as the request ends
+        text = log.read_text()
+        if text.count("/runpod/webhook/") >= 2:
+            break
+        time.sleep(0.1)
+
+    assert text.count("/api/v1/runpod/webhook/[redacted]?x=1") >= 2, text
+    assert webhook_token not in text
