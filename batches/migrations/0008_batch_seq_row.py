@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("batches", "0006_authors_tools"),
+        ("batches", "0007_take_attempts"),
     ]
 
     operations = [
