@@ -113,6 +113,11 @@ class BatchPaused(BatchClosed):
     """The author paused the batch: no new attempt starts until it is resumed."""
 
 
+# An extension of a batch's reservation (hold_for_attempt) also makes room for this many more
+# holds of the same size, when the budget allows.
+EXTEND_AHEAD = 4
+
+
 def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
     """Set aside an attempt's maximum cost within the batch's reservation, extending the
     reservation from the budget when the estimate is used up. False when the budget has no
@@ -139,7 +144,15 @@ def hold_for_attempt(batch_id: int, max_cost: Decimal) -> bool:
         extension = max_cost - (batch.reserved - batch.held)
         if extension > ZERO:
             note = "reservation extended for a retry or a long attempt"
-            if not _extend_reservation(batch, extension, note):
+            # An attempt holds its timeout's cost, often many times what the estimate reserved
+            # for it, so while a batch fills its in-flight slots every pass would extend the
+            # reservation here, each time locking the batch and budget rows every other pass
+            # of the batch waits on. Room for the next few passes is taken with it when the
+            # budget has that much; finalize gives back whatever was not spent.
+            ahead = extension + max_cost * EXTEND_AHEAD
+            if not _extend_reservation(batch, ahead, note) and not _extend_reservation(
+                batch, extension, note
+            ):
                 return False
         Batch.objects.filter(pk=batch_id).update(held=F("held") + max_cost)
     return True

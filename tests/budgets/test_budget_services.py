@@ -95,6 +95,26 @@ def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_an_extension_makes_room_for_the_next_holds_when_the_budget_has_it(user: Any) -> None:
+    """Every extension locks the batch and budget rows: one per pass while a batch fills its
+    in-flight slots made every other pass of the batch wait."""
+    batch = make_batch(user)
+    services.get_budget(user)
+    Budget.objects.filter(user=user).update(limit=D("1.000"))
+    services.reserve_for_batch(batch, D("0.001"))
+
+    holds = [services.hold_for_attempt(batch.pk, D("0.004")) for _ in range(5)]
+
+    assert holds == [True] * 5
+    extensions = LedgerEntry.objects.filter(batch=batch, kind="reserve").exclude(
+        amount=D("0.001")
+    )
+    assert list(extensions.values_list("amount", flat=True)) == [D("0.019")]  # 0.003 + 4 x 0.004
+    batch.refresh_from_db()
+    assert (batch.reserved, batch.held) == (D("0.020"), D("0.020"))
+
+
+@pytest.mark.django_db
 def test_a_hold_extends_the_reservation_only_within_the_limit(user: Any) -> None:
     batch = make_batch(user)
     services.get_budget(user)
