@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import close_old_connections, connection, transaction
 
 from batches.models import Batch, ImageJob
 from monitoring import pushlag
@@ -48,6 +48,14 @@ def image_data(image: ImageJob) -> dict[str, Any]:
     from batches.api.serializers import ImageJobSerializer
 
     return dict(ImageJobSerializer(image).data)
+
+
+def images_data(images: list[ImageJob]) -> list[dict[str, Any]]:
+    """image_data of many images, with one serializer (its fields are built once, not once per
+    image: that was most of an event's CPU)."""
+    from batches.api.serializers import ImageJobSerializer
+
+    return [dict(data) for data in ImageJobSerializer(images, many=True).data]
 
 
 def batch_data(batch: Batch, *, with_images: bool = True) -> dict[str, Any]:
@@ -205,6 +213,98 @@ class InOrder:
         return ready
 
 
+class _Announcer:
+    """In a Celery worker, builds the events its chunk threads push, in a thread of its own.
+
+    An event's transaction waits its turn for the batch's seq row behind every other event of
+    that batch; done in the chunk's thread, every pass waited for it before its next /run or
+    its next result. Here the chunk goes on at once, and what piles up meanwhile goes out
+    together: per batch, the images of many passes in one transaction (one seq range, one read,
+    one count), then the batch's own update if one was asked for (after its images', so a
+    "completed" never overtakes the last panels). Each event still reads the rows it reports
+    under the seq row's lock, so seq order stays the order of the state they show.
+
+    Like an event pushed after commit in the chunk's thread, what is queued here is lost if
+    the process is killed before it is sent; a client's next snapshot catches up."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        # batch id -> (image ids in the order announced, whether a batch update follows them)
+        self._pending: dict[int, tuple[dict[int, None], bool]] = {}
+        self._busy = False
+        self._stopping = False
+        self.running = False
+
+    def start(self) -> None:
+        with self._cond:
+            if not self.running:
+                self._stopping = False
+                threading.Thread(target=self._run, name="comicgen-announcer", daemon=True).start()
+                self.running = True
+
+    def add(self, batch_id: int, image_ids: list[int], *, batch_too: bool) -> None:
+        with self._cond:
+            ids, batch_already = self._pending.get(batch_id, ({}, False))
+            ids.update(dict.fromkeys(image_ids))
+            self._pending[batch_id] = (ids, batch_already or batch_too)
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything announced has been handed to the sender."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Announce what is pending, then end the thread (and close its connection)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self.running, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self._stopping)
+                if not self._pending:
+                    connection.close()
+                    self.running = False
+                    self._cond.notify_all()
+                    return
+                work, self._pending, self._busy = self._pending, {}, True
+            try:
+                close_old_connections()
+                for batch_id, (image_ids, batch_too) in work.items():
+                    self._announce(batch_id, list(image_ids), batch_too)
+            finally:
+                close_old_connections()
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    @staticmethod
+    def _announce(batch_id: int, image_ids: list[int], batch_too: bool) -> None:
+        try:
+            if image_ids:
+                _send_images_updated(batch_id, image_ids)
+            if batch_too:
+                _send_batch_updated(batch_id)
+        except Exception:  # a lost event costs a client a refresh, never the batch
+            logger.exception("batch %s: could not announce %s images", batch_id, len(image_ids))
+
+
+_announcer = _Announcer()
+
+
+def announce_in_background() -> None:
+    """Build pushed events in the announcer thread from now on (a Celery worker's start)."""
+    _announcer.start()
+
+
+def stop_announcing(timeout: float = 5.0) -> bool:
+    """Announce what is pending and stop the thread (a worker's shutdown)."""
+    return _announcer.stop(timeout)
+
+
 def send_event(batch_id: int, event: dict[str, Any]) -> None:
     """Hand an event to the sender thread (call after the change it reports is committed)."""
     _sender.send(group_name(batch_id), event)
@@ -230,15 +330,23 @@ def push_image_updated(image_id: int) -> None:
 
 def push_images_updated(batch_id: int, image_ids: list[int]) -> None:
     """Images of one batch changed (a chunk's pass): one event each, built together after
-    commit with one seq range, one read of the rows and one count."""
+    commit with one seq range, one read of the rows and one count (in a worker, by the
+    announcer thread)."""
     if image_ids:
         ids = list(dict.fromkeys(image_ids))
-        transaction.on_commit(lambda: _send_images_updated(batch_id, ids))
+        if _announcer.running:
+            transaction.on_commit(lambda: _announcer.add(batch_id, ids, batch_too=False))
+        else:
+            transaction.on_commit(lambda: _send_images_updated(batch_id, ids))
 
 
 def push_batch_updated(batch_id: int) -> None:
-    """The batch changed status (or its cost): send status, counts and cost, after commit."""
-    transaction.on_commit(lambda: _send_batch_updated(batch_id))
+    """The batch changed status (or its cost): send status, counts and cost, after commit (in a
+    worker, by the announcer thread, after the image events announced before it)."""
+    if _announcer.running:
+        transaction.on_commit(lambda: _announcer.add(batch_id, [], batch_too=True))
+    else:
+        transaction.on_commit(lambda: _send_batch_updated(batch_id))
 
 
 def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
@@ -265,8 +373,9 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
             transaction.set_rollback(True)
             return
         counts = ImageJob.objects.filter(batch_id=batch_id).status_counts()
-        for image_id, seq in seqs.items():
-            event = {"type": "image.updated", "image": image_data(images[image_id])}
+        data = images_data([images[image_id] for image_id in seqs])
+        for seq, payload in zip(seqs.values(), data, strict=True):
+            event = {"type": "image.updated", "image": payload}
             send_event(batch_id, {**event, "counts": counts, "seq": seq, "batch_id": batch_id})
     # Push lag for the monitor: from each panel's finish to its event being queued for the
     # sender thread (which sends at once). Out of the locked part: it is a Redis call.

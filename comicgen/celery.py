@@ -67,3 +67,23 @@ class HealthHeartbeat(bootsteps.StartStopStep):
 
 
 app.steps["worker"].add(HealthHeartbeat)
+
+
+class Announcer(bootsteps.StartStopStep):
+    """Build the events a worker's chunk threads push in one thread of its own
+    (batches.events._Announcer): a pass then never waits for its event's transaction, and
+    under load many passes' events go out together. Flushed when the worker stops."""
+
+    def start(self, worker: Any) -> None:
+        from batches import events
+
+        events.announce_in_background()
+
+    def stop(self, worker: Any) -> None:
+        from batches import events
+
+        if not events.stop_announcing(timeout=5):
+            logger.warning("stopping with events still to announce")
+
+
+app.steps["worker"].add(Announcer)

@@ -1,0 +1,70 @@
+"""The announcer thread a worker builds its events in (batches.events._Announcer): the chunk
+hands it image ids and goes on; it sends every image announced, a batch update after the images
+announced before it, and seqs in the order of the state they report. Real PostgreSQL and the
+real channels-redis layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from batches import events
+from batches.models import ImageStatus
+from tests.factories import make_batch, make_image
+
+
+def sent_while(batch_id: int, announce: Callable[[], None]) -> list[dict[str, Any]]:
+    """The events a watcher of the batch receives while `announce` runs, up to the first
+    batch.updated, in seq order. (One event loop throughout: channels-redis receives on the
+    loop the channel was made on.)"""
+
+    async def watch() -> list[dict[str, Any]]:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(events.group_name(batch_id), channel)
+        await sync_to_async(announce, thread_sensitive=False)()
+        got: list[dict[str, Any]] = []
+        while not any(event["type"] == "batch.updated" for event in got):
+            got += (await layer.receive(channel))["events"]
+        return sorted(got, key=lambda event: event["seq"])
+
+    return async_to_sync(watch)()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
+def test_the_announcer_sends_each_image_and_the_batch_update_after_its_images() -> None:
+    batch = make_batch(running=True)
+    first, second, third = (make_image(batch=batch, index=n) for n in range(3))
+    announcer = events._Announcer()
+    announcer.start()
+
+    def two_passes() -> None:  # in a thread of its own, with its own connection
+        try:
+            announcer.add(batch.pk, [first.pk], batch_too=False)
+            second.status = ImageStatus.COMPLETED
+            second.save(update_fields=["status"])
+            announcer.add(batch.pk, [second.pk, first.pk], batch_too=True)
+            assert announcer.flush()
+            assert events.flush_events()
+        finally:
+            connection.close()
+
+    try:
+        sent = sent_while(batch.pk, two_passes)
+    finally:
+        assert announcer.stop()
+
+    images = [event["image"]["id"] for event in sent if event["type"] == "image.updated"]
+    assert set(images) == {first.pk, second.pk}  # once or twice each: both were announced
+    assert sent[-1]["type"] == "batch.updated"  # after the images announced before it
+    latest_second = [event for event in sent if event.get("image", {}).get("id") == second.pk][-1]
+    assert latest_second["image"]["status"] == "completed"
+    assert latest_second["counts"]["completed"] == 1
+    assert len({event["seq"] for event in sent}) == len(sent)  # one seq each
+    assert third.pk not in images
