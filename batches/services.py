@@ -134,6 +134,9 @@ def submit_batch(
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
             )
+            # A new batch has pushed no event: its seq (a BatchSeq row made by its first event)
+            # is 0, known without reading it back.
+            Batch.event_seq.related.set_cached_value(batch, None)
             # One INSERT per 500 images (one for any batch of the default size); on PostgreSQL
             # it returns the primary keys, so the answer needs no read back.
             created_images = ImageJob.objects.bulk_create(
