@@ -180,6 +180,10 @@ def process_chunk(batch_id: int, chunk_no: int) -> dict[str, Any]:
     return summary
 
 
+class NoRoomForAll(Exception):
+    """The budget cannot hold every attempt a pass claimed: the claims are rolled back."""
+
+
 @dataclass
 class Ending:
     """How one attempt ended, written with the rest of its pass (ChunkRun.write_endings).
@@ -320,18 +324,13 @@ class ChunkRun:
         return len(due)
 
     def start_attempts(self, images: list[ImageJob]) -> None:
-        """Hold each attempt's maximum cost and claim the images, all in one transaction (a
-        worker lost between them leaves neither behind), then call /run for each and record
-        every job id at once."""
+        """Claim the images and hold each attempt's maximum cost, in one transaction (a worker
+        lost between them leaves neither behind), then call /run for each and record every job
+        id at once."""
         claims = [(image, pricing.attempt_max_cost(image.params)) for image in images]
         closed = False
         try:
-            with transaction.atomic():
-                claims = self.hold_for(claims)
-                won = set(ImageJob.objects.claim_attempts(claims))
-                lost = sum((hold for image, hold in claims if image.pk not in won), Decimal(0))
-                if lost:  # another runner, or a cancel, moved those images first
-                    budget_services.release_hold(self.batch_id, lost)
+            claims, won = self.claim_and_hold(claims)
         except budget_services.BatchClosed:
             # Cancelled or finished meanwhile: the next pass sees it.
             claims, won, closed = [], set(), True
@@ -357,6 +356,31 @@ class ChunkRun:
             if job_id:
                 started.append((image, job_id))
         self.record_jobs(started)
+
+    def claim_and_hold(
+        self, claims: list[tuple[ImageJob, Decimal]]
+    ) -> tuple[list[tuple[ImageJob, Decimal]], set[int]]:
+        """Claim the images, then hold the budget for the attempts won: the claims that were
+        held, and the ids won. Image rows before the batch row, the order every writer takes
+        them in; and the batch row, which every pass of the batch needs, is locked only by the
+        last statement before COMMIT. When the reservation has no room for them all, the
+        attempts the budget allows are held one by one, then claimed."""
+        try:
+            with transaction.atomic():
+                won = set(ImageJob.objects.claim_attempts(claims))
+                total = sum((hold for image, hold in claims if image.pk in won), Decimal(0))
+                if won and not budget_services.hold_for_attempt(self.batch_id, total):
+                    raise NoRoomForAll
+                return claims, won
+        except NoRoomForAll:
+            pass
+        with transaction.atomic():
+            claims = self.hold_for(claims)
+            won = set(ImageJob.objects.claim_attempts(claims))
+            lost = sum((hold for image, hold in claims if image.pk not in won), Decimal(0))
+            if lost:  # another runner, or a cancel, moved those images first
+                budget_services.release_hold(self.batch_id, lost)
+        return claims, won
 
     def hold_for(self, claims: list[tuple[ImageJob, Decimal]]) -> list[tuple[ImageJob, Decimal]]:
         """Hold the budget for as many of the claims as fit, in order: all at once when the

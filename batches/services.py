@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 
 # Tasks are named, not imported: the tasks module imports this one.
 ENQUEUE_BATCH_TASK = "batches.tasks.enqueue_batch_task"
+# A new batch's enqueue task goes to the high queue whatever the batch's priority. It only sends
+# the chord (tens of milliseconds), and the high worker's threads are kept free of long work:
+# so a batch starts at once even while every thread of the normal worker runs other authors'
+# chunks, and the chord is built in another process than the one its chunks start in.
+ENQUEUE_QUEUE = "high"
 FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
 ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
 
@@ -184,7 +189,7 @@ def enqueue_batch_later(batch_id: int, priority: str, chunks: list[int]) -> None
     lifetime (the broker's visibility timeout) to be noticed, as a lost chunk task does."""
     flow.mark_chunks_queued(batch_id, chunks)
     try:
-        signature(ENQUEUE_BATCH_TASK, args=(batch_id,), queue=priority).apply_async()
+        signature(ENQUEUE_BATCH_TASK, args=(batch_id,), queue=ENQUEUE_QUEUE).apply_async()
     except Exception:
         flow.unmark_chunks_queued(batch_id, chunks)
         raise

@@ -541,15 +541,20 @@ def test_a_cancel_before_the_claim_leaves_nothing_reserved(
 ) -> None:
     batch = submit(user, ["cancelled under the chunk's feet"])
     run = chunk_of(batch)
-    # The cancel (and the finalize it brings) lands just after this pass checked for one.
+    # The cancel (and the finalize it brings) lands just after this pass checked for one, while
+    # its claim is not committed: the cancel waits for the claimed rows, the hold refuses the
+    # cancelled batch and the claim is rolled back.
     real_hold = chunks.budget_services.hold_for_attempt
+    cancels: list[threading.Thread] = []
 
     def hold_after_a_cancel(batch_id: int, max_cost: Decimal) -> bool:
-        cancel_from_another_connection(batch_id)
+        cancels.append(cancel_from_another_connection(batch_id, wait=0.5))
         return real_hold(batch_id, max_cost)
 
     monkeypatch.setattr(chunks.budget_services, "hold_for_attempt", hold_after_a_cancel)
     run.run_pass()
+    for cancel in cancels:
+        cancel.join(10)
 
     assert Batch.objects.get(pk=batch.pk).status == "cancelled"
     assert len(runpod.jobs) == 0
@@ -557,7 +562,7 @@ def test_a_cancel_before_the_claim_leaves_nothing_reserved(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_cancel_between_hold_and_claim_leaves_the_holds_balanced(
+def test_a_cancel_during_the_claim_and_hold_leaves_the_holds_balanced(
     runpod: FakeRunPod, user: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch = submit(user, ["cancelled mid-claim"])
@@ -566,8 +571,9 @@ def test_a_cancel_between_hold_and_claim_leaves_the_holds_balanced(
 
     def cancel_after_the_hold(batch_id: int, max_cost: Decimal) -> bool:
         held = real_hold(batch_id, max_cost)
-        # The chunk's hold-and-claim transaction holds the batch row, so the cancel waits for
-        # the claim instead of slipping in between: give up waiting after half a second.
+        # The chunk's claim-and-hold transaction holds the batch row from the hold to its
+        # commit, so the cancel waits for it instead of slipping in: give up waiting after
+        # half a second.
         cancel_from_another_connection(batch_id, wait=0.5)
         return held
 
@@ -580,9 +586,9 @@ def test_a_cancel_between_hold_and_claim_leaves_the_holds_balanced(
     assert check_books() == []
 
 
-def cancel_from_another_connection(batch_id: int, wait: float | None = None) -> None:
+def cancel_from_another_connection(batch_id: int, wait: float | None = None) -> threading.Thread:
     """Cancel the batch from another thread (so another PostgreSQL connection) and wait for it,
-    at most `wait` seconds."""
+    at most `wait` seconds. Returns the thread."""
 
     def cancel() -> None:
         try:
@@ -593,6 +599,7 @@ def cancel_from_another_connection(batch_id: int, wait: float | None = None) -> 
     thread = threading.Thread(target=cancel)
     thread.start()
     thread.join(wait)
+    return thread
 
 
 @pytest.mark.django_db
