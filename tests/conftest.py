@@ -61,6 +61,32 @@ def _no_dead_connection() -> None:
         connection.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_retried_on_deadlock() -> Iterator[None]:
+    """The session's worker outlives each integration test: after a batch ends, its last chunk
+    tasks and the announcer thread may still be writing (a seq row, then the images' seqs) when
+    the next transactional test's teardown TRUNCATEs every table, in the opposite order, and
+    PostgreSQL may pick the TRUNCATE as a deadlock's victim. The flush is tried again then; the
+    worker's writes to rows being truncated are harmless."""
+    from django.db import OperationalError
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    real_flush = DatabaseOperations.execute_sql_flush
+
+    def flush(self: DatabaseOperations, sql_list: list[str]) -> None:
+        for attempt in range(1, 4):
+            try:
+                return real_flush(self, sql_list)
+            except OperationalError as error:
+                if "deadlock detected" not in str(error) or attempt == 3:
+                    raise
+                time.sleep(0.2)
+
+    DatabaseOperations.execute_sql_flush = flush  # type: ignore[method-assign,assignment]
+    yield
+    DatabaseOperations.execute_sql_flush = real_flush  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
 def _clean_redis_keys() -> Iterator[None]:
     """comicgen's own Redis keys (leases, slots, results) never leak from one test into the next.
