@@ -410,7 +410,9 @@ class BatchAdmin(admin.ModelAdmin):
         batch = self.get_object(request, unquote(object_id))
         if batch is not None:
             here = reverse("admin:batches_batch_change", args=[batch.pk])
-            live = fragments.page_context(fragments.load_batch(batch.pk), next_url=here)
+            live = fragments.page_context(
+                Batch.objects.with_images().get(pk=batch.pk), next_url=here
+            )
             extra_context = {
                 **(extra_context or {}),
                 "live": live,

@@ -13,7 +13,6 @@ from django.http import HttpRequest
 from django.middleware.csrf import get_token
 
 from batches import events, fragments
-from batches.api.views import batch_with_images
 from batches.models import Batch
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -68,7 +67,7 @@ def _load_snapshot(user: Any, batch_id: int) -> tuple[str, dict[str, Any] | None
     batch = Batch.objects.filter(pk=batch_id).only("user_id").first()
     if batch is None or (batch.user_id != user.pk and not user.is_staff):
         return "forbidden", None
-    return "ok", events.snapshot_event(batch_with_images(batch_id))
+    return "ok", events.snapshot_event(Batch.objects.with_images().get(pk=batch_id))
 
 
 class BatchConsumer(AsyncJsonWebsocketConsumer):
@@ -157,7 +156,7 @@ def _may_watch(user: Any, batch_id: int) -> bool:
 
 @database_sync_to_async
 def _render_live(batch_id: int, options: dict[str, str]) -> tuple[str, int]:
-    batch = fragments.load_batch(batch_id)
+    batch = Batch.objects.with_images().get(pk=batch_id)
     return fragments.render_live(batch, **options), batch.seq
 
 

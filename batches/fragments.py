@@ -17,7 +17,6 @@ from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.urls import reverse
 
-from batches import services
 from batches.api.serializers import BatchSummarySerializer, ImageJobSerializer
 from batches.models import Batch, BatchStatus, ImageStatus
 
@@ -190,10 +189,6 @@ def _cost_percent(actual: Decimal, estimate: Decimal) -> int:
     return min(100, round(actual * 100 / estimate))
 
 
-def load_batch(batch_id: int) -> Batch:
-    return Batch.objects.with_images().get(pk=batch_id)
-
-
 def page_context(batch: Batch, *, csrf_token: str = "", next_url: str = "") -> dict[str, Any]:
     return {
         **header_context(batch, csrf_token=csrf_token, next_url=next_url),
@@ -225,4 +220,4 @@ def render_live(batch: Batch, *, csrf_token: str = "", next_url: str = "") -> st
 
 
 def may_watch(user: Any, batch_id: int) -> bool:
-    return services.scoped_batches(user).filter(pk=batch_id).exists()
+    return Batch.objects.visible_to(user).filter(pk=batch_id).exists()

@@ -344,8 +344,3 @@ def sweep_batches() -> dict[str, int]:
             enqueue_batch(batch, orphans)
             resumed += len(orphans)
     return {"resumed_chunks": resumed, "finalized": finalized}
-
-
-def scoped_batches(user: Any) -> Any:
-    """The batches a user may see: their own, or all for staff."""
-    return Batch.objects.visible_to(user)

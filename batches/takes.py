@@ -19,8 +19,7 @@ from django.utils.http import urlencode
 
 from batches import panels
 from batches.authoring import Take
-from batches.models import ImageJob, ImageVersion
-from batches.services import scoped_batches
+from batches.models import Batch, ImageJob, ImageVersion
 
 _SALT = "comicgen.batches.takes.file"
 
@@ -46,7 +45,9 @@ def find_take(user: Any, version_id: int, token: str | None) -> ImageVersion:
     panels.PanelRefused otherwise, answering a take that is not the caller's as a missing one."""
     with_file = ImageVersion.objects.exclude(file="")
     if user.is_authenticated:
-        version = with_file.filter(pk=version_id, image__batch__in=scoped_batches(user)).first()
+        version = with_file.filter(
+            pk=version_id, image__batch__in=Batch.objects.visible_to(user)
+        ).first()
         if version is not None:
             return version
     if token is None:

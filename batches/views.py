@@ -61,14 +61,14 @@ def counts_of(batch: Batch) -> dict[str, int]:
 
 def user_batch(request: HttpRequest, batch_id: int) -> Batch:
     """404 for another user's batch, as for a missing one (staff see all)."""
-    return get_object_or_404(services.scoped_batches(request.user), pk=batch_id)
+    return get_object_or_404(Batch.objects.visible_to(request.user), pk=batch_id)
 
 
 @login_required
 @require_GET
 def dashboard(request: HtmxHttpRequest) -> HttpResponse:
     batches = with_counts(
-        services.scoped_batches(request.user).select_related("user").order_by("-created_at", "-id")
+        Batch.objects.visible_to(request.user).select_related("user").order_by("-created_at", "-id")
     )
     page = Paginator(batches, BATCHES_PER_PAGE).get_page(request.GET.get("page"))
     rows = []
@@ -178,7 +178,7 @@ def allowance_in_words(basis: dict[str, Any]) -> str:
 @login_required
 @require_GET
 def batch_detail(request: HtmxHttpRequest, batch_id: int) -> HttpResponse:
-    batch = fragments.load_batch(user_batch(request, batch_id).pk)
+    batch = Batch.objects.with_images().get(pk=user_batch(request, batch_id).pk)
     if request.htmx:
         # The polling fallback: every tile and the header as out-of-band swaps, so the page
         # keeps only what is newer than what it has (batch.js compares data-seq).

@@ -71,11 +71,7 @@ def idempotency_key(request: Request) -> str:
 
 def get_user_batch(request: Request, batch_id: int) -> Batch:
     """404 for another user's batch, as for a missing one (staff see all)."""
-    return get_object_or_404(services.scoped_batches(request.user), pk=batch_id)
-
-
-def batch_with_images(batch_id: int) -> Batch:
-    return Batch.objects.with_images().get(pk=batch_id)
+    return get_object_or_404(Batch.objects.visible_to(request.user), pk=batch_id)
 
 
 def accepted_batch(submission: services.Submission) -> Batch:
@@ -106,7 +102,7 @@ class BatchListView(ListAPIView):
         return [SubmitThrottle()] if self.request.method == "POST" else []
 
     def get_queryset(self) -> Any:
-        batches = services.scoped_batches(self.request.user).select_related("event_seq")
+        batches = Batch.objects.visible_to(self.request.user).select_related("event_seq")
         return batches.order_by("-created_at", "-id")
 
     @extend_schema(
@@ -170,7 +166,9 @@ class BatchDetailView(APIView):
         """One batch with every image, in panel order."""
         batch = get_user_batch(request, batch_id)
         return Response(
-            BatchSerializer(batch_with_images(batch.pk), context={"request": request}).data
+            BatchSerializer(
+                Batch.objects.with_images().get(pk=batch.pk), context={"request": request}
+            ).data
         )
 
 

@@ -106,9 +106,7 @@ def test_an_extension_makes_room_for_the_next_holds_when_the_budget_has_it(user:
     holds = [services.hold_for_attempt(batch.pk, D("0.004")) for _ in range(5)]
 
     assert holds == [True] * 5
-    extensions = LedgerEntry.objects.filter(batch=batch, kind="reserve").exclude(
-        amount=D("0.001")
-    )
+    extensions = LedgerEntry.objects.filter(batch=batch, kind="reserve").exclude(amount=D("0.001"))
     assert list(extensions.values_list("amount", flat=True)) == [D("0.019")]  # 0.003 + 4 x 0.004
     batch.refresh_from_db()
     assert (batch.reserved, batch.held) == (D("0.020"), D("0.020"))

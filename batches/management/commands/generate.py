@@ -147,7 +147,7 @@ class Command(BaseCommand):
         batch_part, _, panel_part = options["redraw"].partition(":")
         if not (batch_part.isdigit() and panel_part.isdigit() and int(panel_part) >= 1):
             raise CommandError("--redraw takes BATCH:PANEL, e.g. 12:3 (panels count from 1).")
-        batch = services.scoped_batches(user).filter(pk=int(batch_part)).first()
+        batch = Batch.objects.visible_to(user).filter(pk=int(batch_part)).first()
         if batch is None:
             raise CommandError(f"{options['user']} has no batch {batch_part}.")
         image = batch.images.filter(index=int(panel_part) - 1).first()
