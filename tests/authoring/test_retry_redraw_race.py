@@ -32,6 +32,15 @@ from tests.factories import UserFactory
 BOTH_LOCKED_WAIT_SECONDS = 3.0
 
 
+@pytest.fixture(autouse=True)
+def _no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the locks are under test: the session's Celery worker (started by integration
+    tests) must not run a retried or redrawn batch, moving its money, while the books are
+    checked. No chord is sent; the chunks are still marked queued, as a sent chord leaves them,
+    so the sweeper does not send them either."""
+    monkeypatch.setattr(services, "chord", lambda header: lambda callback: None)
+
+
 def fail_image(image: ImageJob) -> None:
     """One attempt of `image` held, charged (it ran) and failed, as the chunk loop does it."""
     max_cost = pricing.attempt_max_cost(image.params)
