@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-import img2pdf
 from django.core.files.storage import default_storage
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -175,6 +174,10 @@ def export_name(batch: Batch, extension: str) -> str:
 
 def pdf_bytes(pages: list[Page]) -> bytes:
     """The pages as one PDF: img2pdf embeds each JPEG as it is (no re-encoding, lossless)."""
+    # Imported on the first export, not at start: img2pdf loads pikepdf, 19 MB in every web and
+    # worker process that would otherwise never export.
+    import img2pdf
+
     data = img2pdf.convert([page_jpeg(page) for page in pages])
     assert isinstance(data, bytes)
     return data

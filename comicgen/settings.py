@@ -42,8 +42,10 @@ SECRET_KEY = env_secret_key(
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
+# No "daphne" app: it only makes `manage.py runserver` serve ASGI, and loading it loads Twisted
+# and Autobahn, 41 MB in every web and worker process. The stack serves with uvicorn (Procfile,
+# compose); the tests' web process runs the daphne command, which needs no app.
 INSTALLED_APPS = [
-    "daphne",  # must precede staticfiles: `runserver` then serves ASGI (WebSockets too)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
