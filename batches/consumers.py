@@ -63,11 +63,12 @@ class OrderedEvents:
 
 
 @database_sync_to_async
-def _load_snapshot(user: Any, batch_id: int) -> tuple[str, dict[str, Any] | None]:
+def _load_snapshot(user: Any, batch_id: int) -> events.Snapshot | None:
+    """The batch's snapshot, or None when the user may not watch it (or it is gone)."""
     batch = Batch.objects.filter(pk=batch_id).only("user_id").first()
     if batch is None or (batch.user_id != user.pk and not user.is_staff):
-        return "forbidden", None
-    return "ok", events.snapshot_event(Batch.objects.with_images().get(pk=batch_id))
+        return None
+    return events.snapshot_event(batch_id)
 
 
 class BatchConsumer(AsyncJsonWebsocketConsumer):
@@ -79,7 +80,7 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.batch_id = int(self.scope["url_route"]["kwargs"]["batch_id"])
-        verdict, snapshot = await _load_snapshot(user, self.batch_id)
+        snapshot = await _load_snapshot(user, self.batch_id)
         if snapshot is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -90,8 +91,8 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
         # newer than the snapshot's seq, follows it.
         await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
         await self.accept()
-        await self.send_json(snapshot)
-        await self.ordered.restart(snapshot["seq"])
+        await self.send(text_data=snapshot.text)
+        await self.ordered.restart(snapshot.seq)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "batch_id"):
@@ -107,11 +108,11 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
 
     async def send_snapshot(self) -> None:
         async with self._sending:
-            _, snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
+            snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
             if snapshot:
-                await self.send_json(snapshot)
+                await self.send(text_data=snapshot.text)
         if snapshot:
-            await self.ordered.restart(snapshot["seq"])
+            await self.ordered.restart(snapshot.seq)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         """A client may ask for a fresh snapshot at any time."""

@@ -23,9 +23,11 @@ second call in a process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -58,16 +60,45 @@ def images_data(images: list[ImageJob]) -> list[dict[str, Any]]:
     return [dict(data) for data in ImageJobSerializer(images, many=True).data]
 
 
-def batch_data(batch: Batch, *, with_images: bool = True) -> dict[str, Any]:
-    from batches.api.serializers import BatchSerializer, BatchSummarySerializer
+# A snapshot serializes this many images at a time. A 10,000-panel batch's snapshot then holds
+# one page of model instances and their dicts besides its JSON text, not all of them at once
+# (tens of megabytes in a web process, kept by the allocator after the peak).
+SNAPSHOT_PAGE = 500
 
-    serializer = BatchSerializer if with_images else BatchSummarySerializer
-    return dict(serializer(batch).data)
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A batch.snapshot event: its seq, and the event as JSON text, ready for the socket."""
+
+    seq: int
+    text: str
 
 
-def snapshot_event(batch: Batch) -> dict[str, Any]:
-    """Sent first on every (re)connection: the whole batch as it is now."""
-    return {"type": "batch.snapshot", "seq": batch.seq, "batch": batch_data(batch)}
+def snapshot_event(batch_id: int) -> Snapshot | None:
+    """Sent first on every (re)connection: the whole batch as it is now, with what
+    BatchSerializer gives (its summary, then every image in panel order), built a page of
+    images at a time. None when the batch is gone."""
+    from batches.api.serializers import BatchSummarySerializer
+
+    batch = Batch.objects.select_related("event_seq").filter(pk=batch_id).first()
+    if batch is None:
+        return None
+    summary = json.dumps(dict(BatchSummarySerializer(batch).data))
+    pages, last_index = [], -1
+    while True:
+        page = list(
+            ImageJob.objects.filter(batch_id=batch_id, index__gt=last_index).order_by("index")[
+                :SNAPSHOT_PAGE
+            ]
+        )
+        if not page:
+            break
+        pages.append(json.dumps(images_data(page))[1:-1])  # the objects, without [ and ]
+        last_index = page[-1].index
+    # The summary's object, with "images" as its last key (BatchSerializer's order).
+    batch_text = summary[:-1] + ', "images": [' + ", ".join(pages) + "]}"
+    text = f'{{"type": "batch.snapshot", "seq": {batch.seq}, "batch": {batch_text}}}'
+    return Snapshot(batch.seq, text)
 
 
 # --- sending ---------------------------------------------------------------------------------
