@@ -139,9 +139,9 @@ def chunk_signature(batch_id: int, chunk_no: int, queue: str) -> Any:
 
 def thread_wanted(queue: str, chunk_no: int) -> bool:
     """Whether this chunk's task should give its worker thread to a task that waits for one in
-    the broker ahead of it: a task of a better priority (another batch's first chunks, a new
-    batch's enqueue task) waits in `queue`, and no other chunk handed its thread over for this
-    queue in the last HANDOVER_TURN_MS."""
+    the broker ahead of it: a task of a better priority (another batch's first chunks) waits in
+    `queue`, and no other chunk handed its thread over for this queue in the last
+    HANDOVER_TURN_MS."""
     own = chunk_task_priority(chunk_no)
     lists = [queue if step == 0 else f"{queue}{BROKER_PRIORITY_SEPARATOR}{step}"
              for step in BROKER_PRIORITY_STEPS if step < own]  # fmt: skip
