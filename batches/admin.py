@@ -52,8 +52,7 @@ def lock_for_delete(batch_ids: list[int]) -> list[Batch]:
     """Lock batches to delete them, their images first: image rows before batch rows is the
     order every writer takes them in (a chunk's pass, a redraw, a retry), and a delete writes
     both. Batch first deadlocked with a retry reopening the batch's failed panels."""
-    list(ImageJob.objects.select_for_update().filter(batch_id__in=batch_ids).order_by("pk")
-         .values_list("pk", flat=True))  # fmt: skip
+    ImageJob.objects.filter(batch_id__in=batch_ids).lock_rows()
     return list(Batch.objects.select_for_update().filter(pk__in=batch_ids).order_by("pk"))
 
 

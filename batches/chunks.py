@@ -56,7 +56,6 @@ from batches.runpod import (
     JobStatus,
     PermanentRunPodError,
     RunPodClient,
-    RunPodError,
     TransientRunPodError,
 )
 from budgets import pricing
@@ -115,7 +114,10 @@ _run_calls: ThreadPoolExecutor | None = None
 _run_calls_lock = threading.Lock()
 
 
-def call_run(request: RunRequest) -> JobStatus | RunPodError:
+RunAnswer = JobStatus | TransientRunPodError | PermanentRunPodError
+
+
+def call_run(request: RunRequest) -> RunAnswer:
     """Send one /run; RunPod's answer, or the RunPod error it ended in (returned, not raised, so
     a pass can send many at once and act on each answer in its own thread)."""
     try:
@@ -125,11 +127,11 @@ def call_run(request: RunRequest) -> JobStatus | RunPodError:
             execution_timeout_ms=request.execution_timeout_ms,
             ttl_ms=settings.RUNPOD_TTL_MS,
         )
-    except RunPodError as error:
+    except (TransientRunPodError, PermanentRunPodError) as error:
         return error
 
 
-def call_run_all(requests: list[RunRequest]) -> list[JobStatus | RunPodError]:
+def call_run_all(requests: list[RunRequest]) -> list[RunAnswer]:
     """Send every /run of a pass at once (one alone in the caller's thread), in order. The
     calls touch no database: the caller writes what they answered, in its own thread, with its
     own connection."""
@@ -406,7 +408,7 @@ class ChunkRun:
             execution_timeout_ms=pricing.attempt_timeout_ms(image.params),
         )
 
-    def answered(self, image: ImageJob, answer: JobStatus | RunPodError) -> str | None:
+    def answered(self, image: ImageJob, answer: RunAnswer) -> str | None:
         """Act on /run's answer for a claimed attempt: its job id, or None when there is none
         to record (the call failed: retried later, or the image failed)."""
         if isinstance(answer, TransientRunPodError):
@@ -417,8 +419,6 @@ class ChunkRun:
             limiter.release_slot(image.pk)
             self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {answer}")
             return None
-        if isinstance(answer, RunPodError):
-            raise answer
         self.call_failures = 0
         return answer.id
 

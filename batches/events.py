@@ -47,9 +47,7 @@ def group_name(batch_id: int) -> str:
 
 
 def image_data(image: ImageJob) -> dict[str, Any]:
-    from batches.api.serializers import ImageJobSerializer
-
-    return dict(ImageJobSerializer(image).data)
+    return images_data([image])[0]
 
 
 def images_data(images: list[ImageJob]) -> list[dict[str, Any]]:

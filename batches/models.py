@@ -445,6 +445,13 @@ class ImageJobQuerySet(models.QuerySet["ImageJob"]):
             finished_at=None,
         )
 
+    def lock_rows(self) -> list[int]:
+        """Lock these images' rows (SELECT ... FOR UPDATE, in id order, so two callers queue up
+        rather than deadlock) and return their ids. Image rows come before the batch row in
+        every writer's order: a pass's endings, a retry, a redraw, a delete, a prune. A row
+        another transaction changed meanwhile is read as it is now."""
+        return list(self.select_for_update().order_by("pk").values_list("pk", flat=True))
+
     def stamp_seqs(self, seqs: dict[int, int]) -> None:
         """Write each image's event number (the seq of its last pushed change)."""
         if not seqs:

@@ -80,7 +80,7 @@ def prune_panels(*, now: datetime | None = None, dry_run: bool = False) -> Prune
             # take them in: claiming the batch first deadlocked with a redraw of one of its
             # panels. Whichever comes second waits; a prune after a redraw finds the batch
             # reopened and leaves it alone.
-            list(images.select_for_update().order_by("pk").values_list("pk", flat=True))
+            images.lock_rows()
             claimed = Batch.objects.filter(
                 not_pruned_since_finish(),
                 pk=batch.pk,

@@ -303,7 +303,8 @@ def retry_batch(batch: Batch) -> int:
         # batch first deadlocked with a redraw of one of these panels at the same moment (the
         # redraw held the image and waited for the batch). Whichever comes second now waits,
         # then finds the panel no longer failed and is refused with a conflict.
-        if _lock_retryable(batch) != image_ids:
+        # A panel a redraw just reopened is read as it is now: no longer among them.
+        if batch.images.filter(status__in=RETRYABLE).lock_rows() != image_ids:
             raise StateConflict("The batch changed meanwhile; reload it and try again.")
         if not Batch.objects.reopen(batch.pk, batch.status):
             raise StateConflict("The batch changed meanwhile; reload it and try again.")
@@ -318,14 +319,6 @@ def retry_batch(batch: Batch) -> int:
         chunks = chunk_numbers(batch, [image.index for image in images])
         transaction.on_commit(lambda: enqueue_batch(batch, chunks), robust=True)
     return len(images)
-
-
-def _lock_retryable(batch: Batch) -> list[int]:
-    """Lock the batch's failed and cancelled images (in id order, so two retries queue up
-    rather than deadlock) and return their ids. A row another transaction changed meanwhile is
-    read as it is now: a panel a redraw just reopened is no longer among them."""
-    rows = batch.images.select_for_update().filter(status__in=RETRYABLE).order_by("pk")
-    return list(rows.values_list("pk", flat=True))
 
 
 def sweep_batches() -> dict[str, int]:
