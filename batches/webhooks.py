@@ -147,15 +147,28 @@ def receive_webhook(
     job_id, status = payload["id"], payload["status"]
     # A webhook is RunPod's one word on a job whose /run answer may be lost: a dropped database
     # connection gets one reconnect rather than a 500 (RunPod tries a webhook three times only).
-    image = retry_once_on_a_lost_connection(
-        lambda: (
-            ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
-            .only("attempts", "status", "runpod_job_id", "batch_id")
-            .first()
-        )
-    )
+    image = retry_once_on_a_lost_connection(lambda: attempt_of(batch_id, image_id))
     if image is None:  # deleted with its batch: nothing left to do
         return True
+    noted = False
+    if image.attempts == attempt and image.status not in IMAGE_TERMINAL and not image.runpod_job_id:
+        # The first report for an attempt with no job id: either the chunk has not written the
+        # id /run returned yet (a fast job reports within milliseconds), or the /run answer was
+        # lost. The job is noted on the image (to be adopted, once /status confirms it, if the
+        # answer was lost), and its result waits in the mailbox under its id: the chunk takes
+        # it once it has recorded that id, rather than polling /status for a job that already
+        # said it ended. Only the first report is kept, so a flood naming other jobs stores
+        # nothing more.
+        noted = retry_once_on_a_lost_connection(
+            lambda: ImageJob.objects.note_webhook_job(image_id, attempt, job_id)
+        )
+        if not noted:
+            # The chunk wrote the job id between the read above and the note (or another report
+            # was noted first): what the image says now decides. Without this read, a result
+            # arriving in that window waited for the next /status poll.
+            image = retry_once_on_a_lost_connection(lambda: attempt_of(batch_id, image_id))
+            if image is None:
+                return True
     if image.attempts == attempt and image.status not in IMAGE_TERMINAL:
         if job_id == image.runpod_job_id:
             deliver_result(batch_id, chunk_no, job_id, payload)
@@ -163,21 +176,21 @@ def receive_webhook(
             # rather than after the chunk has stored the image.
             if status in TERMINAL_STATUSES:
                 limiter.release_slot(image_id)
-        elif not image.runpod_job_id and retry_once_on_a_lost_connection(
-            lambda: ImageJob.objects.note_webhook_job(image_id, attempt, job_id)
-        ):
-            # The first report for an attempt with no job id: either the chunk has not written
-            # the id /run returned yet (a fast job reports within milliseconds), or the /run
-            # answer was lost. The job is noted on the image (to be adopted, once /status
-            # confirms it, if the answer was lost), and its result waits in the mailbox under
-            # its id: the chunk takes it once it has recorded that id, rather than polling
-            # /status for a job that already said it ended. Only the first report is kept, so a
-            # flood naming other jobs stores nothing more.
+        elif noted:
             deliver_result(batch_id, chunk_no, job_id, payload)
         return True
     if status in TERMINAL_STATUSES and budget_services.attempt_charged_nothing(image_id, attempt):
         queue_late_charge(image_id, attempt, job_id)
     return True
+
+
+def attempt_of(batch_id: int, image_id: int) -> ImageJob | None:
+    """What a webhook needs to know of its image: its attempt, status and recorded job."""
+    return (
+        ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
+        .only("attempts", "status", "runpod_job_id", "batch_id")
+        .first()
+    )
 
 
 def webhook_payload_problem(payload: Any) -> str | None:

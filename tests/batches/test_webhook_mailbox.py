@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from batches import webhooks
-from batches.models import ImageJob
+from batches.models import ImageJob, ImageJobQuerySet
 from tests.factories import make_image
 
 pytestmark = pytest.mark.django_db
@@ -50,3 +50,24 @@ def test_a_report_on_a_recorded_job_is_kept_and_one_on_another_job_is_not() -> N
     assert report(image, "job-forged")
 
     assert set(webhooks.take_results([image.runpod_job_id, "job-forged"])) == {image.runpod_job_id}
+
+
+def test_a_report_racing_the_chunk_that_records_its_job_id_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The webhook reads the image before the chunk writes the job id, and notes the job after:
+    the note finds the id written and fails. The result must still wait for the chunk, or the
+    chunk learns of the job's end only at its next /status poll (seconds later)."""
+    image = make_image(submitted=True)
+    note_webhook_job = ImageJobQuerySet.note_webhook_job
+
+    def chunk_records_first(self: ImageJobQuerySet, image_id: int, attempt: int, job: str) -> bool:
+        ImageJob.objects.record_jobs([(image_id, attempt, job)])
+        return note_webhook_job(self, image_id, attempt, job)
+
+    monkeypatch.setattr(ImageJobQuerySet, "note_webhook_job", chunk_records_first)
+
+    assert report(image, "job-fast")
+
+    assert ImageJob.objects.get(pk=image.pk).runpod_job_id == "job-fast"
+    assert webhooks.take_results(["job-fast"])["job-fast"]["status"] == "COMPLETED"
