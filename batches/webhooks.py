@@ -28,10 +28,11 @@ import hmac
 import json
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import current_app
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -184,13 +185,26 @@ def receive_webhook(
     return True
 
 
-def attempt_of(batch_id: int, image_id: int) -> ImageJob | None:
-    """What a webhook needs to know of its image: its attempt, status and recorded job."""
-    return (
-        ImageJob.objects.filter(pk=image_id, batch_id=batch_id)
-        .only("attempts", "status", "runpod_job_id", "batch_id")
-        .first()
-    )
+class AttemptState(NamedTuple):
+    """What a webhook needs to know of its image."""
+
+    attempts: int
+    status: str
+    runpod_job_id: str
+
+
+def attempt_of(batch_id: int, image_id: int) -> AttemptState | None:
+    """The image's attempt, status and recorded job, or None when it is gone. One statement of
+    plain SQL: every finished job's webhook reads it, and building the same query through the
+    ORM cost the web process more CPU than the rest of the webhook did."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT attempts, status, runpod_job_id FROM {ImageJob._meta.db_table} "
+            f"WHERE id = %s AND batch_id = %s",
+            [image_id, batch_id],
+        )
+        row = cursor.fetchone()
+    return AttemptState(*row) if row else None
 
 
 def webhook_payload_problem(payload: Any) -> str | None:
