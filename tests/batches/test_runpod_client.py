@@ -381,3 +381,19 @@ def test_from_settings_reads_django_settings(settings_like: None) -> None:
     assert client.base_url == "http://emulator.test/v2"
     assert client.endpoint_id == "from-settings"
     assert client.timeout == (3.05, 5)
+
+
+def test_the_environment_s_proxy_and_ca_bundle_are_read_once_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session does not look at the environment on every call (trust_env off, for speed),
+    so what it would have found there is taken when the client is built."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/corporate.pem")
+
+    client = RunPodClient("https://api.runpod.ai/v2", "ep-1", "key")
+
+    assert client.session.trust_env is False
+    assert client.session.proxies["https"] == "http://proxy.internal:3128"
+    assert client.session.verify == "/etc/ssl/certs/corporate.pem"
