@@ -19,6 +19,7 @@ the known job instead of resubmitting.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -300,27 +301,35 @@ class ChunkRun:
     # --- starting attempts -------------------------------------------------------------------
 
     def submit_due(self, images: list[ImageJob]) -> int:
-        """Start an attempt for every image that is due, as long as the limiter grants slots.
-        Returns how many were started."""
+        """Start an attempt for every image that is due, as long as the limiter grants slots
+        (one request per endpoint the due images run on, in the chunk's order). Returns how many
+        were started."""
         self.waiting_for_slot = False
         now = timezone.now()
-        due = []
+        ready = []
         for image in images:
             if image.runpod_job_id:
                 continue
             if image.status == ImageStatus.SUBMITTED:
                 self.adopt_or_resubmit(image)
             elif image.next_attempt_at is None or image.next_attempt_at <= now:
-                endpoint = image.endpoint_id or limiter.default_endpoint()
-                user_id = self.batch.user_id
-                if not limiter.acquire_slot(
-                    endpoint, image.pk, self.priority, user_id, self.waiter
-                ):
-                    self.waiting_for_slot = True
-                    break
-                due.append(image)
+                ready.append(image)
             else:
                 self.retry_times.append(image.next_attempt_at)
+        due: list[ImageJob] = []
+        by_endpoint = itertools.groupby(
+            ready, key=lambda image: image.endpoint_id or limiter.default_endpoint()
+        )
+        for endpoint, group in by_endpoint:
+            wanted = list(group)
+            granted = limiter.acquire_slots(
+                endpoint, [image.pk for image in wanted], self.priority, self.batch.user_id,
+                self.waiter,
+            )  # fmt: skip
+            due += wanted[:granted]
+            if granted < len(wanted):
+                self.waiting_for_slot = True
+                break
         if due:
             self.start_attempts(due)
         return len(due)
@@ -336,9 +345,7 @@ class ChunkRun:
         except budget_services.BatchClosed:
             # Cancelled or finished meanwhile: the next pass sees it.
             claims, won, closed = [], set(), True
-        for image in images:
-            if image.pk not in won:
-                limiter.release_slot(image.pk)
+        limiter.release_slots(image.pk for image in images if image.pk not in won)
         if not closed and len(claims) < len(images):
             self.out_of_budget(images[len(claims) :])
         submitted = []
@@ -416,7 +423,7 @@ class ChunkRun:
             return None
         if isinstance(answer, PermanentRunPodError):
             # RunPod refused the request outright (4xx): no job exists, nothing is billed.
-            limiter.release_slot(image.pk)
+            limiter.release_slots([image.pk])
             self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {answer}")
             return None
         self.call_failures = 0
@@ -460,14 +467,13 @@ class ChunkRun:
             if ImageJob.objects.give_back_attempt(image.pk, image.attempts, previous, retry_at):
                 budget_services.release_hold(self.batch_id, image.hold)
                 self.retry_times.append(retry_at)
-        limiter.release_slot(image.pk)
+        limiter.release_slots([image.pk])
         logger.info("image %s: /run failed (%s), again in %.1fs", image.pk, error, delay)
 
     def out_of_budget(self, images: list[ImageJob]) -> None:
         """No room left for another attempt. While other attempts run, their holds may come
         back; with none running, the rest of the chunk cannot run."""
-        for image in images:
-            limiter.release_slot(image.pk)
+        limiter.release_slots(image.pk for image in images)
         if self.images.in_flight().exists():
             self.waiting_for_slot = True
             return
@@ -694,8 +700,8 @@ class ChunkRun:
                 )  # fmt: skip
             ]
             budget_services.charge_attempts(self.batch_id, [charge_of(e) for e in won])
+        limiter.release_slots(ending.image.pk for ending in endings)
         for ending in endings:
-            limiter.release_slot(ending.image.pk)
             if ending.stored and ending not in won:
                 default_storage.delete(ending.stored)
         for ending in won:

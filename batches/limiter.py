@@ -27,6 +27,7 @@ anything.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -160,67 +161,85 @@ local function ring(ep, n)
 end
 """
 
-# ARGV: endpoint, image id, lease, priority, waiter, waiter ttl, user, ceiling, doorbell ttl.
-# 1 granted, 0 refused (the waiter is registered), -1 the slot set must be rebuilt first.
-# A free slot goes to this caller only when no waiter comes first: a waiter of a higher
-# priority, or another user of this priority who holds fewer slots (or as many, and was served
-# less recently).
+# ARGV: endpoint, lease, priority, waiter, waiter ttl, user, ceiling, image ids..., doorbell
+# ttl. Grants slots to the images in order and returns how many it granted (the first n), or
+# -1 when the slot set must be rebuilt first. At the first image refused, the waiter is
+# registered and the rest are left. A free slot goes to this caller only when no waiter comes
+# first: a waiter of a higher priority, or another user of this priority who holds fewer slots
+# (or as many, and was served less recently); each grant counts to this user's share before
+# the next image is weighed.
 _ACQUIRE = (
     _COMMON
     + """
-local ep, member, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local priority, waiter, waiter_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local user, ceiling = ARGV[7], tonumber(ARGV[8])
+local ep, lease = ARGV[1], tonumber(ARGV[2])
+local priority, waiter, waiter_ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local user, ceiling = ARGV[6], tonumber(ARGV[7])
 if redis.call('EXISTS', key(ep, 'built')) == 0 then return -1 end
 prune(ep)
 local slots = key(ep, 'slots')
-if redis.call('ZSCORE', slots, member) then
-  redis.call('ZADD', slots, now + lease, member)
-  return 1
-end
-local free = target_of(ep, ceiling) - redis.call('ZCARD', slots)
-local ahead = 0
-for _, p in ipairs(PRIORITIES) do
-  if p == priority then break end
-  ahead = ahead + redis.call('ZCARD', key(ep, 'waiters:' .. p))
-end
-if free > ahead then
-  local _, order, ranks = waiting_users(ep, priority)
-  local mine = rank(ep, user)
-  for _, other in ipairs(order) do
-    if other ~= user and before(ranks[other], mine) then ahead = ahead + 1 end
+local granted = 0
+for i = 8, #ARGV - 1 do
+  local member = ARGV[i]
+  if redis.call('ZSCORE', slots, member) then
+    redis.call('ZADD', slots, now + lease, member)
+  else
+    local free = target_of(ep, ceiling) - redis.call('ZCARD', slots)
+    local ahead = 0
+    for _, p in ipairs(PRIORITIES) do
+      if p == priority then break end
+      ahead = ahead + redis.call('ZCARD', key(ep, 'waiters:' .. p))
+    end
+    if free > ahead then
+      local _, order, ranks = waiting_users(ep, priority)
+      local mine = rank(ep, user)
+      for _, other in ipairs(order) do
+        if other ~= user and before(ranks[other], mine) then ahead = ahead + 1 end
+      end
+    end
+    if free <= ahead then
+      redis.call('ZADD', key(ep, 'waiters:' .. priority), now + waiter_ttl, waiter)
+      redis.call('HSET', key(ep, 'wuser:' .. priority), waiter, user)
+      return granted
+    end
+    redis.call('ZADD', slots, now + lease, member)
+    redis.call('HSET', HOLDERS, member, ep)
+    redis.call('HSET', OWNERS, member, user)
+    redis.call('HINCRBY', key(ep, 'held'), user, 1)
+    redis.call('HSET', key(ep, 'served'), user, redis.call('INCR', key(ep, 'seq')))
+    redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter)
+    redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
+    redis.call('INCR', key(ep, 'granted'))
   end
+  granted = granted + 1
 end
-if free > ahead then
-  redis.call('ZADD', slots, now + lease, member)
-  redis.call('HSET', HOLDERS, member, ep)
-  redis.call('HSET', OWNERS, member, user)
-  redis.call('HINCRBY', key(ep, 'held'), user, 1)
-  redis.call('HSET', key(ep, 'served'), user, redis.call('INCR', key(ep, 'seq')))
-  redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter)
-  redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
-  redis.call('INCR', key(ep, 'granted'))
-  return 1
-end
-redis.call('ZADD', key(ep, 'waiters:' .. priority), now + waiter_ttl, waiter)
-redis.call('HSET', key(ep, 'wuser:' .. priority), waiter, user)
-return 0
+return granted
 """
 )
 
-# ARGV: image id, default endpoint, ceiling, doorbell ttl. Frees the slot wherever it is held
-# and rings the doorbells of as many waiters as there are free slots.
+# ARGV: default endpoint, ceiling, image ids..., doorbell ttl. Frees each slot wherever it is
+# held, then at each endpoint that freed one rings the doorbells of as many waiters as there are
+# free slots.
 _RELEASE = (
     _COMMON
     + """
-local member, ceiling = ARGV[1], tonumber(ARGV[3])
-local ep = redis.call('HGET', HOLDERS, member) or ARGV[2]
-if redis.call('ZREM', key(ep, 'slots'), member) == 1 then
-  redis.call('INCR', key(ep, 'released'))
+local default, ceiling = ARGV[1], tonumber(ARGV[2])
+local freed, endpoints = {}, {}
+for i = 3, #ARGV - 1 do
+  local member = ARGV[i]
+  local ep = redis.call('HGET', HOLDERS, member) or default
+  if redis.call('ZREM', key(ep, 'slots'), member) == 1 then
+    redis.call('INCR', key(ep, 'released'))
+  end
+  forget_slot(ep, member)
+  if not freed[ep] then
+    freed[ep] = true
+    table.insert(endpoints, ep)
+  end
 end
-forget_slot(ep, member)
-prune(ep)
-ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
+for _, ep in ipairs(endpoints) do
+  prune(ep)
+  ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
+end
 return 1
 """
 )
@@ -291,33 +310,38 @@ def image_endpoint(image: ImageJob) -> str:
 # --- the limiter -------------------------------------------------------------------------------
 
 
-def acquire_slot(endpoint: str, image_id: int, priority: str, user_id: int, waiter: str) -> bool:
-    """Take one of the endpoint's in-flight slots for an image's RunPod job. False when none is
-    free for this caller: the endpoint is at its target, or higher-priority work or another
+def acquire_slots(
+    endpoint: str, image_ids: list[int], priority: str, user_id: int, waiter: str
+) -> int:
+    """Take in-flight slots at an endpoint for these images' RunPod jobs, in order, in one
+    round trip; returns how many were granted (the first n of `image_ids`). It stops at the
+    first image refused: the endpoint is at its target, or higher-priority work or another
     user's turn comes first. The refused `waiter` (a Redis list key the caller then sleeps on
     with BLPOP) is pushed to when a slot frees for it. An image that holds a slot keeps it."""
     from batches import capacity  # capacity reads this module's keys
 
+    if not image_ids:
+        return 0
     capacity.follow(endpoint)
     args = [
-        endpoint, str(image_id), settings.COMICGEN_SLOT_LEASE_SECONDS, priority, waiter,
-        WAITER_TTL_SECONDS, str(user_id), settings.RUNPOD_MAX_IN_FLIGHT, DOORBELL_TTL_SECONDS,
+        endpoint, settings.COMICGEN_SLOT_LEASE_SECONDS, priority, waiter, WAITER_TTL_SECONDS,
+        str(user_id), settings.RUNPOD_MAX_IN_FLIGHT, *map(str, image_ids), DOORBELL_TTL_SECONDS,
     ]  # fmt: skip
-    taken = _script(_ACQUIRE)(keys=[], args=args)
-    if taken == -1:
+    granted = _script(_ACQUIRE)(keys=[], args=args)
+    if granted == -1:
         rebuild_slots(endpoint)
-        taken = _script(_ACQUIRE)(keys=[], args=args)
-    return bool(taken == 1)
+        granted = _script(_ACQUIRE)(keys=[], args=args)
+    return max(0, int(granted))
 
 
-def release_slot(image_id: int, endpoint: str | None = None) -> None:
-    """Free an image's slot (wherever it is held; `endpoint` only names where to look when the
-    holder record is gone) and wake the waiters next in line."""
-    args = [
-        str(image_id), endpoint or default_endpoint(), settings.RUNPOD_MAX_IN_FLIGHT,
-        DOORBELL_TTL_SECONDS,
-    ]  # fmt: skip
-    _script(_RELEASE)(keys=[], args=args)
+def release_slots(image_ids: Iterable[int], endpoint: str | None = None) -> None:
+    """Free these images' slots (wherever each is held; `endpoint` only names where to look when
+    a holder record is gone) and wake the waiters next in line: one round trip for a whole
+    pass's endings."""
+    members = [str(image_id) for image_id in image_ids]
+    if members:
+        args = [endpoint or default_endpoint(), settings.RUNPOD_MAX_IN_FLIGHT]
+        _script(_RELEASE)(keys=[], args=[*args, *members, DOORBELL_TTL_SECONDS])
 
 
 def refresh_slots(image_ids: list[int], endpoint: str | None = None) -> None:

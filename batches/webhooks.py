@@ -176,7 +176,7 @@ def receive_webhook(
             # The GPU is free the moment the job ends: give its slot to waiting work now
             # rather than after the chunk has stored the image.
             if status in TERMINAL_STATUSES:
-                limiter.release_slot(image_id)
+                limiter.release_slots([image_id])
         elif noted:
             deliver_result(batch_id, chunk_no, job_id, payload)
         return True

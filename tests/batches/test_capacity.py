@@ -194,7 +194,7 @@ def test_one_process_at_a_time_reads_health_and_all_share_its_target(endpoint: s
 @responses.activate
 def test_every_acquire_obeys_the_target_health_gives(endpoint: str) -> None:
     responses.get(re.compile(r".*/health"), json=health_body(1))
-    granted = [limiter.acquire_slot(endpoint, n, "normal", 1, "w") for n in range(4)]
+    granted = [limiter.acquire_slots(endpoint, [n], "normal", 1, "w") == 1 for n in range(4)]
     assert granted == [True, True, False, False]  # 1 GPU + 1 queued
 
 

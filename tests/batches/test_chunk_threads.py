@@ -91,7 +91,7 @@ def test_each_run_answer_is_acted_on_for_its_own_image(runpod: FakeRunPod, user:
 
 def fill_every_slot(endpoint: str) -> None:
     limiter.publish_target(endpoint, 1)
-    assert limiter.acquire_slot(endpoint, 10**9, "normal", 0, "another chunk's waiter")
+    assert limiter.acquire_slots(endpoint, [10**9], "normal", 0, "another chunk's waiter")
 
 
 def a_task_waits_first() -> None:

@@ -33,7 +33,9 @@ def endpoint(settings: Any) -> Iterator[str]:
 
 
 def acquire(endpoint: str, image: int, priority: str = "normal", user: int = 1) -> bool:
-    return limiter.acquire_slot(endpoint, image, priority, user, f"waiter:{user}:{priority}")
+    return (
+        limiter.acquire_slots(endpoint, [image], priority, user, f"waiter:{user}:{priority}") == 1
+    )
 
 
 def doorbells(*waiters: str) -> dict[str, int]:
@@ -47,7 +49,7 @@ def test_the_ceiling_holds_across_callers(settings: Any, endpoint: str) -> None:
     assert acquire(endpoint, 1)
     assert acquire(endpoint, 2)
     assert not acquire(endpoint, 3)
-    limiter.release_slot(1)
+    limiter.release_slots([1])
     assert acquire(endpoint, 3)
 
 
@@ -76,7 +78,7 @@ def test_endpoints_are_limited_independently(endpoint: str) -> None:
     assert acquire(endpoint, 1)
     assert not acquire(endpoint, 2)
     assert acquire(other, 2)
-    limiter.release_slot(2)  # found at `other` by its holder record
+    limiter.release_slots([2])  # found at `other` by its holder record
     assert limiter.snapshot(other)["in_flight"] == 0
     assert limiter.snapshot(endpoint)["in_flight"] == 1
 
@@ -96,7 +98,7 @@ def test_high_is_served_before_normal_and_normal_before_low(endpoint: str) -> No
     assert not acquire(endpoint, 2, "low", user=2)
     assert not acquire(endpoint, 3, "normal", user=3)
     assert not acquire(endpoint, 4, "high", user=4)
-    limiter.release_slot(1)
+    limiter.release_slots([1])
     # The high waiter is rung, and the others are refused while it waits.
     assert doorbells("waiter:4:high", "waiter:3:normal", "waiter:2:low") == {
         "waiter:4:high": 1, "waiter:3:normal": 0, "waiter:2:low": 0,
@@ -104,10 +106,10 @@ def test_high_is_served_before_normal_and_normal_before_low(endpoint: str) -> No
     assert not acquire(endpoint, 2, "low", user=2)
     assert not acquire(endpoint, 3, "normal", user=3)
     assert acquire(endpoint, 4, "high", user=4)
-    limiter.release_slot(4)
+    limiter.release_slots([4])
     assert not acquire(endpoint, 2, "low", user=2)
     assert acquire(endpoint, 3, "normal", user=3)
-    limiter.release_slot(3)
+    limiter.release_slots([3])
     assert acquire(endpoint, 2, "low", user=2)
 
 
@@ -120,7 +122,7 @@ def test_a_user_holding_fewer_slots_takes_each_freed_slot_first(endpoint: str) -
     assert not acquire(endpoint, 100, user=2)  # B waits
     assert not acquire(endpoint, 5, user=1)  # A waits too
 
-    limiter.release_slot(1)
+    limiter.release_slots([1])
     assert doorbells("waiter:2:normal", "waiter:1:normal") == {
         "waiter:2:normal": 1, "waiter:1:normal": 0,
     }  # fmt: skip
@@ -128,11 +130,11 @@ def test_a_user_holding_fewer_slots_takes_each_freed_slot_first(endpoint: str) -
     assert acquire(endpoint, 100, user=2)  # B 1, A 3
     assert not acquire(endpoint, 101, user=2)
 
-    limiter.release_slot(2)
+    limiter.release_slots([2])
     assert not acquire(endpoint, 5, user=1)  # A would hold 3 again, B only 1
     assert acquire(endpoint, 101, user=2)  # B 2, A 2
 
-    limiter.release_slot(3)
+    limiter.release_slots([3])
     assert not acquire(endpoint, 102, user=2)  # as many each: A was served less recently
     assert acquire(endpoint, 5, user=1)
 
@@ -145,10 +147,10 @@ def test_users_holding_as_many_take_turns(endpoint: str) -> None:
     assert not acquire(endpoint, 2, user=1)
     assert not acquire(endpoint, 101, user=2)
 
-    limiter.release_slot(1)  # A 0, B 1: A's turn
+    limiter.release_slots([1])  # A 0, B 1: A's turn
     assert not acquire(endpoint, 101, user=2)
     assert acquire(endpoint, 2, user=1)
-    limiter.release_slot(100)  # A 1, B 0: B's turn
+    limiter.release_slots([100])  # A 1, B 0: B's turn
     assert not acquire(endpoint, 3, user=1)
     assert acquire(endpoint, 101, user=2)
 
@@ -160,10 +162,10 @@ def test_a_user_who_stopped_waiting_holds_no_one_back(endpoint: str) -> None:
     assert acquire(endpoint, 1, user=1)
     assert acquire(endpoint, 2, user=1)
     assert not acquire(endpoint, 100, user=2)  # full for now: B waits
-    limiter.release_slot(2)
+    limiter.release_slots([2])
     assert acquire(endpoint, 100, user=2)  # B holds 1 and needs no more
     assert not acquire(endpoint, 3, user=1)
-    limiter.release_slot(1)
+    limiter.release_slots([1])
     assert acquire(endpoint, 3, user=1)  # B, holding fewer but not waiting, is not ahead
 
 
@@ -215,7 +217,7 @@ def test_after_redis_loses_its_keys_jobs_still_running_are_counted_again(
     flow.get_redis().flushdb()  # as a Redis restarted with no data
 
     assert not acquire(endpoint, waiting.pk, user=2)
-    limiter.release_slot(running.pk)  # its job ended
+    limiter.release_slots([running.pk])  # its job ended
     assert acquire(endpoint, waiting.pk, user=2)
 
 
@@ -258,7 +260,7 @@ def test_a_refused_waiter_stops_counting_once_it_stops_asking(endpoint: str) -> 
     # Its registration runs out (as WAITER_TTL_SECONDS after its last ask).
     client.zadd(limiter.endpoint_key(endpoint, "waiters:high"), {"waiter:2:high": 0})
     assert limiter.snapshot(endpoint)["waiting"]["high"] == 1
-    limiter.release_slot(1)
+    limiter.release_slots([1])
     assert limiter.snapshot(endpoint)["waiting"]["high"] == 0
     assert acquire(endpoint, 3, "normal", user=1)
 
@@ -274,3 +276,47 @@ def test_a_slot_whose_lease_ran_out_is_free_again(endpoint: str) -> None:
     assert acquire(endpoint, 3)
     assert acquire(endpoint, 4)
     assert client.hget(limiter.HOLDERS_KEY, "1") is None
+
+
+@pytest.mark.django_db
+def test_a_request_for_several_slots_gets_what_the_target_allows_and_waits_for_the_rest(
+    endpoint: str,
+) -> None:
+    limiter.publish_target(endpoint, 3)
+    waiter = "waiter:1:normal"
+
+    assert limiter.acquire_slots(endpoint, [1, 2, 3, 4, 5], "normal", 1, waiter) == 3
+
+    assert limiter.snapshot(endpoint)["in_flight"] == 3
+    assert limiter.snapshot(endpoint)["waiting"]["normal"] == 1
+    limiter.release_slots([1, 2])
+    assert doorbells(waiter)[waiter] >= 1
+    assert limiter.acquire_slots(endpoint, [4, 5], "normal", 1, waiter) == 2
+
+
+@pytest.mark.django_db
+def test_each_slot_granted_counts_to_the_user_s_share_before_the_next_is_weighed(
+    endpoint: str,
+) -> None:
+    limiter.publish_target(endpoint, 2)
+    assert limiter.acquire_slots(endpoint, [1, 2], "normal", 1, "waiter:1:normal") == 2
+    assert not acquire(endpoint, 10, user=2)  # user 2 waits, holding nothing
+    limiter.release_slots([1, 2])
+
+    # Two slots are free: user 1 gets one, and then holds more than user 2, whose turn it is.
+    assert limiter.acquire_slots(endpoint, [3, 4], "normal", 1, "waiter:1:normal") == 1
+    assert acquire(endpoint, 10, user=2)
+
+
+@pytest.mark.django_db
+def test_slots_released_together_are_freed_at_each_endpoint_that_held_them(endpoint: str) -> None:
+    other = endpoint + "-other"
+    for name in (endpoint, other):
+        limiter.publish_target(name, 5)
+    assert limiter.acquire_slots(endpoint, [1, 2], "normal", 1, "waiter:1:normal") == 2
+    assert limiter.acquire_slots(other, [3, 4], "normal", 1, "waiter:1:normal") == 2
+
+    limiter.release_slots([1, 3, 4])
+
+    assert limiter.snapshot(endpoint)["in_flight"] == 1
+    assert limiter.snapshot(other)["in_flight"] == 0
