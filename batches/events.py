@@ -379,8 +379,12 @@ def push_batch_updated(batch_id: int) -> None:
 
 
 def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
-    """Take one seq per image under the seq row's lock, stamp each image with its seq, read
-    the rows and the counts once, queue the events in seq order, commit."""
+    """Take one seq per image under the seq row's lock, read the rows and the counts once and
+    build the events, stamp each image with its seq, commit, then queue the events in seq
+    order. The stamp is the transaction's last statement: it locks the image rows, which the
+    chunks ending attempts also lock, for as short a time as possible (built first, the
+    events held them while their images were serialized). Queued after the commit, an event
+    never carries a seq that a rolled-back transaction took and another will take again."""
     if batch_id is None:
         batch_id = (
             ImageJob.objects.filter(pk__in=image_ids).values_list("batch_id", flat=True).first()
@@ -393,7 +397,6 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
             transaction.set_rollback(True)
             return
         seqs = {image_id: last - len(image_ids) + 1 + n for n, image_id in enumerate(image_ids)}
-        ImageJob.objects.stamp_seqs(seqs)
         images = ImageJob.objects.filter(pk__in=image_ids, batch_id=batch_id).in_bulk()
         if len(images) != len(image_ids):
             # Images leave only with their batch; ids of another batch are a caller's bug. A
@@ -401,16 +404,19 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
             logger.error("batch %s: no event for images %s", batch_id, image_ids)
             transaction.set_rollback(True)
             return
+        for image_id, seq in seqs.items():
+            images[image_id].seq = seq
         counts = ImageJob.objects.filter(batch_id=batch_id).status_counts()
         data = images_data([images[image_id] for image_id in seqs])
-        for seq, payload in zip(seqs.values(), data, strict=True):
-            event = {"type": "image.updated", "image": payload}
-            send_event(batch_id, {**event, "counts": counts, "seq": seq, "batch_id": batch_id})
+        ImageJob.objects.stamp_seqs(seqs)
+    for seq, payload in zip(seqs.values(), data, strict=True):
+        event = {"type": "image.updated", "image": payload}
+        send_event(batch_id, {**event, "counts": counts, "seq": seq, "batch_id": batch_id})
     # Push lag for the monitor: from each panel's finish to its event being queued for the
-    # sender thread (which sends at once). Out of the locked part: it is a Redis call.
-    for image in images.values():
-        if image.is_terminal:
-            pushlag.observe_since(image.finished_at)
+    # sender thread (which sends at once).
+    pushlag.observe_since_each(
+        [image.finished_at for image in images.values() if image.is_terminal]
+    )
 
 
 def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:

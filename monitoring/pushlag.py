@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import redis
@@ -46,14 +47,20 @@ def _bucket_field(seconds: float) -> str:
 
 def observe(seconds: float) -> None:
     """Record one push lag, in seconds (negative clock skew counts as zero)."""
+    observe_many([seconds])
+
+
+def observe_many(lags: list[float]) -> None:
+    """Record push lags, in seconds, in one round trip (negative clock skew counts as zero)."""
     global _skip_until
-    if time.monotonic() < _skip_until or math.isnan(seconds):
+    lags = [max(0.0, seconds) for seconds in lags if not math.isnan(seconds)]
+    if not lags or time.monotonic() < _skip_until:
         return
-    seconds = max(0.0, seconds)
     try:
         pipe = get_redis().pipeline(transaction=False)
-        pipe.hincrby(KEY, _bucket_field(seconds), 1)
-        pipe.hincrbyfloat(KEY, "sum", seconds)
+        for field, count in Counter(map(_bucket_field, lags)).items():
+            pipe.hincrby(KEY, field, count)
+        pipe.hincrbyfloat(KEY, "sum", sum(lags))
         pipe.execute()
     except redis.RedisError:
         with _state:
@@ -61,10 +68,10 @@ def observe(seconds: float) -> None:
         logger.warning("push lag not recorded: Redis unavailable", exc_info=True)
 
 
-def observe_since(finished_at: dt.datetime | None) -> None:
-    """Record the lag of an event about a panel that finished at `finished_at`, sent now."""
-    if finished_at is not None:
-        observe((timezone.now() - finished_at).total_seconds())
+def observe_since_each(finished: list[dt.datetime | None]) -> None:
+    """Record the lags of events about panels that finished at these times, sent now."""
+    now = timezone.now()
+    observe_many([(now - at).total_seconds() for at in finished if at is not None])
 
 
 def _text(value: bytes | str) -> str:

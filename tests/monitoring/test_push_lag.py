@@ -77,3 +77,15 @@ def test_the_page_names_a_lag_past_the_last_bucket_plainly() -> None:
     assert _lag_label(0.025) == "≤ 25 ms"
     assert _lag_label(2.5) == "≤ 2.5 s"
     assert _lag_label(None) == "–"
+
+
+def test_many_lags_recorded_at_once_land_in_their_own_buckets() -> None:
+    pushlag.observe_many([0.001, 0.004, 0.3, float("nan"), -1.0])
+
+    histogram = pushlag.read()
+    buckets = dict(histogram["buckets"])
+    assert histogram["count"] == 4  # the NaN is not a lag; the negative one is clock skew
+    assert buckets["0.005"] == 3
+    assert buckets["0.25"] == 3
+    assert buckets["0.5"] == 4
+    assert histogram["sum"] == pytest.approx(0.305)
