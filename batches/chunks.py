@@ -43,6 +43,7 @@ from batches import events, flow, limiter, outputs, panels, webhooks
 from batches.models import (
     IMAGE_IN_FLIGHT,
     IMAGE_TERMINAL,
+    AttemptEnding,
     Batch,
     BatchStatus,
     ImageJob,
@@ -687,18 +688,22 @@ class ChunkRun:
         # writer of an attempt's end takes them in (a redraw locks its image before its batch).
         # The batch row is locked only for the last statements of the pass, not all of it.
         with transaction.atomic():
-            won = [
-                ending
-                for ending in endings
-                if ImageJob.objects.end_attempt(
-                    ending.image.pk,
-                    ending.image.attempts,
-                    ending.job.id,
-                    delay_ms=sane_execution_ms(ending.job.delay_time_ms),
-                    execution_ms=sane_execution_ms(ending.job.execution_time_ms),
-                    **ending.fields,
-                )  # fmt: skip
-            ]
+            ended = ImageJob.objects.end_attempts(
+                [
+                    AttemptEnding(
+                        ending.image.pk,
+                        ending.image.attempts,
+                        ending.job.id,
+                        {
+                            "delay_ms": sane_execution_ms(ending.job.delay_time_ms),
+                            "execution_ms": sane_execution_ms(ending.job.execution_time_ms),
+                            **ending.fields,
+                        },
+                    )
+                    for ending in endings
+                ]
+            )
+            won = [ending for ending in endings if ending.image.pk in ended]
             budget_services.charge_attempts(self.batch_id, [charge_of(e) for e in won])
         limiter.release_slots(ending.image.pk for ending in endings)
         for ending in endings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -269,6 +270,42 @@ def _values_rows(rows: Sequence[Sequence[Any]], casts: Sequence[str]) -> tuple[s
     return ", ".join([row_sql] * len(rows)), [value for row in rows for value in row]
 
 
+@dataclass(frozen=True)
+class AttemptEnding:
+    """One attempt to end (ImageJobQuerySet.end_attempts): which, and the fields it writes."""
+
+    image_id: int
+    attempt: int
+    job_id: str
+    fields: dict[str, Any]
+
+
+def _end_alike_attempts(names: tuple[str, ...], endings: list[AttemptEnding]) -> list[int]:
+    """One conditional UPDATE for endings that write the same fields (end_attempt's conditions:
+    the attempt, its job, not finished yet); the ids it changed."""
+    columns = [ImageJob._meta.get_field(name) for name in names]
+    casts = ["bigint", "integer", "varchar"]
+    casts += [str(column.db_type(connection)) for column in columns]
+    rows = [
+        (ending.image_id, ending.attempt, ending.job_id)
+        + tuple(
+            column.get_db_prep_save(ending.fields[column.name], connection) for column in columns
+        )
+        for ending in endings
+    ]
+    values, params = _values_rows(rows, casts)
+    names_sql = ", ".join(f'"{column.column}"' for column in columns)
+    sets = ", ".join(f'"{column.column}" = v."{column.column}"' for column in columns)
+    table = ImageJob._meta.db_table
+    return _update_returning_ids(
+        f"UPDATE {table} AS i SET hold = 0, {sets} "
+        f"FROM (VALUES {values}) AS v(the_id, the_attempt, the_job, {names_sql}) "
+        f"WHERE i.id = v.the_id AND i.attempts = v.the_attempt AND i.runpod_job_id = v.the_job "
+        f"AND NOT (i.status = ANY(%s)) RETURNING i.id",
+        [*params, list(IMAGE_TERMINAL)],
+    )
+
+
 class ImageJobQuerySet(models.QuerySet["ImageJob"]):
     """The images of a chunk or a batch, and every transition of an image's attempt.
 
@@ -408,6 +445,25 @@ class ImageJobQuerySet(models.QuerySet["ImageJob"]):
             .unfinished()
             .update(hold=Decimal("0"), **fields)
         )
+
+    def end_attempts(self, endings: Sequence[AttemptEnding]) -> set[int]:
+        """end_attempt for many attempts at once; returns the ids of the images whose attempt
+        this call ended. Endings that write the same fields share one UPDATE ... FROM VALUES
+        (a pass's completed panels all do): a statement per image held the image rows locked,
+        and the pass's transaction open, that many round trips longer. An ending with an
+        expression among its fields (F("...") + 1) is written on its own."""
+        won: set[int] = set()
+        alike: dict[tuple[str, ...], list[AttemptEnding]] = {}
+        for ending in endings:
+            if any(hasattr(value, "resolve_expression") for value in ending.fields.values()):
+                image_id, attempt, job_id = ending.image_id, ending.attempt, ending.job_id
+                if self.end_attempt(image_id, attempt, job_id, **ending.fields):
+                    won.add(image_id)
+            else:
+                alike.setdefault(tuple(sorted(ending.fields)), []).append(ending)
+        for names, group in alike.items():
+            won.update(_end_alike_attempts(names, group))
+        return won
 
     def end_without_job(self, image_id: int, attempt: int, status: str, error: str) -> bool:
         """End an image that holds no RunPod job (refused, cancelled before it ran, no budget

@@ -7,8 +7,9 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import F
+from django.utils import timezone
 
-from batches.models import ImageJob, ImageStatus
+from batches.models import AttemptEnding, ImageJob, ImageStatus
 from tests.factories import make_batch, make_image
 
 pytestmark = pytest.mark.django_db
@@ -55,6 +56,56 @@ def test_an_attempt_whose_job_was_never_learned_ends_by_its_empty_job_id() -> No
     assert (image.status, image.attempts_before_retry, image.attempts_this_round) == (
         ImageStatus.RETRYING, 1, 0,
     )  # fmt: skip
+
+
+def test_many_attempts_end_in_one_call_each_once_with_its_own_fields() -> None:
+    batch = make_batch(running=True)
+    done, failed, ended_before, stale = (make_image(batch=batch, running=True) for _ in range(4))
+    unconfirmed = make_image(batch=batch, submitted=True)
+    ImageJob.objects.end_attempt(ended_before.pk, 1, ended_before.runpod_job_id, status="failed")
+    finished_at = timezone.now()
+
+    won = ImageJob.objects.end_attempts(
+        [
+            AttemptEnding(done.pk, 1, done.runpod_job_id, {
+                "status": ImageStatus.COMPLETED, "image": "panels/a.png", "error": "",
+                "finished_at": finished_at, "delay_ms": 12, "execution_ms": 900,
+            }),
+            AttemptEnding(failed.pk, 1, failed.runpod_job_id, {
+                "status": ImageStatus.RETRYING, "runpod_job_id": "", "error": "boom",
+                "next_attempt_at": finished_at, "delay_ms": None, "execution_ms": 5,
+            }),
+            # Already ended by a webhook, and a report on another job: neither is ended again.
+            AttemptEnding(ended_before.pk, 1, ended_before.runpod_job_id, {
+                "status": ImageStatus.COMPLETED, "image": "panels/b.png", "error": "",
+                "finished_at": finished_at, "delay_ms": 1, "execution_ms": 1,
+            }),
+            AttemptEnding(stale.pk, 1, "another-job", {
+                "status": ImageStatus.COMPLETED, "image": "panels/c.png", "error": "",
+                "finished_at": finished_at, "delay_ms": 1, "execution_ms": 1,
+            }),
+            AttemptEnding(unconfirmed.pk, 1, "", {
+                "status": ImageStatus.RETRYING,
+                "attempts_before_retry": F("attempts_before_retry") + 1,
+            }),
+        ]
+    )  # fmt: skip
+
+    assert won == {done.pk, failed.pk, unconfirmed.pk}
+    rows = {image.pk: image for image in ImageJob.objects.filter(batch=batch)}
+    assert (rows[done.pk].status, rows[done.pk].image.name, rows[done.pk].finished_at) == (
+        "completed", "panels/a.png", finished_at,
+    )  # fmt: skip
+    assert (rows[done.pk].delay_ms, rows[done.pk].execution_ms, rows[done.pk].hold) == (
+        12, 900, Decimal("0"),
+    )  # fmt: skip
+    assert (rows[failed.pk].status, rows[failed.pk].runpod_job_id, rows[failed.pk].error) == (
+        "retrying", "", "boom",
+    )  # fmt: skip
+    assert (rows[failed.pk].delay_ms, rows[failed.pk].next_attempt_at) == (None, finished_at)
+    assert (rows[ended_before.pk].status, rows[ended_before.pk].image.name) == ("failed", "")
+    assert rows[stale.pk].status == ImageStatus.RUNNING
+    assert rows[unconfirmed.pk].attempts_before_retry == 1
 
 
 def test_an_image_without_a_job_ends_once_and_an_image_with_one_does_not() -> None:
