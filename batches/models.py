@@ -280,10 +280,18 @@ class AttemptEnding:
     fields: dict[str, Any]
 
 
+def _concrete_field(name: str) -> models.Field[Any, Any]:
+    """An ImageJob column by its field name (a relation's reverse side is not one)."""
+    field = ImageJob._meta.get_field(name)
+    if not isinstance(field, models.Field):
+        raise ValueError(f"{name} is not a column of ImageJob")
+    return field
+
+
 def _end_alike_attempts(names: tuple[str, ...], endings: list[AttemptEnding]) -> list[int]:
     """One conditional UPDATE for endings that write the same fields (end_attempt's conditions:
     the attempt, its job, not finished yet); the ids it changed."""
-    columns = [ImageJob._meta.get_field(name) for name in names]
+    columns = [_concrete_field(name) for name in names]
     casts = ["bigint", "integer", "varchar"]
     casts += [str(column.db_type(connection)) for column in columns]
     rows = [
