@@ -360,6 +360,13 @@ class ChunkRun:
             image.submitted_at = timezone.now()
             submitted.append(image)
         answers = call_run_all([self.run_request(image) for image in submitted])
+        # The backoff grows with each pass whose calls failed, not with each call: a pass's ten
+        # calls refused together (a 429 from RunPod's rate limit) are one refusal, and counted
+        # as ten they sent the chunk's images to the longest backoff at once.
+        if any(isinstance(answer, TransientRunPodError) for answer in answers):
+            self.call_failures += 1
+        elif answers:
+            self.call_failures = 0
         started = []
         for image, answer in zip(submitted, answers, strict=True):
             job_id = self.answered(image, answer)
@@ -427,7 +434,6 @@ class ChunkRun:
             limiter.release_slots([image.pk])
             self.end_without_job(image, ImageStatus.FAILED, f"RunPod refused the job: {answer}")
             return None
-        self.call_failures = 0
         return answer.id
 
     def record_jobs(self, started: list[tuple[ImageJob, str]]) -> None:
@@ -451,7 +457,6 @@ class ChunkRun:
         reached RunPod (refused connection, 429), the attempt is given back with its hold. When
         it may have (timeout, 5xx, dropped connection), a paid job may exist: the attempt stays
         submitted, holding its slot and budget, until its webhook lets us adopt the job."""
-        self.call_failures += 1
         backoff = min(CALL_RETRY_MAX, CALL_RETRY_BASE * 2 ** min(self.call_failures, 6))
         delay = max(error.retry_after or 0, random.uniform(backoff / 2, backoff))
         if error.ambiguous:

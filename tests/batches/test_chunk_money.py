@@ -514,6 +514,28 @@ def test_a_rate_limited_run_gives_the_attempt_and_its_hold_back(
 
 
 @pytest.mark.django_db
+def test_a_pass_whose_calls_are_all_rate_limited_backs_off_once_not_once_per_call(
+    runpod: FakeRunPod, user: Any
+) -> None:
+    """RunPod's rate limit refuses a pass's ten /run calls together: that is one refusal, and
+    the images try again after the first step of the backoff (about a second), not after the
+    backoff ten refusals in a row would earn (up to CALL_RETRY_MAX)."""
+    runpod.run_failures = [429] * 10
+    batch = submit(user, [f"throttled {number}" for number in range(10)])
+    run = chunk_of(batch)
+    before = timezone.now()
+
+    run.run_pass()
+
+    retry_at = [image.next_attempt_at for image in ImageJob.objects.filter(batch=batch)]
+    first_step = chunks.CALL_RETRY_BASE * 2
+    assert all(at is not None and at <= before + timedelta(seconds=first_step + 0.5)
+               for at in retry_at)  # fmt: skip
+    assert run.call_failures == 1
+    assert Batch.objects.get(pk=batch.pk).held == 0
+
+
+@pytest.mark.django_db
 def test_a_retried_image_is_charged_for_every_new_attempt(runpod: FakeRunPod, user: Any) -> None:
     runpod.outcome = lambda job_id, _: {
         "id": job_id, "status": "FAILED", "error": "CUDA error", "executionTime": 300,
