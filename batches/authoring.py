@@ -205,20 +205,21 @@ def archive_current_take(image: ImageJob) -> ImageVersion | None:
     """Keep the image's current take as an ImageVersion (call with the image row locked) and
     make the row the next take. A panel with no completed file has no take to keep: its next
     completed take gets the same number."""
-    if image.status != ImageStatus.COMPLETED or not image.image:
-        return None
     earlier = image.versions.aggregate(total=Sum("cost"))["total"] or ZERO
+    take = current_take(image, earlier)
+    if take is None:
+        return None
     version = ImageVersion.objects.create(
         image=image,
-        version=image.version,
-        prompt=image.prompt,
-        seed=image.seed,
-        params=image.params,
-        file=image.image.name,
-        cost=image.cost - earlier,
+        version=take.version,
+        prompt=take.prompt,
+        seed=take.seed,
+        params=take.params,
+        file=take.file_name,
+        cost=take.cost,
         last_attempt=image.attempts,
         execution_ms=image.execution_ms,
-        created_at=image.finished_at or timezone.now(),
+        created_at=take.created_at or timezone.now(),
     )
     ImageJob.objects.filter(pk=image.pk).update(version=F("version") + 1)
     return version
@@ -264,20 +265,28 @@ def takes_of(image: ImageJob) -> list[Take]:
                     version_id=version.pk,
                 )
             )
-    if image.status == ImageStatus.COMPLETED and image.image:
-        kept.append(
-            Take(
-                version=image.version,
-                prompt=image.prompt,
-                seed=image.seed,
-                params=image.params,
-                file_name=image.image.name,
-                cost=image.cost - earlier,
-                created_at=image.finished_at,
-                current=True,
-            )
-        )
+    take = current_take(image, earlier)
+    if take is not None:
+        kept.append(take)
     return kept
+
+
+def current_take(image: ImageJob, earlier: Decimal) -> Take | None:
+    """The panel's own row as a take, once it is drawn (None before): what takes_of shows last,
+    and what archive_current_take keeps when a redraw starts. `earlier` is what the kept takes
+    cost; the row's cost counts every take's attempts."""
+    if image.status != ImageStatus.COMPLETED or not image.image:
+        return None
+    return Take(
+        version=image.version,
+        prompt=image.prompt,
+        seed=image.seed,
+        params=image.params,
+        file_name=image.image.name,
+        cost=image.cost - earlier,
+        created_at=image.finished_at,
+        current=True,
+    )
 
 
 def chosen_take(image: ImageJob) -> Take | None:
