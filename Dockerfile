@@ -10,6 +10,7 @@ COPY batches ./batches
 COPY budgets ./budgets
 COPY monitoring ./monitoring
 COPY worker ./worker
+COPY comicgen_cli ./comicgen_cli
 RUN pip install --no-cache-dir .
 
 COPY manage.py Procfile ./

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,17 @@ def test_the_image_holds_every_app_of_the_project() -> None:
     local = {app for app in settings.INSTALLED_APPS if (REPO_ROOT / app).is_dir()}
 
     assert local - copied == set()
+
+
+def test_the_image_holds_the_package_of_every_command_it_installs() -> None:
+    # `pip install .` in the image installs pyproject's [project.scripts]; a command whose
+    # package was not copied in would fail with ModuleNotFoundError when run.
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    packages = {target.split(".")[0] for target in project["scripts"].values()}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (REPO_ROOT / "Dockerfile").read_text(), re.M))
+
+    assert packages
+    assert packages - copied == set()
 
 
 def test_env_is_kept_out_of_git_and_out_of_the_image() -> None:
