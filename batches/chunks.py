@@ -360,13 +360,14 @@ class ChunkRun:
             image.submitted_at = timezone.now()
             submitted.append(image)
         answers = call_run_all([self.run_request(image) for image in submitted])
-        # The backoff grows with each pass whose calls failed, not with each call: a pass's ten
-        # calls refused together (a 429 from RunPod's rate limit) are one refusal, and counted
-        # as ten they sent the chunk's images to the longest backoff at once.
-        if any(isinstance(answer, TransientRunPodError) for answer in answers):
-            self.call_failures += 1
-        elif answers:
+        # The backoff grows with each pass none of whose calls went through, and starts again
+        # once one did: a pass's ten calls refused together (RunPod's rate limit answering
+        # 429) are one refusal, not ten in a row, and while some calls go through the refused
+        # ones come back after RunPod's Retry-After rather than a backoff growing every pass.
+        if any(isinstance(answer, JobStatus) for answer in answers):
             self.call_failures = 0
+        elif any(isinstance(answer, TransientRunPodError) for answer in answers):
+            self.call_failures += 1
         started = []
         for image, answer in zip(submitted, answers, strict=True):
             job_id = self.answered(image, answer)
@@ -631,7 +632,9 @@ class ChunkRun:
         else:
             delay = timedelta(seconds=retry_delay(image.attempts_this_round))
             outcome = {"status": ImageStatus.RETRYING, "next_attempt_at": now + delay}
-        return Ending(image, job, {"runpod_job_id": "", "error": reason[:2000], **outcome})
+        # PostgreSQL refuses a NUL in text, and a reason may quote what RunPod sent.
+        error = reason.replace("\x00", "")[:2000]
+        return Ending(image, job, {"runpod_job_id": "", "error": error, **outcome})
 
     def poll(self, image: ImageJob) -> JobStatus | None:
         """The job's /status, or None when there is nothing to follow this pass."""

@@ -184,16 +184,22 @@ _sender = _Sender()
 
 
 def latest_only(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop events a later one in the list supersedes (an image's older update, an older batch
-    update): a client would discard them as stale anyway. Order is kept."""
+    """Drop events a newer one in the list supersedes (an image's older update, an older batch
+    update): a client would discard them as stale anyway. Newer means a higher seq, not later
+    in the list: events are queued after their transactions commit, so two threads of one
+    process may queue them out of seq order. What is left goes out in seq order."""
 
     def key(event: dict[str, Any]) -> tuple[str, Any]:
         if event.get("type") == "image.updated":
             return ("image", event["image"]["id"])
         return (str(event.get("type")), None)
 
-    last = {key(event): position for position, event in enumerate(events)}
-    return [event for position, event in enumerate(events) if last[key(event)] == position]
+    newest: dict[tuple[str, Any], dict[str, Any]] = {}
+    for event in events:
+        kept = newest.get(key(event))
+        if kept is None or event.get("seq", 0) > kept.get("seq", 0):
+            newest[key(event)] = event
+    return sorted(newest.values(), key=lambda event: event.get("seq", 0))
 
 
 class InOrder:
@@ -421,7 +427,7 @@ def _send_images_updated(batch_id: int | None, image_ids: list[int]) -> None:
 
 def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -> None:
     """Take the batch's next seq (locking its seq row), build the event from what the database
-    says under that lock, queue it, commit. When there is nothing to report (the row is gone),
+    says under that lock, commit, queue it. When there is nothing to report (the row is gone),
     roll back: a seq taken and never sent would leave every socket waiting on a gap."""
     with transaction.atomic():
         seq = Batch.objects.take_seqs(batch_id)
@@ -429,7 +435,8 @@ def _send_locked(batch_id: int, build: Callable[[int], dict[str, Any] | None]) -
         if event is None:
             transaction.set_rollback(True)
             return
-        send_event(batch_id, {**event, "seq": seq, "batch_id": batch_id})
+    # Queued once committed: a rolled-back seq is taken again by the next event.
+    send_event(batch_id, {**event, "seq": seq, "batch_id": batch_id})
 
 
 def _send_batch_updated(batch_id: int) -> None:

@@ -460,6 +460,11 @@ class ImageJobQuerySet(models.QuerySet["ImageJob"]):
         (a pass's completed panels all do): a statement per image held the image rows locked,
         and the pass's transaction open, that many round trips longer. An ending with an
         expression among its fields (F("...") + 1) is written on its own."""
+        ids = [ending.image_id for ending in endings]
+        if len(set(ids)) != len(ids):
+            # One row would be updated once and reported for both: both endings would count
+            # as won, and which one's fields were written would be PostgreSQL's choice.
+            raise ValueError("end_attempts: an image may end one attempt per call")
         won: set[int] = set()
         alike: dict[tuple[str, ...], list[AttemptEnding]] = {}
         for ending in endings:

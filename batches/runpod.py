@@ -107,6 +107,10 @@ class JobStatus:
         if error is not None and not isinstance(error, str):
             # Handlers may return structured errors; callers store and show a string.
             error = str(error)
+        if error is not None:
+            # PostgreSQL refuses a NUL in text: one in a job's error would roll back the whole
+            # pass that records it, again on every retry of the chunk.
+            error = error.replace("\x00", "")
         return cls(
             id=str(data["id"]),
             status=str(data["status"]),

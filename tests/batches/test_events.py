@@ -29,6 +29,16 @@ def test_nothing_is_dropped_without_a_newer_update() -> None:
     assert latest_only(events) == events
 
 
+def test_the_higher_seq_is_kept_even_when_it_was_queued_first() -> None:
+    # Events are queued after their transactions commit: two threads of one worker may queue
+    # an image's seq 11 before its seq 10. The client must get 11, in seq order.
+    events = [image_event(1, 11), image_event(2, 9), image_event(1, 10)]
+
+    kept = latest_only(events)
+
+    assert [(event["image"]["id"], event["seq"]) for event in kept] == [(2, 9), (1, 11)]
+
+
 def bundle(*seqs: int, covered: list[int] | None = None) -> dict:
     events = [image_event(seq, seq) for seq in seqs]
     return {"type": "batch.events", "events": events, "seqs": covered or list(seqs)}

@@ -103,6 +103,12 @@ def test_a_structured_error_is_kept_as_a_string() -> None:
     assert job.error == "{'error_type': 'OOM'}"
 
 
+def test_a_nul_in_an_error_is_dropped_postgresql_refuses_it_in_text() -> None:
+    job = JobStatus.from_json({"id": "x", "status": "FAILED", "error": "CUDA\x00 error"})
+
+    assert job.error == "CUDA error"
+
+
 def test_run_posts_input_webhook_and_policy_with_the_bearer_key(
     client: RunPodClient, mocked: responses.RequestsMock
 ) -> None:

@@ -108,6 +108,15 @@ def test_many_attempts_end_in_one_call_each_once_with_its_own_fields() -> None:
     assert rows[unconfirmed.pk].attempts_before_retry == 1
 
 
+def test_an_image_listed_twice_in_one_call_is_refused() -> None:
+    image = make_image(running=True)
+    twice = [AttemptEnding(image.pk, 1, image.runpod_job_id, {"status": "completed"})] * 2
+
+    with pytest.raises(ValueError, match="one attempt per call"):
+        ImageJob.objects.end_attempts(twice)
+    assert ImageJob.objects.get(pk=image.pk).status == ImageStatus.RUNNING
+
+
 def test_an_image_without_a_job_ends_once_and_an_image_with_one_does_not() -> None:
     image = make_image(submitted=True)
     on_runpod = make_image(on_runpod=True, batch=image.batch)
