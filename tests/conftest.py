@@ -4,6 +4,7 @@ a real Celery worker, daphne and the RunPod emulator, all as separate processes.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -265,6 +266,18 @@ def _stack_keeps_off(request: Any) -> Iterator[None]:
         yield
     finally:
         resume(stack.beat)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """COMICGEN_TEST_SHUFFLE=<seed>: run the tests in a random order (seeded, so a failing
+    order can be run again), across files and across pytest-django's grouping of database
+    tests, to catch a test that depends on what ran before it. (pytest-randomly is not a
+    dependency.)"""
+    seed = os.environ.get("COMICGEN_TEST_SHUFFLE")
+    if seed:
+        random.Random(int(seed)).shuffle(items)
+        config.get_terminal_writer().line(f"COMICGEN_TEST_SHUFFLE={seed}: tests in random order")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
