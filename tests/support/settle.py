@@ -46,19 +46,28 @@ def queue_keys() -> list[str]:
     ]
 
 
-def leftover_work() -> dict[str, int]:
+def unacked_tags() -> set[bytes]:
+    """The delivery tags of every task delivered and not yet acknowledged."""
+    from batches.flow import get_redis
+
+    return set(get_redis().hkeys(UNACKED_KEY))
+
+
+def leftover_work(dead: set[bytes] | frozenset[bytes] = frozenset()) -> dict[str, int]:
     """What the workers still have to do: queued tasks, delivered-but-unfinished tasks, chunk
-    leases. All zero when the stack is idle."""
+    leases. All zero when the stack is idle. `dead`: deliveries to workers a test killed,
+    which stay unacknowledged until the broker's visibility timeout (an hour) and are nobody's
+    work meanwhile."""
     from batches.flow import get_redis
 
     client = get_redis()
     pipe = client.pipeline(transaction=False)
     for key in queue_keys():
         pipe.llen(key)
-    pipe.hlen(UNACKED_KEY)
+    pipe.hkeys(UNACKED_KEY)
     *lengths, unacked = pipe.execute()
     leases = sum(1 for _ in client.scan_iter(LEASE_PATTERN, count=1000))
-    return {"queued": sum(lengths), "unacked": unacked, "leases": leases}
+    return {"queued": sum(lengths), "unacked": len(set(unacked) - dead), "leases": leases}
 
 
 def purge_broker() -> None:
@@ -87,12 +96,14 @@ def cancel_open_batches() -> int:
     return cancelled
 
 
-def wait_until_idle(timeout: float) -> dict[str, int] | None:
+def wait_until_idle(
+    timeout: float, dead: set[bytes] | frozenset[bytes] = frozenset()
+) -> dict[str, int] | None:
     """None once the workers have nothing left; what is left if they still have after
     `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        left = leftover_work()
+        left = leftover_work(dead)
         if not any(left.values()):
             return None
         if time.monotonic() >= deadline:
@@ -140,7 +151,7 @@ def settle_stack(stack: Any, test: str, timeout: float = SETTLE_TIMEOUT) -> None
     left: dict[str, int] | None
     try:
         cancelled = cancel_open_batches()
-        left = wait_until_idle(timeout)
+        left = wait_until_idle(timeout, stack.dead_deliveries)
     except Exception as error:  # a test that broke PostgreSQL or Redis for good
         left = {"error": 1}
         print(f"settling the stack after {test} failed: {error!r}")
@@ -151,6 +162,7 @@ def settle_stack(stack: Any, test: str, timeout: float = SETTLE_TIMEOUT) -> None
         stack.high_worker.kill()
         try:
             purge_broker()
+            stack.dead_deliveries.clear()
         finally:
             stack.restart_workers()
         REPORT.restarts.append(test)
