@@ -4,10 +4,11 @@ a real Celery worker, daphne and the RunPod emulator, all as separate processes.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -17,6 +18,14 @@ from rest_framework.test import APIClient
 from tests.factories import UserFactory
 from tests.support.emulator import EmulatorProcess, free_port
 from tests.support.processes import ServiceProcess, celery_beat, celery_worker, daphne
+from tests.support.settle import (
+    REPORT,
+    pause,
+    resume,
+    settle_stack,
+    unacked_tags,
+    wait_until_idle,
+)
 
 # What the worker process runs with: short delays so failure paths finish in seconds.
 WORKER_SETTINGS = {
@@ -117,15 +126,22 @@ class Stack:
     web_url: str
     env: dict[str, str]
     beat_dir: str
+    # What killed workers had been delivered: unacknowledged until the broker's visibility
+    # timeout, and nobody's work meanwhile (tests/support/settle.py does not wait for them).
+    dead_deliveries: set[bytes] = field(default_factory=set)
 
     def restart_worker(self) -> None:
         self.worker.kill()
+        # The high worker's own deliveries count among them too: it runs only short enqueue
+        # tasks, and settling then does not wait for one of those.
+        self.dead_deliveries |= unacked_tags()
         self.worker = celery_worker(self.env).start()
 
     def restart_workers(self, env: dict[str, str] | None = None) -> None:
         """SIGKILL both workers and start them again, with `env` from now on if given."""
         self.worker.kill()
         self.high_worker.kill()
+        self.dead_deliveries |= unacked_tags()
         self.env = env or self.env
         self.worker = celery_worker(self.env).start()
         self.high_worker = high_priority_worker(self.env).start()
@@ -177,7 +193,11 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
     high_worker = high_priority_worker(env).start()
     beat = celery_beat(env, beat_dir).start()
     running = Stack(emulator, worker, high_worker, beat, web, web_url, env, beat_dir)
+    global _session_stack
+    _session_stack = running
     yield running
+    _session_stack = None
+    resume(running.beat)  # in case a test's teardown never ran
     running.beat.stop()
     running.high_worker.stop()
     running.worker.stop()
@@ -193,9 +213,17 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
         )
 
 
+# The session's stack once an integration test has started it (see _stack_keeps_off).
+_session_stack: Stack | None = None
+
+
 @pytest.fixture
-def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
-    """An integration test: the stack, a clean emulator, and committed data the worker sees."""
+def live(stack: Stack, transactional_db: Any, settings: Any, request: Any) -> Iterator[Stack]:
+    """An integration test: the stack, a clean emulator, and committed data the worker sees.
+    Before and after it, the stack is settled (tests/support/settle.py): the workers have
+    nothing left of any other test, and after it, nothing left of this one (its unfinished
+    batches are cancelled) before its teardown empties the tables."""
+    settle_stack(stack, f"(before) {request.node.nodeid}")
     stack.emulator.reset()
     stack.emulator.configure(
         latency=0.05,
@@ -217,7 +245,59 @@ def live(stack: Stack, transactional_db: Any, settings: Any) -> Stack:
     for name, value in WORKER_SETTINGS.items():
         setattr(settings, name, type(getattr(settings, name))(value))
     fresh_connection()
-    return stack
+    yield stack
+    # A connection the test's faults ended would fail the cancels; a new one costs little.
+    fresh_connection()
+    settle_stack(stack, request.node.nodeid)
+
+
+def _is_transactional(request: Any) -> bool:
+    if "transactional_db" in request.fixturenames:
+        return True
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None:
+        return False
+    return bool(marker.kwargs.get("transaction", marker.args[0] if marker.args else False))
+
+
+@pytest.fixture(autouse=True)
+def _stack_keeps_off(request: Any) -> Iterator[None]:
+    """A transactional test that is not an integration test commits rows the session's stack
+    (started by an earlier integration test) can see, and run alone it has no stack at all. Its
+    beat is paused meanwhile, and the test starts once the workers are idle: otherwise the
+    sweeper (every COMICGEN_SWEEP_INTERVAL s) took the test's queued batches for lost ones and
+    ran them on the emulator, holding money on the test's images under it (a books check once
+    found one "holding 0.007750 while completed")."""
+    stack = _session_stack
+    if stack is None or "live" in request.fixturenames or not _is_transactional(request):
+        yield
+        return
+    pause(stack.beat)
+    try:
+        left = wait_until_idle(5.0, stack.dead_deliveries)  # a sweep ends in milliseconds
+        if left:
+            print(f"WARNING: the stack is not idle before {request.node.nodeid}: {left}")
+        yield
+    finally:
+        resume(stack.beat)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """COMICGEN_TEST_SHUFFLE=<seed>: run the tests in a random order (seeded, so a failing
+    order can be run again), across files and across pytest-django's grouping of database
+    tests, to catch a test that depends on what ran before it. (pytest-randomly is not a
+    dependency.)"""
+    seed = os.environ.get("COMICGEN_TEST_SHUFFLE")
+    if seed:
+        random.Random(int(seed)).shuffle(items)
+        config.get_terminal_writer().line(f"COMICGEN_TEST_SHUFFLE={seed}: tests in random order")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What settling the stack between integration tests cost (tests/support/settle.py)."""
+    for line in REPORT.lines():
+        terminalreporter.write_line(line)
 
 
 def fresh_connection() -> None:

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
@@ -17,19 +14,15 @@ from batches import events
 from batches.models import ImageJob, ImageStatus
 from comicgen.asgi import application
 from tests.factories import UserFactory
+from tests.support.asgi import async_test
 from tests.web.test_page_consumer import ORIGIN, make_batch, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test on asgiref's loop (the project needs no asyncio pytest plugin)."""
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        async_to_sync(test)(*args, **kwargs)
-
-    return wrapper
+# An async test on asgiref's loop, its consumers ended before the loop closes (see
+# tests/support/asgi.py: a refused socket's consumer once hung a test's shutdown).
+run_async = async_test
 
 
 async def connect(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Any:

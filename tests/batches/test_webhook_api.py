@@ -298,10 +298,15 @@ def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
     forged = url(batch.pk, 0, image.pk, 1, token=webhooks.webhook_token(batch.pk, 0, image.pk, 2))
     redis = flow.get_redis()
 
+    def stored() -> list[bytes]:
+        # Workers' heartbeats aside: the session's stack, when an integration test started it,
+        # keeps its own there.
+        return [key for key in redis.scan_iter("comicgen:*") if b":heartbeat:" not in key]
+
     assert_error(client.post(forged, job_status(), content_type="application/json"), 403)
-    assert list(redis.scan_iter("comicgen:*")) == []
+    assert stored() == []
 
     response = client.post(good, job_status(), content_type="application/json")
     assert response.status_code == 200
     assert response.json() == {"ok": True}
-    assert list(redis.scan_iter("comicgen:*")) != []
+    assert stored() != []

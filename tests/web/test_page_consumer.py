@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -22,6 +22,7 @@ from batches import events
 from batches.models import Batch, BatchStatus, ImageJob, ImageStatus
 from comicgen.asgi import application
 from tests.factories import UserFactory
+from tests.support.asgi import run_to_the_end
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,13 +65,10 @@ def communicator(batch_id: int, cookie: bytes | None = None, query: str = "") ->
     return WebsocketCommunicator(application, path, headers=headers)
 
 
-async def _await(coroutine: Any) -> Any:
-    return await coroutine
-
-
 def run(coroutine: Any) -> Any:
-    """Drive a scenario on asgiref's event loop (no pytest-asyncio in this project)."""
-    return async_to_sync(_await)(coroutine)
+    """Drive a scenario on asgiref's event loop (no pytest-asyncio in this project), ending the
+    consumers it leaves before the loop closes (tests/support/asgi.py says why)."""
+    return run_to_the_end(coroutine)
 
 
 def test_an_anonymous_visitor_is_refused_with_4401(user: Any) -> None:
