@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -61,7 +62,7 @@ def run_attempts(
 def test_holds_charges_and_releases_racing_on_one_budget_never_overspend(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    user = UserFactory()
+    user: Any = UserFactory()
     budget = services.get_budget(user)
     Budget.objects.filter(pk=budget.pk).update(limit=D("0.07"))
     batches = [make_batch(user, images=6) for _ in range(4)]
