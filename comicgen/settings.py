@@ -7,6 +7,7 @@ talks to it with no environment set. A bad value stops the process at start (see
 
 from __future__ import annotations
 
+import socket
 from decimal import Decimal
 from pathlib import Path
 
@@ -176,12 +177,27 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # A watcher that falls behind (a busy web process) gets its events late rather than
         # not at all: messages wait up to two minutes before the layer drops them.
-        # redis-py 8 reads with a 5 s socket timeout by default, and the layer waits for a
-        # message with a 5 s BZPOPMIN: under load the answer comes a hair after the socket
-        # gave up, the read raises TimeoutError and the WebSocket consumer dies with it. The
-        # socket timeout must be well above the layer's blocking read.
+        # No socket timeout on the layer's connections. redis-py 8's default (5 s) equals the
+        # layer's 5 s BZPOPMIN: under load the answer came a hair after the socket gave up and
+        # the WebSocket consumer died with it. And with any socket timeout, redis-py sends each
+        # command through asyncio.wait_for, which on Python 3.11 drops a cancel that arrives
+        # just as the send completes: a closed socket's consumer then kept its receive task,
+        # and a Redis connection, looping on BZPOPMIN for ever. BZPOPMIN's own timeout bounds
+        # each read; TCP keepalive finds a Redis that vanished without closing the connection.
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30, "socket_connect_timeout": 5}],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": None,
+                    "socket_connect_timeout": 5,
+                    "socket_keepalive": True,
+                    "socket_keepalive_options": {
+                        socket.TCP_KEEPIDLE: 30,
+                        socket.TCP_KEEPINTVL: 10,
+                        socket.TCP_KEEPCNT: 3,
+                    },
+                }
+            ],
             "capacity": 1000,
             "expiry": 120,
         },
