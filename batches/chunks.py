@@ -686,9 +686,10 @@ class ChunkRun:
     # --- writing what ended ------------------------------------------------------------------
 
     def write_endings(self, endings: list[Ending]) -> list[Ending]:
-        """End these attempts and charge what they ran, in one transaction: each image's
-        conditional UPDATE (exactly one of a webhook, a poll, a cancel or a redelivered task
-        wins), then budgets.charge_attempts for the winners with the sums. Returns the winners.
+        """End these attempts and charge what they ran, in one transaction: a conditional UPDATE
+        per image (ImageJobQuerySet.end_attempts, one statement for endings alike; exactly one
+        of a webhook, a poll, a cancel or a redelivered task wins each), then
+        budgets.charge_attempts for the winners with the sums. Returns the winners.
         Each charge is what billed_ms_of says at the GPU price."""
         if not endings:
             return []
