@@ -31,10 +31,18 @@ def test_reserve_charge_and_release_add_up_with_failures_retries_and_a_cancel(
     created = submit(
         api, ["one [fail:1]", "two", "three [fail:always]", *[f"p{n}" for n in range(12)]]
     )
-    wait_for(
-        lambda: Batch.objects.get(pk=created["id"]).images.filter(status="completed").count() >= 4,
-        timeout=60,
-    )
+
+    def failed_once_and_four_done() -> bool:
+        # The cancel must come after "one"'s failed attempt was charged: with 4 GPUs, the other
+        # chunk's jobs may be first in RunPod's queue, and four panels can be done before "one"
+        # has run at all (it would then be cancelled in the queue, rightly charged nothing).
+        images = Batch.objects.get(pk=created["id"]).images
+        one_failed = LedgerEntry.objects.filter(
+            image__batch_id=created["id"], image__prompt="one [fail:1]", kind="charge", attempt=1
+        ).exists()
+        return one_failed and images.filter(status="completed").count() >= 4
+
+    wait_for(failed_once_and_four_done, timeout=60)
     api.post(f"/api/v1/batches/{created['id']}/cancel/")
     batch = wait_for(lambda: finished(created["id"]), timeout=60)
 
