@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -248,6 +249,11 @@ class InOrder:
         return ready
 
 
+# How long a worker's announcer holds a batch update asked for without images (a finalize),
+# for the last panels another chunk thread committed just before to go out first.
+BATCH_UPDATE_GRACE = 0.1
+
+
 class _Announcer:
     """In a Celery worker, builds the events its chunk threads push, in a thread of its own.
 
@@ -262,10 +268,13 @@ class _Announcer:
     Like an event pushed after commit in the chunk's thread, what is queued here is lost if
     the process is killed before it is sent; a client's next snapshot catches up."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_update_grace: float = BATCH_UPDATE_GRACE) -> None:
+        self.batch_update_grace = batch_update_grace
         self._cond = threading.Condition()
         # batch id -> (image ids in the order announced, whether a batch update follows them)
         self._pending: dict[int, tuple[dict[int, None], bool]] = {}
+        # When a batch update with no images was asked for (see BATCH_UPDATE_GRACE).
+        self._batch_asked: dict[int, float] = {}
         self._busy = False
         self._stopping = False
         self.running = False
@@ -282,7 +291,32 @@ class _Announcer:
             ids, batch_already = self._pending.get(batch_id, ({}, False))
             ids.update(dict.fromkeys(image_ids))
             self._pending[batch_id] = (ids, batch_already or batch_too)
+            if batch_too:
+                self._batch_asked.setdefault(batch_id, time.monotonic())
             self._cond.notify_all()
+
+    def _take(self) -> tuple[dict[int, tuple[dict[int, None], bool]], float | None]:
+        """What to announce now, and how long until a held-back batch update is due (None when
+        none is held). A batch update asked for alone waits BATCH_UPDATE_GRACE: another chunk
+        thread may have committed its batch's last panels (which the finalize that asked for
+        the update saw) and not handed them over yet. Arriving meanwhile, they go out in the
+        same round, before it; without the wait the "completed" could overtake them, and a
+        client that stops at it would never see those panels finish."""
+        now = time.monotonic()
+        work: dict[int, tuple[dict[int, None], bool]] = {}
+        held: dict[int, tuple[dict[int, None], bool]] = {}
+        due: float | None = None
+        for batch_id, (ids, batch_too) in self._pending.items():
+            waited = now - self._batch_asked.get(batch_id, now)
+            if batch_too and not ids and not self._stopping and waited < self.batch_update_grace:
+                held[batch_id] = (ids, batch_too)
+                wait = self.batch_update_grace - waited
+                due = wait if due is None else min(due, wait)
+            else:
+                work[batch_id] = (ids, batch_too)
+                self._batch_asked.pop(batch_id, None)
+        self._pending = held
+        return work, due
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything announced has been handed to the sender."""
@@ -305,7 +339,12 @@ class _Announcer:
                     self.running = False
                     self._cond.notify_all()
                     return
-                work, self._pending, self._busy = self._pending, {}, True
+                work, due = self._take()
+                if not work:
+                    # Only held-back batch updates: wait for their time, or for more work.
+                    self._cond.wait(timeout=due)
+                    continue
+                self._busy = True
             try:
                 close_old_connections()
                 for batch_id, (image_ids, batch_too) in work.items():

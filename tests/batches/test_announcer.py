@@ -5,6 +5,7 @@ real channels-redis layer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,3 +76,35 @@ def test_the_announcer_sends_each_image_and_the_batch_update_after_its_images() 
     assert latest_second["counts"]["completed"] == 1
     assert len({event["seq"] for event in sent}) == len(sent)  # one seq each
     assert third.pk not in images
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(30)
+def test_a_finalize_s_batch_update_waits_for_panels_handed_over_just_after_it() -> None:
+    """Chunk A's finalize sees chunk B's last panel committed and asks for the batch update
+    before B's thread has handed that panel over: the panel's event must still go first, or a
+    client stopping at the batch's terminal event never sees that panel finish."""
+    batch = make_batch(completed=True)
+    last_panel = make_image(batch=batch, index=0, completed=True)
+    # A grace far longer than the moment between the two, so that the test does not hang on
+    # this machine's timing; without any, the announcer sends the update alone at once.
+    announcer = events._Announcer(batch_update_grace=3.0)
+    announcer.start()
+
+    def finalize_then_panel() -> None:
+        try:
+            announcer.add(batch.pk, [], batch_too=True)  # A's finalize
+            time.sleep(0.3)  # the announcer thread is awake and has taken the update by now
+            announcer.add(batch.pk, [last_panel.pk], batch_too=False)  # B's hand-over
+            assert announcer.flush()
+            assert events.flush_events()
+        finally:
+            connection.close()
+
+    try:
+        sent = sent_while(batch.pk, finalize_then_panel)
+    finally:
+        assert announcer.stop()
+
+    assert [event["type"] for event in sent] == ["image.updated", "batch.updated"]
+    assert sent[0]["image"]["id"] == last_panel.pk
