@@ -43,6 +43,24 @@ def sent_while(batch_id: int, announce: Callable[[], None]) -> list[dict[str, An
     return async_to_sync(watch)()
 
 
+def announced(announcer: events._Announcer, batch_id: int, hand_over: Callable[[], None]) -> Any:
+    """What a watcher receives (sent_while) while `hand_over` gives the started announcer its
+    work, in a thread of its own with its own connection; the announcer is stopped after."""
+
+    def then_flush() -> None:
+        try:
+            hand_over()
+            assert announcer.flush()
+            assert events.flush_events()
+        finally:
+            connection.close()
+
+    try:
+        return sent_while(batch_id, then_flush)
+    finally:
+        assert announcer.stop()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(30)
 def test_the_announcer_sends_each_image_and_the_batch_update_after_its_images() -> None:
@@ -52,21 +70,13 @@ def test_the_announcer_sends_each_image_and_the_batch_update_after_its_images() 
     announcer = events._Announcer()
     announcer.start()
 
-    def two_passes() -> None:  # in a thread of its own, with its own connection
-        try:
-            announcer.add(batch.pk, [first.pk], batch_too=False)
-            second.status = ImageStatus.COMPLETED
-            second.save(update_fields=["status"])
-            announcer.add(batch.pk, [second.pk, first.pk], batch_too=True)
-            assert announcer.flush()
-            assert events.flush_events()
-        finally:
-            connection.close()
+    def two_passes() -> None:
+        announcer.add(batch.pk, [first.pk], batch_too=False)
+        second.status = ImageStatus.COMPLETED
+        second.save(update_fields=["status"])
+        announcer.add(batch.pk, [second.pk, first.pk], batch_too=True)
 
-    try:
-        sent = sent_while(batch.pk, two_passes)
-    finally:
-        assert announcer.stop()
+    sent = announced(announcer, batch.pk, two_passes)
 
     images = [event["image"]["id"] for event in sent if event["type"] == "image.updated"]
     assert set(images) == {first.pk, second.pk}  # once or twice each: both were announced
@@ -92,19 +102,11 @@ def test_a_finalize_s_batch_update_waits_for_panels_handed_over_just_after_it() 
     announcer.start()
 
     def finalize_then_panel() -> None:
-        try:
-            announcer.add(batch.pk, [], batch_too=True)  # A's finalize
-            time.sleep(0.3)  # the announcer thread is awake and has taken the update by now
-            announcer.add(batch.pk, [last_panel.pk], batch_too=False)  # B's hand-over
-            assert announcer.flush()
-            assert events.flush_events()
-        finally:
-            connection.close()
+        announcer.add(batch.pk, [], batch_too=True)  # A's finalize
+        time.sleep(0.3)  # the announcer thread is awake and has taken the update by now
+        announcer.add(batch.pk, [last_panel.pk], batch_too=False)  # B's hand-over
 
-    try:
-        sent = sent_while(batch.pk, finalize_then_panel)
-    finally:
-        assert announcer.stop()
+    sent = announced(announcer, batch.pk, finalize_then_panel)
 
     assert [event["type"] for event in sent] == ["image.updated", "batch.updated"]
     assert sent[0]["image"]["id"] == last_panel.pk
