@@ -392,8 +392,8 @@ def flush_events(timeout: float = 5.0) -> bool:
 
 
 # Both pushes build their event once the caller's transaction commits, in a transaction of their
-# own: take the seq (locking the batch's seq row), read what the event reports, queue it,
-# commit. The lock is held for those few statements only, not for the rest of the caller's
+# own: take the seq (locking the batch's seq row), read what the event reports, commit, then
+# queue it. The lock is held for those few statements only, not for the rest of the caller's
 # transaction.
 
 
