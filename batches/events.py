@@ -271,10 +271,9 @@ class _Announcer:
     def __init__(self, batch_update_grace: float = BATCH_UPDATE_GRACE) -> None:
         self.batch_update_grace = batch_update_grace
         self._cond = threading.Condition()
-        # batch id -> (image ids in the order announced, whether a batch update follows them)
-        self._pending: dict[int, tuple[dict[int, None], bool]] = {}
-        # When a batch update with no images was asked for (see BATCH_UPDATE_GRACE).
-        self._batch_asked: dict[int, float] = {}
+        # batch id -> (image ids in the order announced, when a batch update to follow them was
+        # first asked for: None when none was)
+        self._pending: dict[int, tuple[dict[int, None], float | None]] = {}
         self._busy = False
         self._stopping = False
         self.running = False
@@ -288,11 +287,11 @@ class _Announcer:
 
     def add(self, batch_id: int, image_ids: list[int], *, batch_too: bool) -> None:
         with self._cond:
-            ids, batch_already = self._pending.get(batch_id, ({}, False))
+            ids, asked = self._pending.get(batch_id, ({}, None))
             ids.update(dict.fromkeys(image_ids))
-            self._pending[batch_id] = (ids, batch_already or batch_too)
-            if batch_too:
-                self._batch_asked.setdefault(batch_id, time.monotonic())
+            if batch_too and asked is None:
+                asked = time.monotonic()
+            self._pending[batch_id] = (ids, asked)
             self._cond.notify_all()
 
     def _take(self) -> tuple[dict[int, tuple[dict[int, None], bool]], float | None]:
@@ -304,17 +303,17 @@ class _Announcer:
         client that stops at it would never see those panels finish."""
         now = time.monotonic()
         work: dict[int, tuple[dict[int, None], bool]] = {}
-        held: dict[int, tuple[dict[int, None], bool]] = {}
+        held: dict[int, tuple[dict[int, None], float | None]] = {}
         due: float | None = None
-        for batch_id, (ids, batch_too) in self._pending.items():
-            waited = now - self._batch_asked.get(batch_id, now)
-            if batch_too and not ids and not self._stopping and waited < self.batch_update_grace:
-                held[batch_id] = (ids, batch_too)
-                wait = self.batch_update_grace - waited
+        for batch_id, (ids, asked) in self._pending.items():
+            # Only a batch update asked for alone (no panels with it) is held back.
+            alone = asked is not None and not ids and not self._stopping
+            wait = self.batch_update_grace - (now - asked) if asked is not None and alone else 0.0
+            if wait > 0:
+                held[batch_id] = (ids, asked)
                 due = wait if due is None else min(due, wait)
             else:
-                work[batch_id] = (ids, batch_too)
-                self._batch_asked.pop(batch_id, None)
+                work[batch_id] = (ids, asked is not None)
         self._pending = held
         return work, due
 
