@@ -128,6 +128,20 @@ def chunk_task_priority(chunk_no: int) -> int:
     return 0 if chunk_no == 0 else 3 if chunk_no == 1 else 6 if chunk_no < 4 else 9
 
 
+def send_by_name(name: str, args: tuple[Any, ...], queue: str | None = None) -> None:
+    """Send a task whose result nobody reads, by name (the web process does not import
+    batches.tasks, which imports the chunk engine).
+
+    ignore_result is passed with the message because a task sent by name is not known to
+    Celery in the sending process, so the task's own ignore_result does not apply: outside a
+    worker, Celery would then subscribe the sending thread to the task's result channel in
+    Redis. Under ASGI every request runs in a thread of its own, whose Celery result backend
+    is new each time: every submit paid for a new Redis connection and a SUBSCRIBE. No queue:
+    Celery's default queue."""
+    routing = {"queue": queue} if queue else {}
+    signature(name, args=args, ignore_result=True, **routing).apply_async()
+
+
 def chunk_signature(batch_id: int, chunk_no: int, queue: str) -> Any:
     """The task that runs a chunk, on its batch's priority queue (the name is the contract
     between this module and batches.tasks, which imports this one)."""

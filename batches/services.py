@@ -189,7 +189,7 @@ def enqueue_batch_later(batch_id: int, priority: str, chunks: list[int]) -> None
     lifetime (the broker's visibility timeout) to be noticed, as a lost chunk task does."""
     flow.mark_chunks_queued(batch_id, chunks)
     try:
-        signature(ENQUEUE_BATCH_TASK, args=(batch_id,), queue=ENQUEUE_QUEUE).apply_async()
+        flow.send_by_name(ENQUEUE_BATCH_TASK, (batch_id,), ENQUEUE_QUEUE)
     except Exception:
         flow.unmark_chunks_queued(batch_id, chunks)
         raise
@@ -281,7 +281,7 @@ def announce_images(batch: Batch, image_ids: list[int]) -> None:
     if not image_ids:
         return
     try:
-        signature(ANNOUNCE_IMAGES_TASK, args=(batch.pk, image_ids), queue=batch.priority).delay()
+        flow.send_by_name(ANNOUNCE_IMAGES_TASK, (batch.pk, image_ids), batch.priority)
     except Exception:  # the broker is down: pages catch up by snapshot and polling
         logger.warning("batch %s: could not queue events for %s images", batch.pk, len(image_ids))
 

@@ -30,7 +30,6 @@ import logging
 import re
 from typing import Any, NamedTuple
 
-from celery import current_app
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -225,7 +224,7 @@ def queue_late_charge(image_id: int, attempt: int, job_id: str) -> None:
     """Have a worker charge a job that reported after its attempt ended charged nothing (the
     task asks RunPod's /status first). Sent by name: the tasks module imports the chunk engine,
     which imports this module."""
-    current_app.send_task(CHARGE_LATE_JOB_TASK, args=(image_id, attempt, job_id))
+    flow.send_by_name(CHARGE_LATE_JOB_TASK, (image_id, attempt, job_id))
 
 
 # --- the mailbox --------------------------------------------------------------------------------
