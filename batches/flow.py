@@ -130,14 +130,12 @@ def chunk_task_priority(chunk_no: int) -> int:
 
 def send_by_name(name: str, args: tuple[Any, ...], queue: str | None = None) -> None:
     """Send a task whose result nobody reads, by name (the web process does not import
-    batches.tasks, which imports the chunk engine).
+    batches.tasks, which imports the chunk engine). No queue: Celery's default queue.
 
-    ignore_result is passed with the message because a task sent by name is not known to
-    Celery in the sending process, so the task's own ignore_result does not apply: outside a
-    worker, Celery would then subscribe the sending thread to the task's result channel in
-    Redis. Under ASGI every request runs in a thread of its own, whose Celery result backend
-    is new each time: every submit paid for a new Redis connection and a SUBSCRIBE. No queue:
-    Celery's default queue."""
+    ignore_result goes with the message: Celery does not know a task sent by name, so the
+    task's own ignore_result does not apply, and outside a worker Celery would subscribe the
+    sending thread to the task's result channel in Redis (a round trip, and under ASGI a new
+    connection, since every request has a thread of its own)."""
     routing = {"queue": queue} if queue else {}
     signature(name, args=args, ignore_result=True, **routing).apply_async()
 

@@ -212,6 +212,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = False
 CELERY_RESULT_EXPIRES = 24 * 3600
+# One result backend per process, shared by its threads (redis-py's client is thread-safe):
+# Celery otherwise builds one per thread, and under ASGI every request runs in a new thread,
+# so each submit built a backend (a Redis connection pool, a read of redis-py's package
+# metadata) just to send the enqueue task.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # With a Redis broker, a task whose countdown or ETA exceeds the visibility timeout is delivered
 # again (the broker takes the unacknowledged message for lost); every retry cap in
