@@ -297,6 +297,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "comicgen:cache",
+        # One connection pool per process, not per request's thread (comicgen/cache.py).
+        "OPTIONS": {"pool_class": "comicgen.cache.SharedConnectionPool"},
     }
 }
 
