@@ -11,7 +11,8 @@ Python's json module alone is not enough for input from strangers:
 
 `parse_json` refuses all of these with a `JSONBodyError` that carries a code and a sentence.
 `BoundedJSONParser` is the API's parser (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES); the RunPod
-webhook (batches/webhooks.py) uses `read_capped` and `parse_json` directly, with its own cap.
+webhook (batches/webhooks.py) uses `read_capped` (`receive_capped` where it is served as ASGI)
+and `parse_json` directly, with its own cap.
 
 The byte cap: DRF (3.16 and later) hands a JSONParser subclass `BytesIO(request.body)`, and
 Django's `request.body` refuses more than DATA_UPLOAD_MAX_MEMORY_SIZE bytes, by Content-Length
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from itertools import accumulate
 from typing import IO, Any
 
@@ -62,21 +63,28 @@ def too_large(limit: int) -> JSONBodyError:
     )
 
 
+def check_declared_length(declared_length: str | None, limit: int) -> None:
+    """Refuse a Content-Length that is not a count of bytes (400) or is over the limit (413),
+    before anything is read."""
+    if not declared_length:
+        return
+    try:
+        declared = int(declared_length)
+    except ValueError:
+        raise JSONBodyError(
+            "invalid_content_length", "The Content-Length header is not a number."
+        ) from None
+    if declared < 0:
+        raise JSONBodyError("invalid_content_length", "The Content-Length header is negative.")
+    if declared > limit:
+        raise too_large(limit)
+
+
 def read_capped(stream: IO[bytes] | Any, limit: int, declared_length: str | None = None) -> bytes:
     """At most `limit` bytes of a body. Refuses (413) a declared Content-Length over the limit
     without reading, and a body that turns out longer (chunked bodies declare none) after
     reading one byte past the limit, never more."""
-    if declared_length:
-        try:
-            declared = int(declared_length)
-        except ValueError:
-            raise JSONBodyError(
-                "invalid_content_length", "The Content-Length header is not a number."
-            ) from None
-        if declared < 0:
-            raise JSONBodyError("invalid_content_length", "The Content-Length header is negative.")
-        if declared > limit:
-            raise too_large(limit)
+    check_declared_length(declared_length, limit)
     chunks: list[bytes] = []
     received = 0
     # A socket-backed stream may return fewer bytes than asked: read until it ends or the cap.
@@ -89,6 +97,32 @@ def read_capped(stream: IO[bytes] | Any, limit: int, declared_length: str | None
     if received > limit:
         raise too_large(limit)
     return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body had arrived."""
+
+
+async def receive_capped(
+    receive: Callable[[], Awaitable[dict[str, Any]]], limit: int, declared_length: str | None
+) -> bytes:
+    """read_capped for an ASGI request: the body's messages until the last one, refused (413)
+    as soon as they add up to more than `limit` (the server decides how big each is, so at
+    most one message past the limit is held)."""
+    check_declared_length(declared_length, limit)
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def nesting_depth(text: str) -> int:

@@ -1,11 +1,16 @@
 """POST /api/v1/runpod/webhook/<batch>/<chunk>/<image>/<attempt>/<token>/: RunPod's report of a
 finished job. Unsigned, so open to anyone: the token is checked before the body is read, the
-body is capped and parsed with bounds, and anything malformed is a 4xx, never a 500."""
+body is capped and parsed with bounds, and anything malformed is a 4xx, never a 500.
+
+Every test that takes `client` runs twice: through Django (the test client, as a WSGI server
+would serve it) and through comicgen's ASGI application, where the webhook has an ASGI
+application of its own (batches.webhooks.asgi_webhook): both must answer alike."""
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -15,6 +20,7 @@ from batches import flow, webhooks
 from batches.models import Batch, ImageJob
 from batches.webhooks import runpod_webhook
 from tests.factories import UserFactory
+from tests.support.asgi_http import AsgiHttpClient
 
 BATCH, CHUNK, IMAGE, ATTEMPT = 7, 0, 70, 1
 
@@ -35,6 +41,12 @@ def job_status(**overrides: Any) -> dict[str, Any]:
         "output": {"images": ["data:image/png;base64,iVBORw0KGgo="], "seed": 42},
         **overrides,
     }
+
+
+@pytest.fixture(params=["django", "asgi"])
+def client(request: pytest.FixtureRequest) -> Any:
+    """Django's test client, or requests to the ASGI application as uvicorn sends them."""
+    return Client() if request.param == "django" else AsgiHttpClient()
 
 
 @pytest.fixture
@@ -59,8 +71,10 @@ class UnreadableBody(io.RawIOBase):
     readline = read  # type: ignore[assignment]
 
 
-def post_unread(path: str, content_length: int) -> Any:
-    """Call the view on a request whose body must not be read."""
+def post_unread(client: Any, path: str, content_length: int) -> Any:
+    """POST a request whose body must not be read."""
+    if isinstance(client, AsgiHttpClient):
+        return client.send("POST", path, None, length=content_length)
     request = RequestFactory().post(path, data=b"{}", content_type="application/json")
     request.META["CONTENT_LENGTH"] = str(content_length)
     request._stream = UnreadableBody()  # type: ignore[assignment]
@@ -72,7 +86,7 @@ def path_parts(path: str) -> list[str]:
     return path.strip("/").split("/")[-5:]
 
 
-def post_raw(client: Client, path: str, raw: bytes) -> Any:
+def post_raw(client: Any, path: str, raw: bytes) -> Any:
     return client.generic("POST", path, raw, content_type="application/json")
 
 
@@ -90,7 +104,7 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
 
 
 def test_it_hands_a_valid_report_to_the_service_with_the_attempt_and_token(
-    client: Client, received: list[tuple[Any, ...]]
+    client: Any, received: list[tuple[Any, ...]]
 ) -> None:
     payload = job_status()
     response = client.post(url(), payload, content_type="application/json")
@@ -113,7 +127,7 @@ def test_it_hands_a_valid_report_to_the_service_with_the_attempt_and_token(
     ],
 )
 def test_it_refuses_a_forged_webhook_token(
-    client: Client, received: list[tuple[Any, ...]], token: str
+    client: Any, received: list[tuple[Any, ...]], token: str
 ) -> None:
     response = client.post(url(token=token), job_status(), content_type="application/json")
 
@@ -122,7 +136,7 @@ def test_it_refuses_a_forged_webhook_token(
 
 
 def test_a_token_is_good_for_its_own_attempt_only(
-    client: Client, received: list[tuple[Any, ...]]
+    client: Any, received: list[tuple[Any, ...]]
 ) -> None:
     token = webhooks.webhook_token(BATCH, CHUNK, IMAGE, ATTEMPT)
     for batch, chunk, image, attempt in [
@@ -141,9 +155,9 @@ def test_a_token_is_good_for_its_own_attempt_only(
 
 
 def test_a_forged_token_is_refused_before_the_body_is_read(
-    received: list[tuple[Any, ...]],
+    client: Any, received: list[tuple[Any, ...]]
 ) -> None:
-    response = post_unread(url(token="f" * 32), content_length=60 * 1024 * 1024)
+    response = post_unread(client, url(token="f" * 32), content_length=60 * 1024 * 1024)
 
     assert_error(response, 403, "forbidden")
     assert received == []
@@ -161,13 +175,13 @@ def test_a_forged_token_is_refused_before_the_body_is_read(
     ],
 )
 def test_odd_path_numbers_are_a_json_404(
-    client: Client, received: list[tuple[Any, ...]], path: str
+    client: Any, received: list[tuple[Any, ...]], path: str
 ) -> None:
     assert_error(client.post(path, job_status(), content_type="application/json"), 404)
     assert received == []
 
 
-def test_it_takes_post_only(client: Client, received: list[tuple[Any, ...]]) -> None:
+def test_it_takes_post_only(client: Any, received: list[tuple[Any, ...]]) -> None:
     response = client.get(url())
 
     assert_error(response, 405, "method_not_allowed")
@@ -179,33 +193,39 @@ def test_it_takes_post_only(client: Client, received: list[tuple[Any, ...]]) -> 
 
 
 def test_an_oversized_content_length_is_refused_without_reading_the_body(
-    received: list[tuple[Any, ...]], settings: Any
+    client: Any, received: list[tuple[Any, ...]], settings: Any
 ) -> None:
     settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
-    response = post_unread(url(), content_length=64 * 1024 + 1)
+    response = post_unread(client, url(), content_length=64 * 1024 + 1)
 
     assert_error(response, 413, "payload_too_large")
     assert received == []
 
 
 def test_a_body_longer_than_declared_is_cut_at_the_cap(
-    received: list[tuple[Any, ...]], settings: Any
+    client: Any, received: list[tuple[Any, ...]], settings: Any
 ) -> None:
     """A chunked body declares no length: what arrives is counted."""
     settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
-    request = RequestFactory().post(url(), data=b"{}", content_type="application/json")
-    del request.META["CONTENT_LENGTH"]
     body = json.dumps(job_status(output={"images": ["A" * 200_000]})).encode()
-    request._stream = io.BytesIO(body)
-
-    response = runpod_webhook(request, *path_parts(url()))
+    response: Any
+    if isinstance(client, AsgiHttpClient):
+        pieces = [body[start : start + 16 * 1024] for start in range(0, len(body), 16 * 1024)]
+        response = client.send("POST", url(), pieces, length=None)
+        # Refused at the first message past the cap, the rest never taken.
+        assert client.pieces_read == 5
+    else:
+        request = RequestFactory().post(url(), data=b"{}", content_type="application/json")
+        del request.META["CONTENT_LENGTH"]
+        request._stream = io.BytesIO(body)
+        response = runpod_webhook(request, *path_parts(url()))
 
     assert_error(response, 413, "payload_too_large")
     assert received == []
 
 
 def test_a_body_at_the_cap_is_accepted(
-    client: Client, received: list[tuple[Any, ...]], settings: Any
+    client: Any, received: list[tuple[Any, ...]], settings: Any
 ) -> None:
     settings.COMICGEN_WEBHOOK_MAX_BYTES = 64 * 1024
     filler = json.dumps(job_status(output={"images": [""]}))
@@ -259,14 +279,14 @@ def test_the_default_cap_holds_the_largest_panel_the_api_allows(settings: Any) -
     ],
 )
 def test_a_malformed_body_with_a_good_token_is_a_400(
-    client: Client, received: list[tuple[Any, ...]], raw: bytes, code: str
+    client: Any, received: list[tuple[Any, ...]], raw: bytes, code: str
 ) -> None:
     assert_error(post_raw(client, url(), raw), 400, code)
     assert received == []
 
 
 def test_a_huge_string_or_array_within_the_cap_is_handed_on(
-    client: Client, received: list[tuple[Any, ...]]
+    client: Any, received: list[tuple[Any, ...]]
 ) -> None:
     """Size alone is the cap's business; the chunk judges the output's content."""
     raw = json.dumps(job_status(output={"images": ["x" * 1_000_000] + [0] * 100_000})).encode()
@@ -277,7 +297,7 @@ def test_a_huge_string_or_array_within_the_cap_is_handed_on(
 
 @pytest.mark.parametrize("status", ["IN_QUEUE", "IN_PROGRESS", "FAILED", "CANCELLED", "TIMED_OUT"])
 def test_every_runpod_status_is_accepted(
-    client: Client, received: list[tuple[Any, ...]], status: str
+    client: Any, received: list[tuple[Any, ...]], status: str
 ) -> None:
     response = client.post(url(), job_status(status=status), content_type="application/json")
 
@@ -285,9 +305,10 @@ def test_every_runpod_status_is_accepted(
     assert received[0][5]["status"] == status
 
 
-@pytest.mark.django_db
+# Transactional: through ASGI, the service runs in another thread, with its own connection.
+@pytest.mark.django_db(transaction=True)
 def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
-    client: Client,
+    client: Any,
 ) -> None:
     """Without the spy, on real PostgreSQL and Redis."""
     batch = Batch.objects.create(user=UserFactory(), title="webhook", status="running")
@@ -310,3 +331,28 @@ def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
     assert response.status_code == 200
     assert response.json() == {"ok": True}
     assert stored() != []
+
+
+# served as ASGI: what Django's request handling did there
+
+
+def test_through_asgi_a_host_not_allowed_is_refused(received: list[tuple[Any, ...]]) -> None:
+    response = AsgiHttpClient(host="attacker.example").post(url(), job_status())
+
+    assert_error(response, 400, "bad_host")
+    assert received == []
+
+
+def test_through_asgi_an_error_in_the_service_is_a_json_500_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("the service broke")
+
+    monkeypatch.setattr(webhooks, "receive_webhook", broken)
+    with caplog.at_level(logging.ERROR, logger="batches.webhooks"):
+        response = AsgiHttpClient().post(url(), job_status())
+
+    assert_error(response, 500, "server_error")
+    assert "webhook for image 70 attempt 1 failed" in caplog.text
+    assert "the service broke" in caplog.text

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from tests.batches.test_webhook_api import url
+from tests.support.asgi_http import AsgiHttpClient
 
 FORGED = "0123456789abcdef0123456789abcdef"
 
@@ -53,6 +54,18 @@ def test_a_real_token_with_a_bad_body_is_logged_without_the_token(
     assert "Bad Request: /api/v1/runpod/webhook/7/0/70/1/[redacted]/" in text
     assert "Not Found: /api/v1/runpod/webhook/7/0/70/1/[redacted]/[redacted]/" in text
     assert real not in text
+
+
+def test_a_refusal_served_as_asgi_is_logged_without_the_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="batches.webhooks"):
+        response = AsgiHttpClient().post(url(token=FORGED), {})
+
+    assert response.status_code == 403
+    text = logged_text(caplog)
+    assert "webhook refused 403 forbidden: /api/v1/runpod/webhook/7/0/70/1/[redacted]/" in text
+    assert FORGED not in text
 
 
 def test_paths_other_than_webhooks_are_logged_as_they_are(

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from comicgen.parsers import (
     MAX_JSON_DEPTH,
     BodyRefused,
     BoundedJSONParser,
+    ClientGone,
     JSONBodyError,
     nesting_depth,
     parse_json,
     read_capped,
+    receive_capped,
 )
 
 
@@ -125,6 +129,50 @@ def test_read_capped_stops_one_byte_past_the_cap_of_an_undeclared_body() -> None
 
 def test_read_capped_gathers_a_body_that_arrives_in_pieces() -> None:
     assert read_capped(TrickleStream(b"y" * 5000, step=7), 5000) == b"y" * 5000
+
+
+def messages(*pieces: bytes, disconnect: bool = False) -> Any:
+    """An ASGI `receive` giving these body pieces (then a disconnect, if asked), counting
+    what was taken in `receive.taken`."""
+    queue = [{"type": "http.request", "body": piece, "more_body": True} for piece in pieces]
+    if disconnect:
+        queue.append({"type": "http.disconnect"})
+    else:
+        queue[-1]["more_body"] = False
+
+    async def receive() -> dict[str, Any]:
+        receive.taken += 1  # type: ignore[attr-defined]
+        return queue.pop(0)
+
+    receive.taken = 0  # type: ignore[attr-defined]
+    return receive
+
+
+def test_receive_capped_gathers_the_pieces_of_a_body() -> None:
+    assert async_to_sync(receive_capped)(messages(b"ab", b"", b"cd"), 4, None) == b"abcd"
+
+
+def test_receive_capped_refuses_at_the_first_piece_past_the_cap() -> None:
+    receive = messages(b"x" * 3000, b"x" * 3000, b"x" * 3000)
+    with pytest.raises(JSONBodyError) as error:
+        async_to_sync(receive_capped)(receive, 5000, None)
+
+    assert error.value.status == 413
+    assert receive.taken == 2
+
+
+def test_receive_capped_refuses_a_declared_length_over_the_cap_without_receiving() -> None:
+    receive = messages(b"{}")
+    with pytest.raises(JSONBodyError) as error:
+        async_to_sync(receive_capped)(receive, 100, "101")
+
+    assert error.value.status == 413
+    assert receive.taken == 0
+
+
+def test_receive_capped_says_when_the_client_left() -> None:
+    with pytest.raises(ClientGone):
+        async_to_sync(receive_capped)(messages(b"{", disconnect=True), 100, None)
 
 
 def test_the_api_parser_caps_what_it_reads(settings: object) -> None:
