@@ -9,6 +9,7 @@ declared (a chunked body), or made to fail the test if anything reads it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -84,7 +85,9 @@ class AsgiHttpClient:
             if pieces is None:
                 raise BodyRead("the body was read")
             if self.pieces_read >= len(pieces):
-                return {"type": "http.disconnect"}
+                # The client waits for its answer: a server would send http.disconnect only
+                # once it has gone (Django listens for that while its view runs).
+                await asyncio.Event().wait()
             self.pieces_read += 1
             more = self.pieces_read < len(pieces)
             return {"type": "http.request", "body": pieces[self.pieces_read - 1], "more_body": more}
