@@ -51,9 +51,7 @@ def png_from_output(output: Any) -> bytes:
         data = fetch_image_url(first)
     else:
         data = decode_base64_image(first)
-    check_png(data)
-    if settings.COMICGEN_QUALITY_GATE:
-        check_not_blank(data)
+    check_png(data, quality_gate=settings.COMICGEN_QUALITY_GATE)
     return data
 
 
@@ -115,8 +113,10 @@ def fetch_image_url(url: str) -> bytes:
     return bytes(body)
 
 
-def check_png(data: bytes) -> None:
-    """Refuse anything but a whole, sane PNG, before it is stored or shown to anyone."""
+def check_png(data: bytes, *, quality_gate: bool = False) -> None:
+    """Refuse anything but a whole, sane PNG, before it is stored or shown to anyone; with the
+    quality gate, a blank one too (check_not_blank), measured on the pixels decoded here rather
+    than decoding them again."""
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise BadOutput("not a PNG")
     try:
@@ -133,6 +133,8 @@ def check_png(data: bytes) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
+                if quality_gate:
+                    check_not_blank(image)
     except BadOutput:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -146,15 +148,13 @@ def check_png(data: bytes) -> None:
 BLANK_CHECK_SIDE = 256
 
 
-def check_not_blank(data: bytes) -> None:
-    """Refuse a PNG whose every colour band is (nearly) one value: its standard deviation at or
-    under COMICGEN_BLANK_THRESHOLD levels of 255. Call after check_png (the bytes decode)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (BLANK_CHECK_SIDE, BLANK_CHECK_SIDE))
-        pixels = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        pixels.thumbnail((BLANK_CHECK_SIDE, BLANK_CHECK_SIDE), Image.Resampling.NEAREST)
-        spread = max(ImageStat.Stat(pixels).stddev)
-        extrema = pixels.getextrema()
+def check_not_blank(image: Image.Image) -> None:
+    """Refuse an image whose every colour band is (nearly) one value: its standard deviation at
+    or under COMICGEN_BLANK_THRESHOLD levels of 255. `image` is decoded (check_png)."""
+    pixels = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    pixels.thumbnail((BLANK_CHECK_SIDE, BLANK_CHECK_SIDE), Image.Resampling.NEAREST)
+    spread = max(ImageStat.Stat(pixels).stddev)
+    extrema = pixels.getextrema()
     # Exactly one colour is blank whatever the threshold (a threshold of 0 keeps only this).
     bands: Any = extrema if isinstance(extrema[0], tuple) else (extrema,)
     flat = all(low == high for low, high in bands)
