@@ -257,7 +257,8 @@ class RunPodClient:
             body["policy"] = policy
         data = self._request("POST", "run", json=body)
         job = self._job_from(data, "run")
-        logger.info("RunPod job %s submitted (%s)", job.id, job.status, extra={"job_id": job.id})
+        # Debug: at info, one line per panel (the job id is on the panel's row anyway).
+        logger.debug("RunPod job %s submitted (%s)", job.id, job.status, extra={"job_id": job.id})
         return job
 
     def status(self, job_id: str) -> JobStatus:
