@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, DecimalField, F, Value, When
+from django.db.models import F
 from django.utils import timezone
 
 from batches.models import BATCH_TERMINAL, Batch, BatchStatus, ImageJob, ImageVersion
@@ -240,14 +240,7 @@ def charge_attempts(batch_id: int, charges: list[Charge]) -> list[Charge]:
     cost = sum((charge.cost for charge in charged), ZERO)
     if not charged:
         return []
-    ImageJob.objects.filter(pk__in=[charge.image_id for charge in charged]).update(
-        cost=F("cost")
-        + Case(
-            *(When(pk=charge.image_id, then=Value(charge.cost)) for charge in charged),
-            default=Value(ZERO),
-            output_field=DecimalField(max_digits=12, decimal_places=6),
-        )
-    )
+    _add_image_costs(charged)
     Batch.objects.filter(pk=batch_id).update(
         reserved=F("reserved") - cost, held=F("held") - held, actual_cost=F("actual_cost") + cost
     )
@@ -257,6 +250,21 @@ def charge_attempts(batch_id: int, charges: list[Charge]) -> list[Charge]:
         spent=F("spent") + cost, reserved=F("reserved") - cost
     )
     return charged
+
+
+def _add_image_costs(charges: list[Charge]) -> None:
+    """Add each charge to its image's cost, in one UPDATE ... FROM VALUES. Plain SQL: built
+    through the ORM (a CASE with one WHEN per image), this statement cost the worker more CPU
+    than the rest of the pass's writes."""
+    table = ImageJob._meta.db_table
+    rows = ", ".join(["(%s::bigint, %s::numeric)"] * len(charges))
+    params = [value for charge in charges for value in (charge.image_id, charge.cost)]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS image SET cost = image.cost + charge.cost "
+            f"FROM (VALUES {rows}) AS charge (id, cost) WHERE image.id = charge.id",
+            params,
+        )
 
 
 def _within_budget(batch_id: int, charge: Charge) -> Charge:
