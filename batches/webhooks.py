@@ -33,11 +33,12 @@ import hmac
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from django.http.request import split_domain_port, validate_host
 from django.views.decorators.csrf import csrf_exempt
@@ -136,7 +137,8 @@ def check_before_body(method: str, parts: dict[str, str]) -> Attempt | Answer:
 
 
 def answer_body(attempt: Attempt, raw: bytes) -> Answer:
-    """Step 4 and receive_webhook, for a body read within the cap."""
+    """Step 4 and receive_webhook, for a body read within the cap. An error while handling it
+    is logged and answered 500 in JSON (RunPod tries a webhook again after one)."""
     try:
         payload = parse_json(raw)
     except JSONBodyError as error:
@@ -144,7 +146,13 @@ def answer_body(attempt: Attempt, raw: bytes) -> Answer:
     problem = webhook_payload_problem(payload)
     if problem:
         return refused("invalid_payload", problem, 400)
-    if not receive_webhook(*attempt, payload):
+    try:
+        known = receive_webhook(*attempt, payload)
+    except Exception:
+        logger.exception("webhook for image %s attempt %s failed", attempt.image_id,
+                         attempt.attempt)  # fmt: skip
+        return refused("server_error", "The webhook could not be handled; RunPod retries it.", 500)
+    if not known:
         return refused("not_found", "Unknown webhook.", 404)
     return Answer(200, {"ok": True})
 
@@ -178,6 +186,13 @@ def runpod_webhook(
     return json_response(answer_body(checked, raw))
 
 
+# The threads the webhook's database work runs in, apart from the event loop's default pool
+# (which also resolves host names for the channel layer's connections): webhooks waiting on the
+# database must not hold up a WebSocket connecting. Eight per process: each uses one database
+# connection at a time, well within COMICGEN_DB_POOL_SIZE.
+_webhook_threads = ThreadPoolExecutor(8, thread_name_prefix="webhook")
+
+
 async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The webhook as an ASGI application of its own (comicgen/asgi.py routes WEBHOOK_PATH
     here), answering as runpod_webhook does.
@@ -188,20 +203,22 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
     latency 0, those hops were over half of the web processes' CPU, the webhook's own work a
     tenth. None of that middleware does anything for a machine's POST of JSON (no session, no
     user, no CSRF, no page). Here the path, the token and the body are checked on the event
-    loop, and the rest runs in one hop to a thread of the loop's pool.
+    loop, and the rest runs in one hop to a thread of its own pool.
 
-    What Django's handling did that still matters is done here too: the Host header is checked
+    What Django's handling did that still matters is done here too: the host is checked
     against ALLOWED_HOSTS, database connections are handed back (to the pool) after the work,
-    and an error is logged and answered 500 in JSON."""
+    and a refusal is logged without the token. Behind a proxy that terminates TLS, Django's
+    SECURE_SSL_REDIRECT does not apply here (RunPod's URL is COMICGEN_PUBLIC_URL's, https in
+    production)."""
     match = WEBHOOK_PATH.fullmatch(scope["path"])
     assert match is not None, "comicgen/asgi.py routes only WEBHOOK_PATH here"
     headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                for name, value in scope.get("headers", [])}  # fmt: skip
     answer: Answer | None
-    if not host_allowed(headers.get("host", "")):
+    if not host_allowed(request_host(scope, headers)):
         answer = refused("bad_host", "This host name is not served here.", 400)
     else:
-        checked = check_before_body(scope.get("method", ""), match.groupdict())
+        checked = check_before_body(scope.get("method", "").upper(), match.groupdict())
         answer = checked if isinstance(checked, Answer) else None
     if answer is None:
         assert isinstance(checked, Attempt)
@@ -214,13 +231,15 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
         except JSONBodyError as error:
             answer = refused(error.code, error.detail, error.status)
         else:
-            answer = await sync_to_async(answer_body_in_a_thread, thread_sensitive=False)(
-                checked, raw
-            )
+            answer = await sync_to_async(
+                answer_body_in_a_thread, thread_sensitive=False, executor=_webhook_threads
+            )(checked, raw)
     if answer.status >= 400:
-        # As Django logs a refused request (the token left out: it is the proof).
+        # As Django logs a refused request: the token left out (it is the proof), and control
+        # characters escaped (the path is percent-decoded, so a %0A would start a forged line).
+        path = scope["path"].encode("unicode_escape").decode("ascii")
         logger.warning("webhook refused %s %s: %s", answer.status, answer.body.get("code"),
-                       redact_webhook_tokens(scope["path"]))  # fmt: skip
+                       redact_webhook_tokens(path))  # fmt: skip
     body = json.dumps(answer.body).encode()
     response_headers = [
         (b"content-type", b"application/json"),
@@ -235,17 +254,22 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def answer_body_in_a_thread(attempt: Attempt, raw: bytes) -> Answer:
-    """answer_body as Django runs a request: connections that went bad are dropped before, and
-    this thread's are handed back after (with CONN_MAX_AGE 0, to the pool)."""
-    close_old_connections()
+    """answer_body in a thread of _webhook_threads, its database connections closed after it
+    (handed back to the pool, which checks one before lending it again): the thread outlives
+    the request, and a connection kept in it would outlive what settings allow it."""
     try:
         return answer_body(attempt, raw)
-    except Exception:
-        logger.exception("webhook for image %s attempt %s failed", attempt.image_id,
-                         attempt.attempt)  # fmt: skip
-        return refused("server_error", "The webhook could not be handled; RunPod retries it.", 500)
     finally:
-        close_old_connections()
+        connections.close_all()
+
+
+def request_host(scope: dict[str, Any], headers: dict[str, str]) -> str:
+    """The host a request names, as Django's ASGIRequest reads it: the Host header, else the
+    server's own name and port."""
+    if "host" in headers:
+        return headers["host"]
+    server = scope.get("server") or ("", None)
+    return f"{server[0]}:{server[1]}" if server[1] is not None else str(server[0])
 
 
 def host_allowed(host: str) -> bool:

@@ -343,16 +343,35 @@ def test_through_asgi_a_host_not_allowed_is_refused(received: list[tuple[Any, ..
     assert received == []
 
 
-def test_through_asgi_an_error_in_the_service_is_a_json_500_and_logged(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_an_error_in_the_service_is_a_json_500_and_logged(
+    client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def broken(*args: Any) -> bool:
         raise RuntimeError("the service broke")
 
     monkeypatch.setattr(webhooks, "receive_webhook", broken)
     with caplog.at_level(logging.ERROR, logger="batches.webhooks"):
-        response = AsgiHttpClient().post(url(), job_status())
+        response = client.post(url(), job_status(), content_type="application/json")
 
     assert_error(response, 500, "server_error")
     assert "webhook for image 70 attempt 1 failed" in caplog.text
     assert "the service broke" in caplog.text
+
+
+def test_through_asgi_a_request_without_a_host_header_is_checked_by_the_servers_name(
+    received: list[tuple[Any, ...]],
+) -> None:
+    """As Django reads an HTTP/1.0 request: the server's own name and port."""
+    client = AsgiHttpClient(send_host_header=False)
+
+    assert client.post(url(), job_status()).status_code == 200
+    assert len(received) == 1
+
+
+def test_through_asgi_the_method_is_read_as_django_reads_it(
+    received: list[tuple[Any, ...]],
+) -> None:
+    response = AsgiHttpClient().send("post", url(), [json.dumps(job_status()).encode()])
+
+    assert response.status_code == 200
+    assert len(received) == 1

@@ -68,6 +68,18 @@ def test_a_refusal_served_as_asgi_is_logged_without_the_token(
     assert FORGED not in text
 
 
+def test_a_line_break_in_a_webhook_path_cannot_forge_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server hands over the path percent-decoded: %0A is a real line break there."""
+    forged = "x%0A2026-11-30 12:00:00,000 ERROR batches.tasks FORGED"
+    with caplog.at_level(logging.WARNING, logger="batches.webhooks"):
+        response = AsgiHttpClient().post(url(token=forged), {})
+
+    assert response.status_code == 403
+    assert "\n" not in logged_text(caplog)
+
+
 def test_paths_other_than_webhooks_are_logged_as_they_are(
     client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:

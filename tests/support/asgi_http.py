@@ -38,8 +38,9 @@ class BodyRead(AssertionError):
 class AsgiHttpClient:
     """Requests to comicgen.asgi's HTTP application, one event loop per request."""
 
-    def __init__(self, host: str = "testserver") -> None:
+    def __init__(self, host: str = "testserver", *, send_host_header: bool = True) -> None:
         self.host = host
+        self.send_host_header = send_host_header
 
     def post(self, path: str, data: Any, content_type: str = "application/json") -> AsgiResponse:
         raw = data if isinstance(data, bytes) else json.dumps(data).encode()
@@ -64,7 +65,9 @@ class AsgiHttpClient:
     ) -> AsgiResponse:
         """`pieces`: the body's messages, in order (None: reading the body fails the test).
         `length`: the Content-Length declared (None: none, as for a chunked body)."""
-        headers = [(b"host", self.host.encode()), (b"content-type", content_type.encode())]
+        headers = [(b"content-type", content_type.encode())]
+        if self.send_host_header:
+            headers.append((b"host", self.host.encode()))
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         scope = {
