@@ -16,16 +16,17 @@ import redis
 
 
 class SharedConnectionPool(redis.ConnectionPool):
-    _shared_pools: dict[str, redis.ConnectionPool] = {}
+    _shared_pools: dict[tuple[str, str], redis.ConnectionPool] = {}
     _shared_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Any:
-        """The process's pool for this URL (the options are the same for every cache object:
-        they come from settings), made on first use. redis-py's pool is thread-safe, and one
-        used in a forked child replaces its connections there."""
+        """The process's pool for this URL and these options (one per cache in CACHES), made on
+        first use. redis-py's pool is thread-safe, and one used in a forked child replaces its
+        connections there."""
+        key = (url, repr(sorted(kwargs.items(), key=lambda item: item[0])))
         with cls._shared_lock:
-            pool = cls._shared_pools.get(url)
+            pool = cls._shared_pools.get(key)
             if pool is None:
-                pool = cls._shared_pools[url] = redis.ConnectionPool.from_url(url, **kwargs)
+                pool = cls._shared_pools[key] = redis.ConnectionPool.from_url(url, **kwargs)
             return pool

@@ -24,3 +24,13 @@ def test_cache_objects_of_different_threads_share_one_connection_pool() -> None:
         thread.join()
 
     assert pools[0] is pools[1]
+
+
+def test_caches_with_other_options_get_pools_of_their_own() -> None:
+    from comicgen.cache import SharedConnectionPool
+
+    url = "redis://127.0.0.1:1/0"
+    one = SharedConnectionPool.from_url(url, socket_timeout=1)
+
+    assert SharedConnectionPool.from_url(url, socket_timeout=1) is one
+    assert SharedConnectionPool.from_url(url, socket_timeout=2) is not one
