@@ -257,8 +257,12 @@ def _add_image_costs(charges: list[Charge]) -> None:
     through the ORM (a CASE with one WHEN per image), this statement cost the worker more CPU
     than the rest of the pass's writes."""
     table = ImageJob._meta.db_table
-    rows = ", ".join(["(%s::bigint, %s::numeric)"] * len(charges))
-    params = [value for charge in charges for value in (charge.image_id, charge.cost)]
+    # One row per image: an UPDATE ... FROM applies only one of two rows naming the same one.
+    costs: dict[int, Decimal] = {}
+    for charge in charges:
+        costs[charge.image_id] = costs.get(charge.image_id, ZERO) + charge.cost
+    rows = ", ".join(["(%s::bigint, %s::numeric)"] * len(costs))
+    params = [value for image_id, cost in costs.items() for value in (image_id, cost)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} AS image SET cost = image.cost + charge.cost "

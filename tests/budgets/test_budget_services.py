@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -92,6 +92,34 @@ def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
     assert batch.actual_cost == D("0.001")
     assert batch.held == 0
     assert LedgerEntry.objects.filter(kind="charge", image=image).count() == 1
+
+
+@pytest.mark.django_db
+def test_two_attempts_of_one_image_charged_together_both_count_to_its_cost(user: Any) -> None:
+    batch = make_batch(user)
+    services.reserve_for_batch(batch, D("0.01"))
+    image = batch.images.first()
+    assert services.hold_for_attempt(batch.pk, D("0.008"))
+    charges = [
+        services.Charge(
+            image_id=image.pk,
+            attempt=attempt,
+            cost=cost,
+            hold=D("0.004"),
+            job_id=f"job-{attempt}",
+            billed_ms=100,
+        )  # fmt: skip
+        for attempt, cost in ((1, D("0.001")), (2, D("0.002")))
+    ]
+
+    with transaction.atomic():
+        charged = services.charge_attempts(batch.pk, charges)
+
+    assert len(charged) == 2
+    image.refresh_from_db()
+    batch.refresh_from_db()
+    assert image.cost == batch.actual_cost == D("0.003")
+    assert check_books() == []
 
 
 @pytest.mark.django_db
