@@ -74,12 +74,19 @@ def test_twenty_concurrent_submits_never_reserve_past_the_limit(
     assert accepted == int(D("0.05") // Batch.objects.first().estimated_cost)
 
 
-@pytest.mark.django_db
-def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
+def batch_holding(user: Any, hold: Decimal) -> tuple[Batch, ImageJob]:
+    """A batch reserving 0.01, holding `hold` for attempts of its first image."""
     batch = make_batch(user)
     services.reserve_for_batch(batch, D("0.01"))
+    assert services.hold_for_attempt(batch.pk, hold)
     image = batch.images.first()
-    assert services.hold_for_attempt(batch.pk, D("0.004"))
+    assert image is not None
+    return batch, image
+
+
+@pytest.mark.django_db
+def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
+    batch, image = batch_holding(user, D("0.004"))
 
     first = services.charge_attempt(image, 1, D("0.001"), D("0.004"))
     second = services.charge_attempt(image, 1, D("0.001"), D("0.004"))
@@ -96,19 +103,9 @@ def test_a_charge_for_one_attempt_happens_once(user: Any) -> None:
 
 @pytest.mark.django_db
 def test_two_attempts_of_one_image_charged_together_both_count_to_its_cost(user: Any) -> None:
-    batch = make_batch(user)
-    services.reserve_for_batch(batch, D("0.01"))
-    image = batch.images.first()
-    assert services.hold_for_attempt(batch.pk, D("0.008"))
+    batch, image = batch_holding(user, D("0.008"))
     charges = [
-        services.Charge(
-            image_id=image.pk,
-            attempt=attempt,
-            cost=cost,
-            hold=D("0.004"),
-            job_id=f"job-{attempt}",
-            billed_ms=100,
-        )  # fmt: skip
+        services.Charge(image.pk, attempt, cost, hold=D("0.004"), job_id=f"job-{attempt}")
         for attempt, cost in ((1, D("0.001")), (2, D("0.002")))
     ]
 
