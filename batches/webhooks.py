@@ -109,7 +109,7 @@ class Answer(NamedTuple):
 
 
 class Attempt(NamedTuple):
-    """The attempt a webhook's path names, its numbers checked, its token not yet."""
+    """The attempt a webhook's path names, its numbers and its token checked."""
 
     batch_id: int
     chunk_no: int
@@ -207,9 +207,9 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
     What Django's handling did that still matters is done here too: the host is checked
     against ALLOWED_HOSTS, database connections are handed back (to the pool) after the work,
-    and a refusal is logged without the token. Behind a proxy that terminates TLS, Django's
-    SECURE_SSL_REDIRECT does not apply here (RunPod's URL is COMICGEN_PUBLIC_URL's, https in
-    production)."""
+    and a refusal is logged without the token. Django's SECURE_SSL_REDIRECT does not apply
+    here: RunPod is given COMICGEN_PUBLIC_URL's https URL, and only a caller inside the
+    deployment reaches the web server's plain-HTTP port."""
     match = WEBHOOK_PATH.fullmatch(scope["path"])
     assert match is not None, "comicgen/asgi.py routes only WEBHOOK_PATH here"
     headers = {name.decode("latin-1").lower(): value.decode("latin-1")

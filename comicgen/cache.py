@@ -4,7 +4,7 @@ Django keeps a cache object per thread (per request context under ASGI), and eac
 Redis clients builds connection pools of its own. Under ASGI every request runs its sync code
 in a new thread, so every request that touched the cache (each API call, through DRF's
 throttle) opened a new TCP connection to Redis. CACHES' `pool_class` is this class, whose
-`from_url` lends the one pool made for that URL instead.
+`from_url` lends the one pool made for that URL and those options instead.
 """
 
 from __future__ import annotations
