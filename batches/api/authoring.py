@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -34,6 +33,7 @@ from batches.api.views import budget_exceeded_error, get_user_batch
 from batches.models import Batch, ImageJob
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
+from comicgen.streaming import streaming_response
 
 
 class RedrawSerializer(StrictSerializer):
@@ -194,7 +194,7 @@ class BatchExportView(APIView):
             body: Any = iter([pages.pdf_bytes(laid_out)])
         else:
             body = pages.cbz_stream(batch, laid_out)
-        response = StreamingHttpResponse(body, content_type=EXPORT_FORMATS[kind])
+        response = streaming_response(request, body, EXPORT_FORMATS[kind])
         name = pages.export_name(batch, kind)
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         response["X-Comicgen-Pages"] = str(len(laid_out))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.files.storage import default_storage
-from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -31,6 +30,7 @@ from batches.models import Batch, ImageJob, Priority
 from batches.permissions import PRIORITY_NOT_ALLOWED, may_submit_high_priority
 from budgets.services import BudgetExceeded
 from comicgen.errors import ApiError
+from comicgen.streaming import streaming_response
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -216,7 +216,7 @@ class BatchDownloadView(APIView):
         archive = ZipStream(compress_type=ZIP_STORED, sized=True)
         for arcname, name in files:
             archive.add_path(default_storage.path(name), arcname=arcname)
-        response = StreamingHttpResponse(archive, content_type="application/zip")
+        response = streaming_response(request, archive, "application/zip")
         response["Content-Length"] = str(len(archive))
         response["Content-Disposition"] = f'attachment; filename="batch-{batch.pk}.zip"'
         return response

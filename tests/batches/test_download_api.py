@@ -7,6 +7,8 @@ import zipfile
 from typing import Any
 
 import pytest
+import requests
+from rest_framework.authtoken.models import Token
 
 from tests.batches.test_pipeline import finished, submit
 from tests.conftest import wait_for
@@ -36,3 +38,21 @@ def test_it_answers_409_before_any_panel_exists(api: Any) -> None:
 
     assert response.status_code == 409
     assert response.json()["code"] == "not_ready"
+
+
+def test_the_web_server_streams_the_zip_whole(live: Any, api: Any, user: Any) -> None:
+    """Through the real web server (ASGI), where the parts are handed over one at a time."""
+    created = submit(api, ["first", "second"])
+    wait_for(lambda: finished(created["id"]), timeout=60)
+    token = Token.objects.create(user=user)
+
+    response = requests.get(
+        f"{live.web_url}/api/v1/batches/{created['id']}/download/",
+        headers={"Authorization": f"Token {token.key}"}, timeout=30,
+    )  # fmt: skip
+
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content)
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.namelist() == ["panel-001.png", "panel-002.png"]
+    assert all(archive.read(name).startswith(b"\x89PNG") for name in archive.namelist())
