@@ -39,7 +39,7 @@ django_asgi_app: Any = OneHopASGIHandler()
 from django.conf import settings  # noqa: E402
 
 if settings.COMICGEN_SERVE_STATIC:
-    # The pages' CSS and htmx come from the app's own static files (no CDN); daphne serves
+    # The pages' CSS and htmx come from the app's own static files (no CDN); uvicorn serves
     # none by itself, so without this the dev stack and the browser tests get bare HTML.
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 

@@ -152,7 +152,7 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(BASE_DIR / ".local" / "media")))
 COMICGEN_PANEL_URL_MAX_AGE = env_int(
     "COMICGEN_PANEL_URL_MAX_AGE", 3600, minimum=60, maximum=7 * 24 * 3600
 )
-# Who sends the bytes once access is checked: empty, Django streams the file (dev stack, daphne
+# Who sends the bytes once access is checked: empty, Django streams the file (dev stack, uvicorn
 # alone); `X-Accel-Redirect`, nginx, from an `internal` location at COMICGEN_SENDFILE_PREFIX
 # aliased to MEDIA_ROOT; `X-Sendfile`, Apache's mod_xsendfile (or lighttpd), by file path.
 _SENDFILE_HEADERS = {"": "", "x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
@@ -168,7 +168,7 @@ if not (COMICGEN_SENDFILE_PREFIX.startswith("/") and COMICGEN_SENDFILE_PREFIX.en
         f"COMICGEN_SENDFILE_PREFIX={COMICGEN_SENDFILE_PREFIX!r}: expected a path such as "
         "/protected-media/ (starting and ending with /)"
     )
-# Static files (CSS, htmx) likewise: daphne serves no files of its own, so asgi.py wraps the
+# Static files (CSS, htmx) likewise: uvicorn serves no files of its own, so asgi.py wraps the
 # app in Django's static handler when this is on. Behind a real web server, turn it off.
 COMICGEN_SERVE_STATIC = env_bool("COMICGEN_SERVE_STATIC", True)
 
