@@ -177,6 +177,14 @@ local user, ceiling = ARGV[6], tonumber(ARGV[7])
 if redis.call('EXISTS', key(ep, 'built')) == 0 then return -1 end
 prune(ep)
 local slots = key(ep, 'slots')
+-- What the other waiters are does not change during this call (only this user's share does):
+-- the higher priorities' waiters are counted once, and this priority's users ranked once.
+local higher = 0
+for _, p in ipairs(PRIORITIES) do
+  if p == priority then break end
+  higher = higher + redis.call('ZCARD', key(ep, 'waiters:' .. p))
+end
+local order, ranks
 local granted = 0
 for i = 8, #ARGV - 1 do
   local member = ARGV[i]
@@ -184,13 +192,12 @@ for i = 8, #ARGV - 1 do
     redis.call('ZADD', slots, now + lease, member)
   else
     local free = target_of(ep, ceiling) - redis.call('ZCARD', slots)
-    local ahead = 0
-    for _, p in ipairs(PRIORITIES) do
-      if p == priority then break end
-      ahead = ahead + redis.call('ZCARD', key(ep, 'waiters:' .. p))
-    end
+    local ahead = higher
     if free > ahead then
-      local _, order, ranks = waiting_users(ep, priority)
+      if not order then
+        local _by_user
+        _by_user, order, ranks = waiting_users(ep, priority)
+      end
       local mine = rank(ep, user)
       for _, other in ipairs(order) do
         if other ~= user and before(ranks[other], mine) then ahead = ahead + 1 end
