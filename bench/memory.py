@@ -1,6 +1,7 @@
-"""8. Memory: peak RSS (VmHWM, summed over each process tree) of the web process (daphne) and
-the Celery worker, after a 1,000-image batch and then a 10,000-image batch at zero latency
-(256x256). The emulator keeps results for --result-ttl only (lowered here to 20 s).
+"""8. Memory: peak RSS (VmHWM, summed over each process tree) of the web server (uvicorn and its
+worker processes) and of the Procfile's `worker` line (its Celery processes, summed too), after
+a 1,000-image batch and then a 10,000-image batch at zero latency (256x256). The emulator keeps
+results for --result-ttl only (lowered here to 20 s).
 
 VmHWM is a high-water mark, so the 1,000 figure is read before the 10,000 batch starts. The
 10,000 batch is given PROCESS_SECONDS (60 s) to run; how far it got is reported with the figures.
@@ -26,7 +27,7 @@ def main() -> dict[str, object]:
     )
     results = {}
     with Stack(config) as stack:
-        baseline = {name: stack.services[name].memory_mb() for name in ("web", "worker")}
+        baseline = {name: stack.memory_mb(name) for name in ("web", "worker")}
         for size in SIZES:
             start = time.time()
             batch = stack.submit(size, prefix=f"memory {size}")
@@ -51,8 +52,8 @@ def main() -> dict[str, object]:
                 batch["id"],
             )[0][0]
             results[size] = {
-                "web": stack.services["web"].memory_mb(),
-                "worker": stack.services["worker"].memory_mb(),
+                "web": stack.memory_mb("web"),
+                "worker": stack.memory_mb("worker"),
                 "completed": done, "finished": finished, "status": row["status"],
                 "seconds": round(time.time() - start, 1), "snapshot_s": snapshot_s,
             }  # fmt: skip

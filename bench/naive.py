@@ -1,7 +1,7 @@
 """3. The naive way: what a user writes first, one task per image that calls /run and then
 polls /status every second until the job ends, then stores the PNG.
 
-"One task per image" is a thread pool as large as the Celery worker's concurrency (16): each
+"One task per image" is a thread pool as large as the Celery workers' threads (16 in all): each
 thread takes one image at a time, like 16 Celery threads each running one image task. No
 in-flight limiter, no webhooks, no retries: a faithful first draft, not a straw man (the HTTP
 session is pooled and the PNG is decoded and written to disk, as ours does).

@@ -38,8 +38,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 LIB = ROOT / "scripts" / "lib.sh"
-# The Procfile's worker concurrency (COMICGEN_WORKER_CONCURRENCY default) and high worker's.
-WORKER_CONCURRENCY = int(os.environ.get("COMICGEN_WORKER_CONCURRENCY", "16"))
+# As `make dev` runs the Procfile: COMICGEN_WORKER_PROCESSES Celery workers (scripts/dev.sh's
+# default) of COMICGEN_WORKER_CONCURRENCY threads each (the Procfile's), and the high worker's.
+WORKER_PROCESSES = int(os.environ.get("COMICGEN_WORKER_PROCESSES", "2"))
+WORKER_CONCURRENCY = int(os.environ.get("COMICGEN_WORKER_CONCURRENCY", "8"))
+# Names of the worker services, as honcho names them.
+WORKERS = tuple(f"worker.{number}" for number in range(1, WORKER_PROCESSES + 1))
 HIGH_WORKER_CONCURRENCY = 4
 TERMINAL = {"completed", "partial", "failed", "cancelled"}
 SMALL_PARAMS = {"width": 256, "height": 256, "steps": 4}
@@ -282,9 +286,12 @@ class Stack:
             # The Procfile's own line, through bash as honcho runs it: the bench measures
             # the web server `make dev` and the tests run.
             "web": ["bash", "-c", "exec " + procfile_command("web")],
-            "worker": [supervise, celery, "-A", "comicgen", "worker", "--pool", "threads",
+            **{
+                name: [supervise, celery, "-A", "comicgen", "worker", "--pool", "threads",
                        "--concurrency", str(WORKER_CONCURRENCY), "-Q", "high,normal,low",
-                       "-n", "worker@%h", "--loglevel", "INFO"],
+                       "-n", f"{name}@%h", "--loglevel", "INFO"]
+                for name in WORKERS
+            },
             "worker_high": [supervise, celery, "-A", "comicgen", "worker", "--pool", "threads",
                             "--concurrency", str(HIGH_WORKER_CONCURRENCY), "-Q", "high",
                             "-n", "high@%h", "--loglevel", "INFO"],
@@ -301,12 +308,12 @@ class Stack:
         self.services["web"].wait_for(
             lambda: requests.get(f"{self.web_url}/admin/login/", timeout=1).status_code == 200
         )
-        for name in ("worker", "worker_high"):
+        for name in (*WORKERS, "worker_high"):
             self.services[name].wait_for(lambda name=name: " ready." in self.services[name].log())
         self.startup_seconds = time.monotonic() - started
 
     def stop(self) -> None:
-        for name in ("beat", "worker_high", "worker", "web", "emulator"):
+        for name in ("beat", "worker_high", *WORKERS, "web", "emulator"):
             if name in self.services:
                 self.services[name].stop()
         if self._started_db:
@@ -316,6 +323,14 @@ class Stack:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # the emulator's control plane
+
+    def memory_mb(self, name: str) -> dict[str, float]:
+        """A service's memory (Service.memory_mb); "worker" is every worker process's summed,
+        what the host pays for the Procfile's `worker` line."""
+        if name != "worker":
+            return self.services[name].memory_mb()
+        each = [self.services[worker].memory_mb() for worker in WORKERS]
+        return {key: round(sum(figures[key] for figures in each), 1) for key in each[0]}
 
     def emulator_stats(self) -> dict[str, Any]:
         return requests.get(f"{self.emulator_url}/_emulator/stats", timeout=10).json()

@@ -64,6 +64,8 @@ start_redis "$DATA/redis" "$COMICGEN_REDIS_PORT"
 "$PY" manage.py ensure_demo_users --url "http://$COMICGEN_WEB_HOST:$COMICGEN_WEB_PORT"
 echo "    Stop everything with Ctrl-C. Data stays in $DATA for the next run." >&2
 
-PATH="$VENV/bin:$PATH" setsid "$VENV/bin/honcho" -f "$ROOT/Procfile" start &
+# Two Celery worker processes by default: see the Procfile's comment on `worker`.
+PATH="$VENV/bin:$PATH" setsid "$VENV/bin/honcho" -f "$ROOT/Procfile" start \
+    --concurrency "worker=${COMICGEN_WORKER_PROCESSES:-2}" &
 stack_pid=$!
 wait "$stack_pid"

@@ -139,6 +139,10 @@ def test_the_dev_stack_rides_out_a_redis_restart_and_ctrl_c_stops_all_of_it(
     dev_stack: DevStack,
 ) -> None:
     assert submit_and_finish(dev_stack.web, dev_stack.token, "before")["status"] == "completed"
+    # Two Celery processes on the Procfile's `worker` line, each under a name of its own (the
+    # heartbeat /health/ reads is keyed by it), besides the high-queue worker.
+    ready = set(re.findall(r"\b(worker\.\d+|high)@\S+ ready\.", dev_stack.log))
+    assert ready == {"worker.1", "worker.2", "high"}, dev_stack.log[-3000:]
 
     # Redis dies and comes back empty, as a crash or `redis-cli shutdown` would leave it.
     redis_dir = dev_stack.data / "dev" / "redis"
