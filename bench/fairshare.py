@@ -3,11 +3,14 @@ batch runs, on 20 GPUs x 0.5 s, default settings. Time from its POST to its fini
 
 Within a priority, freed slots go to the waiting users in turn (batches/limiter.py), so B's ten
 panels take every other slot A's batch frees instead of waiting behind A's 490 others.
-Target: B within 2 x its time alone.
+Target: B within 2 x its time alone, and alone done <= 1.0 s after its POST. Each is timed
+RUNS times (alone, then beside A's batch, which still runs after the last) and the medians are
+compared: one sample of each gave ratios from 1.73 to 2.50 for the same code.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 from typing import Any
@@ -19,6 +22,8 @@ from bench.stack import ROOT, VENV_BIN, Stack, StackConfig, report, verdict
 WORKERS = 20
 LATENCY = 0.5
 BIG, SMALL = 500, 10
+# B's batch is timed this many times alone and as many beside A's; the medians are compared.
+RUNS = 3
 TARGET = 2.0
 
 _CREATE_AUTHOR = """
@@ -51,33 +56,47 @@ def main() -> dict[str, Any]:
     config = StackConfig(emulator={"workers": WORKERS, "latency": LATENCY})
     with Stack(config) as stack:
         author_b = second_author(stack)
-        stack.submit(5, prefix="warm-up")
+        stack.warm_up()
         time.sleep(3)
-        alone = timed_small(stack, author_b, "alone")
-        time.sleep(1)
+        alone = []
+        for number in range(RUNS):
+            alone.append(timed_small(stack, author_b, f"alone {number}"))
+            time.sleep(1)
         big = stack.submit(BIG, prefix="author A")
         time.sleep(3)  # A's batch holds every slot by now
-        shared = timed_small(stack, author_b, "beside A")
+        shared = []
+        for number in range(RUNS):
+            shared.append(timed_small(stack, author_b, f"beside A {number}"))
+            time.sleep(1)
+        # Every B beside A counts only if A's batch was still running when it ended.
+        a_status = stack.batch_row(big["id"])["status"]
         done = stack.sql(
             "SELECT count(*) FROM batches_imagejob WHERE batch_id = %s AND status = 'completed'",
             big["id"],
         )[0][0]
         stack.session.post(f"{stack.web_url}/api/v1/batches/{big['id']}/cancel/", timeout=30)
-    ratio = shared / alone
+    ratio = statistics.median(shared) / statistics.median(alone)
     figures = {
         "emulator_workers": WORKERS, "latency_s": LATENCY, "big_batch": BIG, "small_batch": SMALL,
-        "alone_s": round(alone, 3), "beside_big_s": round(shared, 3), "ratio": round(ratio, 3),
-        "big_completed_meanwhile": done,
+        "runs": RUNS, "alone_s": [round(value, 3) for value in alone],
+        "beside_big_s": [round(value, 3) for value in shared], "ratio": round(ratio, 3),
+        "big_completed_meanwhile": done, "big_status_after": a_status,
     }  # fmt: skip
+    seconds = " / ".join
     report(
         "fairshare",
         [
-            ("B's 10 panels alone (s)", alone, "", ""),
-            ("B's 10 panels beside A's 500 (s)", shared, "", ""),
-            ("beside / alone", ratio, "<= 2", verdict(ratio <= TARGET)),
+            ("B's 10 panels alone, median (s)", statistics.median(alone), "<= 1.0",
+             verdict(statistics.median(alone) <= 1.0)),
+            ("  each run (s)", seconds(f"{value:.2f}" for value in alone), "", ""),
+            ("B's 10 panels beside A's 500, median (s)", statistics.median(shared), "", ""),
+            ("  each run (s)", seconds(f"{value:.2f}" for value in shared), "", ""),
+            ("A's batch still running after them", a_status == "running", "True",
+             verdict(a_status == "running")),
+            ("beside / alone (medians)", ratio, "<= 2", verdict(ratio <= TARGET)),
         ],
         figures,
-    )
+    )  # fmt: skip
     return figures
 
 

@@ -79,7 +79,7 @@ def fixed_endpoints() -> dict[str, Any]:
     config = StackConfig(emulator={"workers": 20, "latency": LATENCY})
     figures: dict[str, Any] = {}
     with Stack(config) as stack:
-        stack.submit(5, prefix="warm-up")  # first-request costs (imports, connections)
+        stack.warm_up()
         time.sleep(3)
         ours, row = timed_batch(stack, "makespan-20")
         stats = stack.emulator_stats()

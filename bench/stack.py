@@ -42,6 +42,8 @@ LIB = ROOT / "scripts" / "lib.sh"
 # default) of COMICGEN_WORKER_CONCURRENCY threads each (the Procfile's), and the high worker's.
 WORKER_PROCESSES = int(os.environ.get("COMICGEN_WORKER_PROCESSES", "2"))
 WORKER_CONCURRENCY = int(os.environ.get("COMICGEN_WORKER_CONCURRENCY", "8"))
+# The settings' COMICGEN_CHUNK_SIZE default: images per chunk task.
+CHUNK_SIZE = 10
 # Names of the worker services, as honcho names them.
 WORKERS = tuple(f"worker.{number}" for number in range(1, WORKER_PROCESSES + 1))
 HIGH_WORKER_CONCURRENCY = 4
@@ -359,6 +361,18 @@ class Stack:
         if response.status_code != 202:
             raise RuntimeError(f"submit: HTTP {response.status_code} {response.text[:500]}")
         return response.json()
+
+    def warm_up(self) -> None:
+        """Run a batch of one chunk per worker thread to its end before anything is measured, so
+        that every worker process has run chunks (imports done, connection pool opened, its
+        event announcer connected): a stack that has been up for a while. A 5-panel warm-up
+        reached one worker process of two, and the other paid for its first chunks inside the
+        measured run."""
+        batch = self.submit(WORKER_PROCESSES * WORKER_CONCURRENCY * CHUNK_SIZE, prefix="warm-up")
+        self.wait_terminal(batch["id"], timeout=300)
+        cold = [name for name in WORKERS if "process_chunk_task" not in self.services[name].log()]
+        if cold:
+            raise RuntimeError(f"the warm-up ran no chunk in {', '.join(cold)}")
 
     def new_session(self) -> requests.Session:
         session = requests.Session()

@@ -62,8 +62,8 @@ def main() -> dict[str, object]:
         env={"RUNPOD_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT), "COMICGEN_MAX_BATCH_IMAGES": "20000"},
     )
     with Stack(config) as stack:
-        stack.submit(5, prefix="warm-up")
-        time.sleep(3)
+        stack.warm_up()
+        time.sleep(10)  # the warm-up's /run calls leave RunPod's rate-limit window
         as_runpod = one_run(stack, "throughput")
         stack.configure_emulator(rate_limit_run=0)
         time.sleep(10)  # the first run's /run calls leave the limiter's window either way
