@@ -10,12 +10,13 @@ Per endpoint (`comicgen:limiter:<endpoint>:...`):
 - `target`: how many jobs to keep in flight, published by batches.capacity from the endpoint's
   /health and capped by RUNPOD_MAX_IN_FLIGHT (the ceiling, used alone while no target is known);
 - per priority, the waiters refused a slot (`waiters:<p>`, a chunk each, expiring unless they
-  keep asking) and the user each belongs to (`wuser:<p>`). A slot goes to high before normal
-  before low; within a priority, to the waiting user who holds the fewest slots, and between
-  users who hold as many, to the one served least recently (`served`). So a second author's
-  small batch takes the slots the first author's big one frees until both hold as many (or
-  the small one needs no more), and from then on they take turns: one author's 500 panels
-  never make another's 10 wait behind them;
+  keep asking), the user each belongs to (`wuser:<p>`) and how many slots it still wants
+  (`wneed:<p>`: the images of its request from the first one refused). A slot goes to high
+  before normal before low; within a priority, to the waiting user who holds the fewest slots,
+  and between users who hold as many, to the one served least recently (`served`). So a second
+  author's small batch takes the slots the first author's big one frees until both hold as
+  many (or the small one needs no more), and from then on they take turns: one author's 500
+  panels never make another's 10 wait behind them;
 - a waiter is a Redis list key its chunk sleeps on (BLPOP): freeing a slot pushes to the lists
   of the waiters next in line, so a chunk takes a freed slot within milliseconds, not a poll.
 
@@ -89,6 +90,7 @@ local function prune(ep)
     local gone = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
     if #gone > 0 then
       remove_all('HDEL', key(ep, 'wuser:' .. p), gone)
+      remove_all('HDEL', key(ep, 'wneed:' .. p), gone)
       redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
     end
   end
@@ -115,25 +117,29 @@ local function before(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
 
--- The waiting chunks of a priority grouped by user, and those users in turn order.
+-- The waiting chunks of a priority grouped by user, those users in turn order, their ranks and
+-- how many slots each user's waiters still want.
 local function waiting_users(ep, p)
   local owners = redis.call('HGETALL', key(ep, 'wuser:' .. p))
-  local by_user, order, ranks = {}, {}, {}
+  local by_user, order, ranks, needs = {}, {}, {}, {}
   for i = 1, #owners, 2 do
     local user = owners[i + 1]
     if not by_user[user] then
       by_user[user] = {}
       table.insert(order, user)
       ranks[user] = rank(ep, user)
+      needs[user] = 0
     end
     table.insert(by_user[user], owners[i])
+    local need = tonumber(redis.call('HGET', key(ep, 'wneed:' .. p), owners[i])) or 1
+    needs[user] = needs[user] + need
   end
   table.sort(order, function(a, b)
     if before(ranks[a], ranks[b]) then return true end
     if before(ranks[b], ranks[a]) then return false end
     return a < b
   end)
-  return by_user, order, ranks
+  return by_user, order, ranks, needs
 end
 
 -- Ring up to n doorbells, in the order slots are granted: priorities in turn; within one, one
@@ -166,8 +172,10 @@ end
 # -1 when the slot set must be rebuilt first. At the first image refused, the waiter is
 # registered and the rest are left. A free slot goes to this caller only when no waiter comes
 # first: a waiter of a higher priority, or another user of this priority who holds fewer slots
-# (or as many, and was served less recently); each grant counts to this user's share before
-# the next image is weighed.
+# (or as many, and was served less recently), for as many slots as that user still wants up to
+# the difference in shares. (Counted as one slot whatever it wanted, a user 20 slots behind and
+# waiting for 10 got only one of each two or more slots freed together.) Each grant counts to
+# this user's share before the next image is weighed.
 _ACQUIRE = (
     _COMMON
     + """
@@ -184,7 +192,7 @@ for _, p in ipairs(PRIORITIES) do
   if p == priority then break end
   higher = higher + redis.call('ZCARD', key(ep, 'waiters:' .. p))
 end
-local order, ranks
+local order, ranks, needs
 local granted = 0
 for i = 8, #ARGV - 1 do
   local member = ARGV[i]
@@ -196,16 +204,23 @@ for i = 8, #ARGV - 1 do
     if free > ahead then
       if not order then
         local _by_user
-        _by_user, order, ranks = waiting_users(ep, priority)
+        _by_user, order, ranks, needs = waiting_users(ep, priority)
       end
       local mine = rank(ep, user)
       for _, other in ipairs(order) do
-        if other ~= user and before(ranks[other], mine) then ahead = ahead + 1 end
+        if other ~= user and before(ranks[other], mine) then
+          -- The slots that user takes before this one's turn comes: as many as it still wants,
+          -- up to the difference in shares, and at least one (a tie it wins by having been
+          -- served less recently).
+          ahead = ahead + math.max(1, math.min(needs[other], mine[1] - ranks[other][1]))
+        end
       end
     end
     if free <= ahead then
       redis.call('ZADD', key(ep, 'waiters:' .. priority), now + waiter_ttl, waiter)
       redis.call('HSET', key(ep, 'wuser:' .. priority), waiter, user)
+      -- This image and the ones after it in the request.
+      redis.call('HSET', key(ep, 'wneed:' .. priority), waiter, #ARGV - i)
       return granted
     end
     redis.call('ZADD', slots, now + lease, member)
@@ -215,6 +230,7 @@ for i = 8, #ARGV - 1 do
     redis.call('HSET', key(ep, 'served'), user, redis.call('INCR', key(ep, 'seq')))
     redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter)
     redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
+    redis.call('HDEL', key(ep, 'wneed:' .. priority), waiter)
     redis.call('INCR', key(ep, 'granted'))
   end
   granted = granted + 1

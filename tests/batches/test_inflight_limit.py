@@ -140,6 +140,39 @@ def test_a_user_holding_fewer_slots_takes_each_freed_slot_first(endpoint: str) -
 
 
 @pytest.mark.django_db
+def test_a_user_behind_takes_every_slot_freed_together_until_its_share_catches_up(
+    endpoint: str,
+) -> None:
+    """A holds all 6 slots; B's chunk waits for 3 panels. A frees 4 at once: B is owed 3 of
+    them (as many as it wants, fewer than the 6 it is behind), so A's own request gets the
+    fourth only."""
+    limiter.publish_target(endpoint, 6)
+    assert limiter.acquire_slots(endpoint, [1, 2, 3, 4, 5, 6], "normal", 1, "waiter:1:normal") == 6
+    assert limiter.acquire_slots(endpoint, [100, 101, 102], "normal", 2, "waiter:2:normal") == 0
+
+    limiter.release_slots([1, 2, 3, 4])
+    # A's chunk asks first (its pass runs on while B's wakes up): one slot, not three.
+    assert limiter.acquire_slots(endpoint, [7, 8, 9, 10], "normal", 1, "waiter:1:normal") == 1
+    assert limiter.acquire_slots(endpoint, [100, 101, 102], "normal", 2, "waiter:2:normal") == 3
+    held = flow.get_redis().hgetall(limiter.endpoint_key(endpoint, "held"))
+    assert held == {b"1": b"3", b"2": b"3"}
+
+
+@pytest.mark.django_db
+def test_a_waiter_s_need_is_forgotten_once_it_is_served(endpoint: str) -> None:
+    """Only the waiters still refused keep a need: B's, granted, is gone; A's, refused, is
+    there."""
+    limiter.publish_target(endpoint, 4)
+    assert limiter.acquire_slots(endpoint, [1, 2, 3, 4], "normal", 1, "waiter:1:normal") == 4
+    assert limiter.acquire_slots(endpoint, [100, 101], "normal", 2, "waiter:2:normal") == 0
+    limiter.release_slots([1, 2, 3])
+    assert limiter.acquire_slots(endpoint, [100, 101], "normal", 2, "waiter:2:normal") == 2
+    assert limiter.acquire_slots(endpoint, [5, 6], "normal", 1, "waiter:1:normal") == 1
+    client = flow.get_redis()
+    assert client.hlen(limiter.endpoint_key(endpoint, "wneed:normal")) == 1  # A's, refused once
+
+
+@pytest.mark.django_db
 def test_users_holding_as_many_take_turns(endpoint: str) -> None:
     limiter.publish_target(endpoint, 2)
     assert acquire(endpoint, 1, user=1)
