@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # bench/run.sh NAME... | all: run benchmarks, each on its own throwaway stack (docs/benchmarks.md).
 # Names: makespan (with the naive client), throughput, calls, submit, push, priority, fairshare,
-# lawsim (the control law's trade-off, simulated), memory, estimates.
+# lawsim (the control law's trade-off, simulated), memory, estimates, render.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_packages
 ensure_venv
-ALL=(makespan throughput calls submit push priority fairshare lawsim memory estimates)
+ALL=(makespan throughput calls submit push priority fairshare lawsim memory estimates render)
 [ $# -eq 0 ] && set -- all
 [ "$1" = all ] && set -- "${ALL[@]}"
 mkdir -p .local/bench

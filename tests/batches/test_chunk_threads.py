@@ -114,7 +114,11 @@ def later_chunk(user: Any) -> tuple[Batch, int]:
     return batch, 5
 
 
-def test_only_a_better_waiting_task_asks_for_a_thread(db: Any) -> None:
+def test_only_a_better_waiting_task_asks_for_a_thread(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A turn that outlasts the test: a slow machine must not see it end between two calls.
+    monkeypatch.setattr(flow, "HANDOVER_TURN_MS", 60_000)
     assert not flow.thread_wanted(QUEUE, 5)  # nothing waits
     flow.get_redis().lpush(f"{QUEUE}{flow.BROKER_PRIORITY_SEPARATOR}9", "a later chunk")
     assert not flow.thread_wanted(QUEUE, 5)  # as late as this one: it waits its turn

@@ -125,7 +125,9 @@ def test_the_eta_follows_the_pace_when_nothing_waits_on_a_backoff(
     _set(batch, dict.fromkeys(range(5), ImageStatus.COMPLETED), execution_ms=2000)
     _set(batch, dict.fromkeys(range(5, 10), ImageStatus.RUNNING))
 
-    seconds = eta.eta_seconds(batch, batch.status_counts())
+    # The clock of the moment _started set, not the test's: a slow machine must not age it.
+    now = batch.started_at + dt.timedelta(seconds=50)
+    seconds = eta.eta_seconds(batch, batch.status_counts(), now=now)
 
     assert seconds is not None
     assert 49 <= seconds <= 51  # 10 s a panel so far, five to go

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from typing import Any
 
 import pytest
@@ -73,16 +72,3 @@ def test_a_long_prompt_still_fits() -> None:
 def test_it_rejects_a_degenerate_size() -> None:
     with pytest.raises(ValueError, match="16x16"):
         render_panel("p", seed=1, width=8, height=8)
-
-
-@pytest.mark.parametrize(("size", "budget_ms"), [(256, 15), (768, 80)])
-def test_it_is_fast(size: int, budget_ms: float) -> None:
-    render_panel("warm-up", seed=0, width=size, height=size)
-    timings = []
-    for seed in range(10):
-        started = time.perf_counter()
-        render_panel("two robots fighting in the city", seed=seed, width=size, height=size)
-        timings.append((time.perf_counter() - started) * 1000)
-
-    # The median, so one scheduler hiccup on a busy CI box does not fail the build.
-    assert sorted(timings)[len(timings) // 2] < budget_ms
