@@ -83,7 +83,12 @@ def snapshot_event(batch_id: int) -> Snapshot | None:
     if batch is None:
         return None
     summary = json.dumps(dict(BatchSummarySerializer(batch).data))
-    pages, last_index = [], -1
+    # The summary's object, with "images" as its last key (BatchSerializer's order). The parts
+    # are joined once, at the end: 10,000 images are several MB of text, and each string built
+    # on the way (the pages joined, then wrapped twice) was another copy held at once.
+    parts = [f'{{"type": "batch.snapshot", "seq": {batch.seq}, "batch": ', summary[:-1]]
+    parts.append(', "images": [')
+    last_index = -1
     while True:
         page = list(
             ImageJob.objects.filter(batch_id=batch_id, index__gt=last_index).order_by("index")[
@@ -92,12 +97,12 @@ def snapshot_event(batch_id: int) -> Snapshot | None:
         )
         if not page:
             break
-        pages.append(json.dumps(images_data(page))[1:-1])  # the objects, without [ and ]
+        if last_index >= 0:
+            parts.append(", ")
+        parts.append(json.dumps(images_data(page))[1:-1])  # the objects, without [ and ]
         last_index = page[-1].index
-    # The summary's object, with "images" as its last key (BatchSerializer's order).
-    batch_text = summary[:-1] + ', "images": [' + ", ".join(pages) + "]}"
-    text = f'{{"type": "batch.snapshot", "seq": {batch.seq}, "batch": {batch_text}}}'
-    return Snapshot(batch.seq, text)
+    parts.append("]}}")
+    return Snapshot(batch.seq, "".join(parts))
 
 
 # --- sending ---------------------------------------------------------------------------------

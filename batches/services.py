@@ -44,6 +44,8 @@ ENQUEUE_BATCH_TASK = "batches.tasks.enqueue_batch_task"
 ENQUEUE_QUEUE = "high"
 FINALIZE_BATCH_TASK = "batches.tasks.finalize_batch_task"
 ANNOUNCE_IMAGES_TASK = "batches.tasks.announce_images_task"
+# Images per INSERT of a submit.
+IMAGE_INSERT_SLICE = 500
 
 # What an owner's retry requeues: completed panels are never redone.
 RETRYABLE = [ImageStatus.FAILED, ImageStatus.CANCELLED]
@@ -62,8 +64,11 @@ class Submission:
     batch: Batch
     created: bool
     # The images as created (primary keys set by the bulk insert), so the answer is built
-    # without reading them back; empty for a replayed submit.
+    # without reading them back; empty for a replayed submit, or when the caller asked not to
+    # keep them (keep_images).
     images: list[ImageJob] = field(default_factory=list)
+    # How many images the submit created (0 for a replay).
+    image_count: int = 0
 
 
 def request_fingerprint(body: dict[str, Any]) -> str:
@@ -98,6 +103,7 @@ def submit_batch(
     *,
     idempotency_key: str = "",
     fingerprint: str = "",
+    keep_images: bool = True,
 ) -> Submission:
     """Price, reserve and create a batch with its images in one transaction, then enqueue it.
 
@@ -142,23 +148,30 @@ def submit_batch(
             # A new batch has pushed no event: its seq (a BatchSeq row made by its first event)
             # is 0, known without reading it back.
             Batch.event_seq.related.set_cached_value(batch, None)
-            # One INSERT per 500 images (one for any batch of the default size); on PostgreSQL
-            # it returns the primary keys, so the answer needs no read back.
-            created_images = ImageJob.objects.bulk_create(
-                [
-                    ImageJob(
-                        batch=batch,
-                        index=index,
-                        prompt=image["prompt"],
-                        # A chosen seed is stored, so every panel can be reproduced.
-                        seed=image["seed"] if image["seed"] is not None else new_seed(),
-                        params=image["params"],
-                        endpoint_id=endpoints[index],
-                    )
-                    for index, image in enumerate(images)
-                ],
-                batch_size=500,
-            )
+            # One INSERT per IMAGE_INSERT_SLICE images (one for any batch of the default size);
+            # on PostgreSQL it returns the primary keys, so the answer needs no read back. The
+            # rows are built a slice at a time and kept only if the caller answers with them:
+            # 10,000 built at once were 10 MB of a web process's peak.
+            created_images: list[ImageJob] = []
+            for start in range(0, len(images), IMAGE_INSERT_SLICE):
+                created = ImageJob.objects.bulk_create(
+                    [
+                        ImageJob(
+                            batch=batch,
+                            index=index,
+                            prompt=image["prompt"],
+                            # A chosen seed is stored, so every panel can be reproduced.
+                            seed=image["seed"] if image["seed"] is not None else new_seed(),
+                            params=image["params"],
+                            endpoint_id=endpoints[index],
+                        )
+                        for index, image in enumerate(
+                            images[start : start + IMAGE_INSERT_SLICE], start
+                        )
+                    ]
+                )
+                if keep_images:
+                    created_images += created
             # Last in the transaction: the budget row stays locked from this UPDATE to COMMIT,
             # and concurrent submits of one author queue on that lock.
             budget_services.reserve_for_batch(
@@ -177,7 +190,7 @@ def submit_batch(
                 return Submission(existing, created=False)
         raise
     logger.info("batch %s submitted: %s images, estimate %s", batch.pk, len(images), estimate.total)
-    return Submission(batch, created=True, images=created_images)
+    return Submission(batch, created=True, images=created_images, image_count=len(images))
 
 
 def enqueue_batch_later(batch_id: int, priority: str, chunks: list[int]) -> None:

@@ -80,7 +80,7 @@ def accepted_batch(submission: services.Submission) -> Batch:
     is now. Either lists its images only up to ACCEPTED_IMAGES_INLINE."""
     batch = submission.batch
     if submission.created:
-        counts = new_batch_counts(len(submission.images))
+        counts = new_batch_counts(submission.image_count)
         images: list[ImageJob] = submission.images
     else:
         counts = batch.status_counts()
@@ -130,6 +130,8 @@ class BatchListView(ListAPIView):
                 serializer.resolved_images(),
                 idempotency_key=key,
                 fingerprint=services.request_fingerprint(request.data) if key else "",
+                # A larger batch answers with its summary only: its images need not be kept.
+                keep_images=len(serializer.validated_data["images"]) <= ACCEPTED_IMAGES_INLINE,
             )
         except BudgetExceeded as error:
             raise budget_exceeded_error(error) from None

@@ -13,6 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from batches import services
 from batches.api.serializers import ACCEPTED_IMAGES_INLINE
 from batches.models import Batch, ImageJob
 from budgets.books import check_books
@@ -511,6 +512,23 @@ class TestTheAnswer:
         assert ImageJob.objects.filter(batch_id=data["id"]).count() == count
         detail = api.get(data["links"]["self"]).json()
         assert len(detail["images"]) == count
+
+    def test_a_batch_larger_than_one_insert_is_stored_whole_and_in_order(
+        self, api: APIClient, settings: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Images go in one INSERT per slice, built a slice at a time: every one is stored,
+        indexed in the order sent, whatever the slice boundaries."""
+        count = ACCEPTED_IMAGES_INLINE + 7
+        settings.COMICGEN_MAX_BATCH_IMAGES = count
+        monkeypatch.setattr(services, "IMAGE_INSERT_SLICE", 10)
+
+        response = api.post(URL, body(count), format="json")
+
+        assert response.status_code == 202
+        stored = ImageJob.objects.filter(batch_id=response.json()["id"]).order_by("index")
+        assert [image.index for image in stored] == list(range(count))
+        assert [image.prompt for image in stored] == [f"panel {n}" for n in range(count)]
+        assert check_books() == []
 
     def test_a_replay_answers_like_the_first_submit(self, api: APIClient) -> None:
         first = api.post(URL, body(3), format="json", HTTP_IDEMPOTENCY_KEY="k").json()
