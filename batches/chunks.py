@@ -210,6 +210,9 @@ class ChunkRun:
     last_checked: dict[str, float] = field(default_factory=dict)
     call_failures: int = 0
     waiting_for_slot: bool = False
+    # Endpoints this task was refused a slot at: its waiter is taken out of line there when the
+    # task ends (limiter.forget_waiter).
+    waited_at: set[str] = field(default_factory=set)
     # The last pass found no job of this chunk at RunPod and started none (refused a slot).
     idle: bool = False
     # Jobs this task already asked RunPod to cancel: later passes only ask their /status.
@@ -232,6 +235,12 @@ class ChunkRun:
         if Batch.objects.start(self.batch_id):
             events.push_batch_updated(self.batch_id)
         self.load(batch)
+        try:
+            return self.loop()
+        finally:
+            self.leave_the_line()
+
+    def loop(self) -> dict[str, Any]:
         while True:
             if not self.lease.renew():
                 logger.warning("batch %s chunk %s lost its lease", self.batch_id, self.chunk_no)
@@ -248,6 +257,17 @@ class ChunkRun:
                 return {"chunk": self.chunk_no, "handed_over": True}
             webhooks.wait_for_wake(self.batch_id, self.chunk_no, wait)
         return {"chunk": self.chunk_no, "done": True}
+
+    def leave_the_line(self) -> None:
+        """The task ends: its waiter stops holding slots back for it at once, rather than for
+        the seconds until it expires. A failure here only delays others by that much."""
+        if not self.waited_at:
+            return
+        try:
+            limiter.forget_waiter(self.waiter, self.priority, self.waited_at)
+        except Exception as error:  # Redis down: the waiter expires by itself
+            logger.info("batch %s chunk %s: could not leave the slot line (%s)", self.batch_id,
+                        self.chunk_no, error)  # fmt: skip
 
     def load(self, batch: Batch) -> None:
         self.batch = batch
@@ -330,6 +350,7 @@ class ChunkRun:
             due += wanted[:granted]
             if granted < len(wanted):
                 self.waiting_for_slot = True
+                self.waited_at.add(endpoint)
                 break
         if due:
             self.start_attempts(due)

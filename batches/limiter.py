@@ -186,11 +186,14 @@ if redis.call('EXISTS', key(ep, 'built')) == 0 then return -1 end
 prune(ep)
 local slots = key(ep, 'slots')
 -- What the other waiters are does not change during this call (only this user's share does):
--- the higher priorities' waiters are counted once, and this priority's users ranked once.
+-- the slots the higher priorities' waiters still want are counted once (priority is strict:
+-- every one of them comes first), and this priority's users ranked once.
 local higher = 0
 for _, p in ipairs(PRIORITIES) do
   if p == priority then break end
-  higher = higher + redis.call('ZCARD', key(ep, 'waiters:' .. p))
+  for _, other in ipairs(redis.call('ZRANGE', key(ep, 'waiters:' .. p), 0, -1)) do
+    higher = higher + (tonumber(redis.call('HGET', key(ep, 'wneed:' .. p), other)) or 1)
+  end
 end
 local order, ranks, needs
 local granted = 0
@@ -262,6 +265,27 @@ end
 for _, ep in ipairs(endpoints) do
   prune(ep)
   ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
+end
+return 1
+"""
+)
+
+# ARGV: waiter, priority, ceiling, endpoints..., doorbell ttl. A chunk that stops asking (it
+# ended, or handed its thread over) takes its waiter out of line at each endpoint it waited at,
+# and rings the doorbells of the waiters its place made room for: its need would otherwise hold
+# back that many freed slots until the waiter expired.
+_FORGET = (
+    _COMMON
+    + """
+local waiter, priority, ceiling = ARGV[1], ARGV[2], tonumber(ARGV[3])
+for i = 4, #ARGV - 1 do
+  local ep = ARGV[i]
+  if redis.call('ZREM', key(ep, 'waiters:' .. priority), waiter) == 1 then
+    redis.call('HDEL', key(ep, 'wuser:' .. priority), waiter)
+    redis.call('HDEL', key(ep, 'wneed:' .. priority), waiter)
+    prune(ep)
+    ring(ep, target_of(ep, ceiling) - redis.call('ZCARD', key(ep, 'slots')))
+  end
 end
 return 1
 """
@@ -365,6 +389,15 @@ def release_slots(image_ids: Iterable[int], endpoint: str | None = None) -> None
     if members:
         args = [endpoint or default_endpoint(), settings.RUNPOD_MAX_IN_FLIGHT]
         _script(_RELEASE)(keys=[], args=[*args, *members, DOORBELL_TTL_SECONDS])
+
+
+def forget_waiter(waiter: str, priority: str, endpoints: Iterable[str]) -> None:
+    """Take a waiter out of line at these endpoints (its chunk stopped asking), and wake the
+    waiters next in line for what it would have held back."""
+    names = sorted(set(endpoints))
+    if names:
+        args = [waiter, priority, settings.RUNPOD_MAX_IN_FLIGHT, *names, DOORBELL_TTL_SECONDS]
+        _script(_FORGET)(keys=[], args=args)
 
 
 def refresh_slots(image_ids: list[int], endpoint: str | None = None) -> None:

@@ -2,7 +2,7 @@
 
 `Stack` starts a throwaway PostgreSQL and Redis (scripts/lib.sh's own functions), migrates,
 then runs the Procfile's processes with the bench's settings: the web server (the Procfile's
-own line), the Celery worker (threads, concurrency 16), the high-queue worker (concurrency 4),
+own line), two Celery workers (threads, concurrency 8 each), the high-queue worker (concurrency 4),
 beat, and the RunPod emulator. It creates a user with a token, and drives the REST API over
 real HTTP and the WebSocket with a real client (aiohttp), as an API client would. The bench
 process itself never imports Django: it reads the database with plain SQL (psycopg) where a
@@ -42,7 +42,8 @@ LIB = ROOT / "scripts" / "lib.sh"
 # default) of COMICGEN_WORKER_CONCURRENCY threads each (the Procfile's), and the high worker's.
 WORKER_PROCESSES = int(os.environ.get("COMICGEN_WORKER_PROCESSES", "2"))
 WORKER_CONCURRENCY = int(os.environ.get("COMICGEN_WORKER_CONCURRENCY", "8"))
-# The settings' COMICGEN_CHUNK_SIZE default: images per chunk task.
+# Images per chunk task: the settings' COMICGEN_CHUNK_SIZE default (a bench that sets another
+# warms up with more or fewer chunks than threads; none does).
 CHUNK_SIZE = 10
 # Names of the worker services, as honcho names them.
 WORKERS = tuple(f"worker.{number}" for number in range(1, WORKER_PROCESSES + 1))

@@ -139,6 +139,8 @@ def test_an_idle_chunk_refused_a_slot_hands_its_thread_over(runpod: FakeRunPod, 
     summary = chunks.process_chunk(batch.pk, chunk_no)
 
     assert summary == {"chunk": chunk_no, "handed_over": True}
+    # Out of the slot line too: its need no longer holds freed slots back for it.
+    assert sum(limiter.snapshot("ep")["waiting"].values()) == 0
     # Queued again at its own priority, its lease free for the task that will run it, and
     # marked queued so the sweeper does not send it a second time.
     assert sent_chunks(9) == [[batch.pk, chunk_no]]

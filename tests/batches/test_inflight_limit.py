@@ -143,9 +143,9 @@ def test_a_user_holding_fewer_slots_takes_each_freed_slot_first(endpoint: str) -
 def test_a_user_behind_takes_every_slot_freed_together_until_its_share_catches_up(
     endpoint: str,
 ) -> None:
-    """A holds all 6 slots; B's chunk waits for 3 panels. A frees 4 at once: B is owed 3 of
-    them (as many as it wants, fewer than the 6 it is behind), so A's own request gets the
-    fourth only."""
+    """A holds all 6 slots; B's chunk waits for 3 panels. A frees 4 at once and asks again:
+    B, 2 behind A's 2, is owed 2 of them and then B and A take turns, so A's own request gets
+    one slot, not the three it got when B counted as one."""
     limiter.publish_target(endpoint, 6)
     assert limiter.acquire_slots(endpoint, [1, 2, 3, 4, 5, 6], "normal", 1, "waiter:1:normal") == 6
     assert limiter.acquire_slots(endpoint, [100, 101, 102], "normal", 2, "waiter:2:normal") == 0
@@ -156,6 +156,51 @@ def test_a_user_behind_takes_every_slot_freed_together_until_its_share_catches_u
     assert limiter.acquire_slots(endpoint, [100, 101, 102], "normal", 2, "waiter:2:normal") == 3
     held = flow.get_redis().hgetall(limiter.endpoint_key(endpoint, "held"))
     assert held == {b"1": b"3", b"2": b"3"}
+
+
+@pytest.mark.django_db
+def test_a_waiter_that_left_the_line_holds_nothing_back_and_wakes_the_next(endpoint: str) -> None:
+    """A's chunk, waiting for 5, hands its thread over: B's freed slots go back to B at once,
+    not after A's waiter expires."""
+    limiter.publish_target(endpoint, 6)
+    assert limiter.acquire_slots(endpoint, [1, 2, 3, 4, 5, 6], "normal", 2, "waiter:2:normal") == 6
+    assert (
+        limiter.acquire_slots(endpoint, [10, 11, 12, 13, 14], "normal", 1, "waiter:1:normal") == 0
+    )
+    assert not acquire(endpoint, 7, user=2)  # B waits too, behind A
+    limiter.release_slots([1, 2, 3, 4])
+
+    limiter.forget_waiter("waiter:1:normal", "normal", [endpoint])
+
+    assert doorbells("waiter:2:normal")["waiter:2:normal"] >= 1
+    assert limiter.acquire_slots(endpoint, [7, 8, 9, 20], "normal", 2, "waiter:2:normal") == 4
+    assert limiter.snapshot(endpoint)["waiting"]["normal"] == 0
+
+
+@pytest.mark.django_db
+def test_a_higher_priority_waiter_is_owed_every_slot_it_waits_for(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 5)
+    assert limiter.acquire_slots(endpoint, [1, 2, 3, 4, 5], "normal", 1, "waiter:1:normal") == 5
+    assert limiter.acquire_slots(endpoint, [10, 11, 12, 13], "high", 2, "waiter:2:high") == 0
+    limiter.release_slots([1, 2, 3, 4, 5])
+
+    # Five free, four owed to the high chunk: normal work gets the fifth only.
+    assert limiter.acquire_slots(endpoint, [6, 7, 8], "normal", 1, "waiter:1:normal") == 1
+    assert limiter.acquire_slots(endpoint, [10, 11, 12, 13], "high", 2, "waiter:2:high") == 4
+
+
+@pytest.mark.django_db
+def test_an_expired_waiter_s_need_goes_with_it(endpoint: str) -> None:
+    limiter.publish_target(endpoint, 1)
+    assert acquire(endpoint, 1, user=1)
+    assert limiter.acquire_slots(endpoint, [2, 3], "normal", 2, "waiter:2:normal") == 0
+    client = flow.get_redis()
+    client.zadd(limiter.endpoint_key(endpoint, "waiters:normal"), {"waiter:2:normal": 0})
+
+    limiter.release_slots([1])  # prunes what expired
+
+    assert client.hlen(limiter.endpoint_key(endpoint, "wneed:normal")) == 0
+    assert acquire(endpoint, 4, user=1)
 
 
 @pytest.mark.django_db
