@@ -117,11 +117,11 @@ local function before(a, b)
   return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
 end
 
--- The waiting chunks of a priority grouped by user, those users in turn order, their ranks and
--- how many slots each user's waiters still want.
+-- The waiting chunks of a priority grouped by user, those users in turn order, their ranks,
+-- how many slots each user's waiters still want, and each waiter's own need.
 local function waiting_users(ep, p)
   local owners = redis.call('HGETALL', key(ep, 'wuser:' .. p))
-  local by_user, order, ranks, needs = {}, {}, {}, {}
+  local by_user, order, ranks, needs, wneeds = {}, {}, {}, {}, {}
   for i = 1, #owners, 2 do
     local user = owners[i + 1]
     if not by_user[user] then
@@ -132,6 +132,7 @@ local function waiting_users(ep, p)
     end
     table.insert(by_user[user], owners[i])
     local need = tonumber(redis.call('HGET', key(ep, 'wneed:' .. p), owners[i])) or 1
+    wneeds[owners[i]] = need
     needs[user] = needs[user] + need
   end
   table.sort(order, function(a, b)
@@ -139,29 +140,44 @@ local function waiting_users(ep, p)
     if before(ranks[b], ranks[a]) then return false end
     return a < b
   end)
-  return by_user, order, ranks, needs
+  return by_user, order, ranks, needs, wneeds
 end
 
--- Ring up to n doorbells, in the order slots are granted: priorities in turn; within one, one
--- waiter per user in turn order, then again round the users.
+-- Ring the doorbells of the waiters n free slots would go to: priorities in turn, and within
+-- one the slots handed out as acquire grants them, one at a time to the user who comes first
+-- (each counted to its share), each to that user's waiters in turn, a waiter for as many as it
+-- still wants. (One doorbell per user per round woke chunks of a user behind another that the
+-- grant then refused, and left the slots idle until the right chunk looked again.)
 local function ring(ep, n)
+  local ttl = tonumber(ARGV[#ARGV])
   for _, p in ipairs(PRIORITIES) do
     if n <= 0 then return end
-    local by_user, order = waiting_users(ep, p)
-    local round = 1
-    local rang = true
-    while n > 0 and rang do
-      rang = false
+    local by_user, order, ranks, needs, wneeds = waiting_users(ep, p)
+    local at, left, granted = {}, {}, 0
+    while n > 0 do
+      local best
       for _, user in ipairs(order) do
-        local list = by_user[user]
-        if n > 0 and list[round] then
-          redis.call('RPUSH', list[round], '')
-          redis.call('EXPIRE', list[round], tonumber(ARGV[#ARGV]))
-          n = n - 1
-          rang = true
+        if needs[user] > 0 and (best == nil or before(ranks[user], ranks[best])) then
+          best = user
         end
       end
-      round = round + 1
+      if best == nil then break end
+      local index = at[best] or 1
+      local waiter = by_user[best][index]
+      if left[best] == nil then
+        redis.call('RPUSH', waiter, '')
+        redis.call('EXPIRE', waiter, ttl)
+        left[best] = wneeds[waiter]
+      end
+      left[best] = left[best] - 1
+      if left[best] <= 0 then
+        at[best], left[best] = index + 1, nil
+      end
+      needs[best] = needs[best] - 1
+      -- Served just now, after anyone the rest of this call serves before it.
+      granted = granted + 1
+      ranks[best] = {ranks[best][1] + 1, 1e15 + granted}
+      n = n - 1
     end
   end
 end

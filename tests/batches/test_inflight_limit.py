@@ -218,6 +218,26 @@ def test_a_waiter_s_need_is_forgotten_once_it_is_served(endpoint: str) -> None:
 
 
 @pytest.mark.django_db
+def test_freed_slots_wake_the_chunks_they_would_be_granted_to(endpoint: str) -> None:
+    """A waits with two chunks (for 1 and 5 panels), B with one, B holding every slot. B frees
+    2: both go to A, which holds fewer, so both of A's chunks are woken and B's is not (woken,
+    it would only be refused, and A's second chunk would find its slot after its next look)."""
+    limiter.publish_target(endpoint, 10)
+    every = list(range(100, 110))
+    assert limiter.acquire_slots(endpoint, every, "normal", 2, "waiter:2:normal") == 10
+    assert limiter.acquire_slots(endpoint, [1], "normal", 1, "waiter:1:first") == 0
+    assert limiter.acquire_slots(endpoint, [2, 3, 4, 5, 6], "normal", 1, "waiter:1:second") == 0
+    assert limiter.acquire_slots(endpoint, [110], "normal", 2, "waiter:2:normal") == 0
+
+    limiter.release_slots([100, 101])
+
+    rung = doorbells("waiter:1:first", "waiter:1:second", "waiter:2:normal")
+    assert rung == {"waiter:1:first": 1, "waiter:1:second": 1, "waiter:2:normal": 0}
+    assert limiter.acquire_slots(endpoint, [1], "normal", 1, "waiter:1:first") == 1
+    assert limiter.acquire_slots(endpoint, [2, 3, 4, 5, 6], "normal", 1, "waiter:1:second") == 1
+
+
+@pytest.mark.django_db
 def test_users_holding_as_many_take_turns(endpoint: str) -> None:
     limiter.publish_target(endpoint, 2)
     assert acquire(endpoint, 1, user=1)
