@@ -12,9 +12,11 @@ import io
 import json
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client, RequestFactory
+from django.urls import resolve
 
 from batches import flow, webhooks
 from batches.models import Batch, ImageJob
@@ -41,6 +43,19 @@ def job_status(**overrides: Any) -> dict[str, Any]:
         "output": {"images": ["data:image/png;base64,iVBORw0KGgo="], "seed": 42},
         **overrides,
     }
+
+
+def test_the_url_runpod_is_given_is_the_one_both_entries_serve(settings: Any) -> None:
+    """The path is written three times (webhooks.webhook_url builds it, batches/api/urls.py
+    routes it to the view, webhooks.WEBHOOK_PATH to the ASGI application): if the last two
+    drifted apart, webhooks would quietly fall back to the slower Django path."""
+    settings.COMICGEN_PUBLIC_URL = "https://comics.example"
+    given = webhooks.webhook_url(BATCH, CHUNK, IMAGE, ATTEMPT)
+    assert given is not None
+    path = urlsplit(given).path
+
+    assert webhooks.WEBHOOK_PATH.fullmatch(path)
+    assert resolve(path).func is runpod_webhook
 
 
 @pytest.fixture(params=["django", "asgi"])
