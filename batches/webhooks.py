@@ -210,30 +210,11 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
     and a refusal is logged without the token. Django's SECURE_SSL_REDIRECT does not apply
     here: RunPod is given COMICGEN_PUBLIC_URL's https URL, and only a caller inside the
     deployment reaches the web server's plain-HTTP port."""
-    match = WEBHOOK_PATH.fullmatch(scope["path"])
-    assert match is not None, "comicgen/asgi.py routes only WEBHOOK_PATH here"
     headers = {name.decode("latin-1").lower(): value.decode("latin-1")
                for name, value in scope.get("headers", [])}  # fmt: skip
-    answer: Answer | None
-    if not host_allowed(request_host(scope, headers)):
-        answer = refused("bad_host", "This host name is not served here.", 400)
-    else:
-        checked = check_before_body(scope.get("method", "").upper(), match.groupdict())
-        answer = checked if isinstance(checked, Answer) else None
-    if answer is None:
-        assert isinstance(checked, Attempt)
-        try:
-            raw = await receive_capped(
-                receive, settings.COMICGEN_WEBHOOK_MAX_BYTES, headers.get("content-length")
-            )
-        except ClientGone:
-            return
-        except JSONBodyError as error:
-            answer = refused(error.code, error.detail, error.status)
-        else:
-            answer = await sync_to_async(
-                answer_body_in_a_thread, thread_sensitive=False, executor=_webhook_threads
-            )(checked, raw)
+    answer = await _asgi_answer(scope, receive, headers)
+    if answer is None:  # the client went away before its body had arrived
+        return
     if answer.status >= 400:
         # As Django logs a refused request: the token left out (it is the proof), and control
         # characters escaped (the path is percent-decoded, so a %0A would start a forged line).
@@ -251,6 +232,31 @@ async def asgi_webhook(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": answer.status,
                 "headers": response_headers})  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+async def _asgi_answer(
+    scope: dict[str, Any], receive: Any, headers: dict[str, str]
+) -> Answer | None:
+    """The answer to a webhook served as ASGI (None when its client went away): the host, the
+    path's numbers and token, the capped body, then the body's handling in a thread."""
+    match = WEBHOOK_PATH.fullmatch(scope["path"])
+    assert match is not None, "comicgen/asgi.py routes only WEBHOOK_PATH here"
+    if not host_allowed(request_host(scope, headers)):
+        return refused("bad_host", "This host name is not served here.", 400)
+    checked = check_before_body(scope.get("method", "").upper(), match.groupdict())
+    if isinstance(checked, Answer):
+        return checked
+    try:
+        raw = await receive_capped(
+            receive, settings.COMICGEN_WEBHOOK_MAX_BYTES, headers.get("content-length")
+        )
+    except ClientGone:
+        return None
+    except JSONBodyError as error:
+        return refused(error.code, error.detail, error.status)
+    return await sync_to_async(
+        answer_body_in_a_thread, thread_sensitive=False, executor=_webhook_threads
+    )(checked, raw)
 
 
 def answer_body_in_a_thread(attempt: Attempt, raw: bytes) -> Answer:
