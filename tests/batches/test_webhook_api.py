@@ -333,11 +333,18 @@ def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
     good = url(batch.pk, 0, image.pk, 1)
     forged = url(batch.pk, 0, image.pk, 1, token=webhooks.webhook_token(batch.pk, 0, image.pk, 2))
     redis = flow.get_redis()
+    result_key = f"{flow.PREFIX}:result:{job_status()['id']}"
+    redis.delete(result_key)  # another test's, were one to post the same job through the service
 
-    def stored() -> list[bytes]:
-        # Workers' heartbeats aside: the session's stack, when an integration test started it,
-        # keeps its own there.
-        return [key for key in redis.scan_iter("comicgen:*") if b":heartbeat:" not in key]
+    def stored() -> list[Any]:
+        """Everything a webhook for this attempt can leave: its result, the chunk's keys (its
+        doorbell) and the job noted on the image. Not every key under the prefix: the session's
+        stack, when an integration test started it, keeps writing its own limiter state, metrics
+        and heartbeats there between these lines."""
+        keys = [*redis.scan_iter(f"{flow.PREFIX}:chunk:{batch.pk}:*")]
+        keys += [*redis.scan_iter(result_key)]
+        noted = ImageJob.objects.filter(pk=image.pk).exclude(webhook_job_id="").exists()
+        return keys + (["the job noted on the image"] if noted else [])
 
     assert_error(client.post(forged, job_status(), content_type="application/json"), 403)
     assert stored() == []
@@ -346,6 +353,7 @@ def test_the_real_service_takes_a_valid_report_and_a_forged_one_stores_nothing(
     assert response.status_code == 200
     assert response.json() == {"ok": True}
     assert stored() != []
+    assert redis.exists(result_key)
 
 
 # served as ASGI: what Django's request handling did there
