@@ -86,12 +86,16 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
             return
         # Events and a resync's snapshot (sent from the gap timer's task) never interleave.
         self._sending = asyncio.Lock()
+        # The seq of the last message sent. An event released in order but still waiting for
+        # the lock when a resync's snapshot went out is covered by it, and is not sent after it.
+        self._sent_seq = 0
         self.ordered = OrderedEvents(self._send_event, self.send_snapshot)
         # Join before sending the snapshot: an event sent in between is delivered and, being
         # newer than the snapshot's seq, follows it.
         await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
         await self.accept()
         await self.send(text_data=snapshot.text)
+        self._sent_seq = snapshot.seq
         await self.ordered.restart(snapshot.seq)
 
     async def disconnect(self, code: int) -> None:
@@ -104,13 +108,16 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_event(self, event: dict[str, Any]) -> None:
         async with self._sending:
-            await self.send_json(event)
+            if event["seq"] > self._sent_seq:
+                await self.send_json(event)
+                self._sent_seq = event["seq"]
 
     async def send_snapshot(self) -> None:
         async with self._sending:
             snapshot = await _load_snapshot(self.scope["user"], self.batch_id)
             if snapshot:
                 await self.send(text_data=snapshot.text)
+                self._sent_seq = max(self._sent_seq, snapshot.seq)
         if snapshot:
             await self.ordered.restart(snapshot.seq)
 
@@ -171,8 +178,12 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
     `hx-swap-oob` for htmx's ws extension. Each fragment carries `data-seq`; the page drops
     one older than what it shows (static/js/batch.js). Fragments go out in seq order: tiles
     as their events come (put in order as for BatchConsumer), and the header, re-rendered from
-    the database at most every HEADER_COALESCE_SECONDS, carries the seq of the last event sent
-    before it, so it never claims a seq ahead of a tile still to come."""
+    the database at most every HEADER_COALESCE_SECONDS, carries the seq of the last fragment
+    sent before it, so it never claims a seq ahead of a tile still to come.
+
+    "Sent", not "released in order": InOrder releases a whole bundle's seqs at once, and a
+    header task taking the lock between two of that bundle's tiles would otherwise claim the
+    second tile's seq before the tile went out."""
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -189,6 +200,7 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         # The coalesced header is sent from a task of its own: this lock keeps it from going out
         # between a tile and the seq it read, so fragments leave in seq order.
         self._sending = asyncio.Lock()
+        self._sent_seq = 0  # the seq of the last fragment sent: a header's, a tile's, a snapshot's
         self.ordered = OrderedEvents(self.forward, self.send_snapshot)
         # Join first, then snapshot: an event in between arrives after it and is newer.
         await self.channel_layer.group_add(events.group_name(batch_id), self.channel_name)
@@ -200,6 +212,7 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         async with self._sending:
             html, seq = await _render_live(self.batch_id, self.options)
             await self.send(text_data=html)
+            self._sent_seq = max(self._sent_seq, seq)
         await self.ordered.restart(seq)
 
     async def disconnect(self, code: int) -> None:
@@ -218,19 +231,26 @@ class BatchPageConsumer(AsyncWebsocketConsumer):
         if event.get("type") == "image.updated":
             # Rendered from the event itself: no query per image.
             async with self._sending:
-                await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))
+                # A tile released before a resync's snapshot went out is already on the page.
+                if event["seq"] > self._sent_seq:
+                    await self.send(text_data=fragments.render_tile(event["image"], self.batch_id))
+                    self._sent_seq = event["seq"]
             if self._header_task is None or self._header_task.done():
                 self._header_task = asyncio.create_task(self._send_header_soon())
         elif event.get("type") == "batch.updated":
             if self._header_task and not self._header_task.done():
                 self._header_task.cancel()
-            await self._send_header()
+            await self._send_header(through=event["seq"])
 
     async def _send_header_soon(self) -> None:
         await asyncio.sleep(HEADER_COALESCE_SECONDS)
         await self._send_header()
 
-    async def _send_header(self) -> None:
+    async def _send_header(self, through: int = 0) -> None:
+        """The header as the database has it now, standing for the last fragment sent or, for a
+        batch update, for that update (every event before it has been sent: OrderedEvents hands
+        them on one at a time)."""
         async with self._sending:
-            seq = self.ordered.order.last
+            seq = max(self._sent_seq, through)
             await self.send(text_data=await _render_header(self.batch_id, seq, self.options))
+            self._sent_seq = seq
