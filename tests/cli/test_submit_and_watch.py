@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from batches import events, flow
 from batches.models import Batch, BatchStatus
 from tests.cli.conftest import PARAMS, Cli
 from tests.conftest import wait_for
@@ -90,16 +90,19 @@ def test_watch_json_prints_the_final_batch(
 def test_ctrl_c_leaves_the_batch_running_and_watch_reattaches(
     cli: Cli, chapter: Callable[..., Path], author: Any, live: Any
 ) -> None:
-    live.emulator.configure(latency=0.4, workers=1)
+    # 8 s of work: the batch is still running when the interrupt comes, however slow the start.
+    live.emulator.configure(latency=1.0, workers=1)
     path = chapter("\n".join(f"panel {n}" for n in range(8)))
     submitted = cli.run("submit", str(path), "--json", *PARAMS)
     assert submitted.returncode == 0, submitted.stderr
     batch_id = json.loads(submitted.stdout)["id"]
 
     watcher = cli.start("watch", str(batch_id))
-    # Interrupt once it is following (the socket opened) and the batch is still running.
-    wait_for(lambda: Batch.objects.get(pk=batch_id).images.filter(status="completed").exists())
-    time.sleep(1.0)  # let the CLI connect; its stderr is read only after it exits
+    # Interrupt once it is following: its socket has joined the batch's group on the server.
+    # A fixed pause was not enough on a slow machine: an interrupt during the CLI's start-up
+    # ends it before it prints what the user is told here.
+    group = f"asgi:group:{events.group_name(batch_id)}"
+    wait_for(lambda: flow.get_redis().zcard(group) > 0, timeout=30)
     watcher.send_signal(signal.SIGINT)
     stdout, stderr = watcher.communicate(timeout=30)
 
@@ -118,7 +121,9 @@ def test_ctrl_c_leaves_the_batch_running_and_watch_reattaches(
 def test_watch_falls_back_to_polling_when_the_socket_cannot_open(
     cli: Cli, chapter: Callable[..., Path], author: Any, live: Any, tmp_path: Path
 ) -> None:
-    live.emulator.configure(latency=0.5, workers=1)
+    # 4.5 s of work: still running when `watch` (two CLI start-ups after the submit) first
+    # looks, so it tries the socket rather than finding the batch already done.
+    live.emulator.configure(latency=1.5, workers=1)
     path = chapter("panel one\npanel two\npanel three\n")
     submitted = cli.run("submit", str(path), "--json", *PARAMS)
     batch_id = json.loads(submitted.stdout)["id"]
