@@ -187,7 +187,9 @@ def test_concurrent_callers_share_one_refresh(monkeypatch: pytest.MonkeyPatch) -
 
     def slow_check() -> dict[str, Any]:
         runs.append(threading.get_ident())
-        time.sleep(0.3)
+        # Long enough that no caller, however late its thread is scheduled, finds the lock
+        # already free again and refreshes a second time.
+        time.sleep(2.0)
         return {}
 
     monkeypatch.setattr(health, "CHECKS", {"slow": slow_check})
