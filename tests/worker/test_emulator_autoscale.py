@@ -14,7 +14,7 @@ from tests.support.emulator import EmulatorError, EmulatorProcess
 
 SMALL = {"width": 64, "height": 64}
 # Long enough that a test reads /health while workers start, short enough for a fast suite.
-COLD_START = 0.4
+COLD_START = 1.0
 SCALING = {
     "min_workers": 1, "max_workers": 4, "scaler_delay": 0.2, "idle_timeout": 0.6,
     "cold_start": COLD_START, "latency": 0.05,

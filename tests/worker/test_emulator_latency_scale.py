@@ -91,7 +91,8 @@ def test_under_pixels_a_job_takes_the_reference_time_scaled_by_its_work(
         assert job["status"] == "COMPLETED", job
         # The render happens within the simulated time: executionTime is that time, give or
         # take the event loop's timer resolution and a busy machine's scheduling.
-        assert expected[name] * 1000 <= job["executionTime"] < expected[name] * 1000 + 150, name
+        # (The quarter's bound still stays below the reference's own.)
+        assert expected[name] * 1000 <= job["executionTime"] < expected[name] * 1000 + 250, name
 
 
 def test_under_pixels_jitter_stays_the_same_fraction_at_every_size(
@@ -115,8 +116,8 @@ def test_a_model_named_in_model_speed_takes_its_factor_longer(
     slow = api.wait(api.run(input=run_input("slow", model="flux-dev")))
     usual = api.wait(api.run(input=run_input("usual", model="sdxl")))
 
-    assert 600 <= slow["executionTime"] < 750
-    assert 200 <= usual["executionTime"] < 350
+    assert 600 <= slow["executionTime"] < 1000
+    assert 200 <= usual["executionTime"] < 600
 
 
 def test_fixed_latency_ignores_the_size(emulator: EmulatorProcess, api: Api) -> None:
