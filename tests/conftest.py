@@ -224,7 +224,10 @@ def live(stack: Stack, transactional_db: Any, settings: Any, request: Any) -> It
     nothing left of any other test, and after it, nothing left of this one (its unfinished
     batches are cancelled) before its teardown empties the tables."""
     settle_stack(stack, f"(before) {request.node.nodeid}")
-    stack.emulator.reset()
+    # Every setting back to the stack's start-up values, not only those listed below: a test
+    # that changed another one (scaling, latency scale, result ttl) and failed before its own
+    # teardown restored it would otherwise leave it to the tests after it.
+    stack.emulator.reset(restore_config=True)
     stack.emulator.configure(
         latency=0.05,
         jitter=0,
