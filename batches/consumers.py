@@ -65,10 +65,14 @@ class OrderedEvents:
 @database_sync_to_async
 def _load_snapshot(user: Any, batch_id: int) -> events.Snapshot | None:
     """The batch's snapshot, or None when the user may not watch it (or it is gone)."""
-    batch = Batch.objects.filter(pk=batch_id).only("user_id").first()
-    if batch is None or (batch.user_id != user.pk and not user.is_staff):
+    if not fragments.may_watch(user, batch_id):
         return None
     return events.snapshot_event(batch_id)
+
+
+@database_sync_to_async
+def _may_watch(user: Any, batch_id: int) -> bool:
+    return fragments.may_watch(user, batch_id)
 
 
 class BatchConsumer(AsyncJsonWebsocketConsumer):
@@ -80,8 +84,7 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.batch_id = int(self.scope["url_route"]["kwargs"]["batch_id"])
-        snapshot = await _load_snapshot(user, self.batch_id)
-        if snapshot is None:
+        if not await _may_watch(user, self.batch_id):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         # Events and a resync's snapshot (sent from the gap timer's task) never interleave.
@@ -90,9 +93,15 @@ class BatchConsumer(AsyncJsonWebsocketConsumer):
         # the lock when a resync's snapshot went out is covered by it, and is not sent after it.
         self._sent_seq = 0
         self.ordered = OrderedEvents(self._send_event, self.send_snapshot)
-        # Join before sending the snapshot: an event sent in between is delivered and, being
-        # newer than the snapshot's seq, follows it.
+        # Join before reading the snapshot: an event sent meanwhile is delivered, and either
+        # the snapshot already shows it (it is dropped) or it is newer and follows it. Read
+        # first, an event sent before the join was lost: the socket waited a second for it,
+        # then resynced.
         await self.channel_layer.group_add(events.group_name(self.batch_id), self.channel_name)
+        snapshot = await _load_snapshot(user, self.batch_id)
+        if snapshot is None:  # deleted since the check above
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
         await self.accept()
         await self.send(text_data=snapshot.text)
         self._sent_seq = snapshot.seq
@@ -155,11 +164,6 @@ def _page_render_options(scope: dict[str, Any]) -> dict[str, str]:
     if next_url.startswith("/") and not next_url.startswith("//"):
         options["next_url"] = next_url
     return options
-
-
-@database_sync_to_async
-def _may_watch(user: Any, batch_id: int) -> bool:
-    return fragments.may_watch(user, batch_id)
 
 
 @database_sync_to_async

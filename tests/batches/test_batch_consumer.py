@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from rest_framework.authtoken.models import Token
 
-from batches import events
+from batches import consumers, events
 from batches.models import ImageJob, ImageStatus
 from comicgen.asgi import application
 from tests.factories import UserFactory
@@ -88,6 +88,44 @@ async def test_staff_may_watch_any_batch_by_session() -> None:
 
     assert connected
     assert (await communicator.receive_json_from(timeout=5))["type"] == "batch.snapshot"
+    await communicator.disconnect()
+
+
+@run_async
+async def test_an_event_sent_while_the_snapshot_is_read_still_reaches_the_socket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's event sent just after the snapshot was read is newer than it, and must follow
+    it. The consumer once read the snapshot before joining the batch's group: such an event
+    went to a group the socket was not in yet, and the socket waited a second, then resynced
+    (CI saw a busy batch's first 121 events lost that way)."""
+    batch, _, token = await setup()
+    image_id = await database_sync_to_async(lambda: batch.images.get(index=0).pk)()
+    real_load = consumers._load_snapshot
+
+    async def load_then_a_worker_sends(user: Any, batch_id: int) -> Any:
+        snapshot = await real_load(user, batch_id)
+
+        @database_sync_to_async
+        def a_worker_sends() -> None:
+            ImageJob.objects.filter(pk=image_id).update(status=ImageStatus.RUNNING)
+            events.push_image_updated(image_id)
+            assert events.flush_events()
+
+        await a_worker_sends()
+        return snapshot
+
+    monkeypatch.setattr(consumers, "_load_snapshot", load_then_a_worker_sends)
+    communicator, connected, _ = await connect(f"/ws/batches/{batch.pk}/?token={token}")
+    assert connected
+
+    snapshot = await communicator.receive_json_from(timeout=5)
+    # Lost, it would come back only inside a resync's snapshot, a second later.
+    event = await communicator.receive_json_from(timeout=5)
+
+    assert snapshot["type"] == "batch.snapshot"
+    assert (event["type"], event["seq"]) == ("image.updated", snapshot["seq"] + 1)
+    assert event["image"]["status"] == "running"
     await communicator.disconnect()
 
 
